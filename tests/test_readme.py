@@ -1,0 +1,30 @@
+"""CI must prove the README: .ci/run runs exactly the README's test command."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bash_blocks(text: str) -> list[str]:
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = _bash_blocks(readme)
+    test_cmd = next(b for b in blocks if "pytest" in b and b.startswith("python3 -m venv"))
+    ci_lines = [
+        line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith("#") and not line.startswith(("set ", "cd "))
+    ]
+    assert ci_lines == [test_cmd]
+
+
+def test_readme_main_command_runs_the_benchmark_module() -> None:
+    blocks = _bash_blocks((ROOT / "README.md").read_text())
+    main_cmd = next(b for b in blocks if "benchmarks.fit_mnist1d" in b)
+    assert main_cmd.startswith("python3 -m venv .venv")
+    assert (ROOT / "benchmarks" / "fit_mnist1d.py").is_file()

@@ -1,0 +1,239 @@
+"""``tracker-sched``: a thin command line over the library.
+
+Errors print one line (``tracker-sched: error: ...``) and exit with status 1;
+bad usage exits with 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from tracker_sched.errors import InputError, TrackerSchedError
+from tracker_sched.schema import MetricMap, RunIssue
+from tracker_sched.sources.base import SourceResult
+from tracker_sched.sources.files import read_sweep
+
+SOURCES = ("files",)
+
+
+def _metric_map_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("metric names (default: recognise common names)")
+    g.add_argument("--train-loss-key", help="tracker key of the train loss (e.g. train/loss)")
+    g.add_argument("--lr-key", help="tracker key of the learning rate (e.g. lr-AdamW)")
+    g.add_argument("--val-key", help="tracker key of the validation metric (e.g. val/acc)")
+    g.add_argument("--val-direction", choices=("max", "min"),
+                   help="whether the validation metric is maximised (default: from its name)")
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", choices=SOURCES, default="files",
+                   help="where the sweep lives (default: files)")
+    p.add_argument("--path", help="files source: a sweep .jsonl file or a folder of them")
+    _metric_map_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracker-sched",
+        description="Learn learning-rate schedules from the sweeps in your experiment tracker.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    fit = sub.add_parser("fit", help="fit a latent ODE to a sweep and save a bundle")
+    _source_args(fit)
+    fit.add_argument("--out", required=True, help="bundle folder to write")
+    fit.add_argument("--iterations", type=int, help="max training iterations per member")
+    fit.add_argument("--ensemble", type=int, help="fit seeds averaged in the forecast")
+    fit.add_argument("--workers", type=int, help="processes for ensemble members (default: cores)")
+    fit.add_argument("--threads", type=int, help="torch threads in this process")
+    fit.add_argument("--seed", type=int, help="seed of the split and the first member")
+    fit.add_argument("--grid-points", type=int, help="points on the progress grid")
+    fit.add_argument("--window", type=int, help="live context window, in grid points")
+    fit.add_argument("--holdout", type=float, help="fraction of runs held out (default 0.2)")
+    fit.add_argument("--solver", choices=("rk4", "dopri5", "euler", "midpoint"))
+    fit.add_argument("--config", help="JSON file with FitConfig fields (flags win)")
+    fit.add_argument("--no-plots", action="store_true", help="skip the forecast plot")
+    fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    val = sub.add_parser("validate", help="check a sweep and list what a fit would exclude")
+    _source_args(val)
+
+    exp = sub.add_parser("export", help="write a sweep as a tracker-sched sweep file")
+    _source_args(exp)
+    exp.add_argument("--out", required=True, help="sweep .jsonl file to write")
+
+    ins = sub.add_parser("inspect", help="summarise a bundle and its fit report")
+    ins.add_argument("bundle", help="bundle folder")
+    ins.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    return parser
+
+
+def _metric_map(args: argparse.Namespace) -> MetricMap:
+    return MetricMap(
+        train_loss=args.train_loss_key, lr=args.lr_key, val_metric=args.val_key,
+        val_direction=args.val_direction,
+    )
+
+
+def _read(args: argparse.Namespace) -> SourceResult:
+    mm = _metric_map(args)
+    if args.source == "files":
+        if not args.path:
+            raise InputError("--source files needs --path SWEEP (a .jsonl file or a folder)")
+        return read_sweep(args.path, mm)
+    raise InputError(f"unknown source {args.source!r}")  # pragma: no cover - argparse checks
+
+
+def _issue_table(issues: Sequence[RunIssue]) -> str:
+    lines = []
+    for i in issues:
+        lines.append(f"  {i.action:<9} {i.run_id}: {i.reason}")
+    return "\n".join(lines)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import torch
+
+    from tracker_sched.fit import FitConfig, fit_sweep
+    from tracker_sched.model import ModelConfig
+    from tracker_sched.report import format_forecast
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base: dict[str, object] = {}
+    if args.config:
+        try:
+            base = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read --config {args.config}: {exc}") from exc
+        if not isinstance(base, dict):
+            raise InputError(f"--config {args.config} must hold a JSON object of FitConfig fields")
+    flags = {
+        "max_iterations": args.iterations, "ensemble": args.ensemble, "seed": args.seed,
+        "grid_points": args.grid_points, "window": args.window,
+        "holdout_fraction": args.holdout,
+    }
+    base.update({k: v for k, v in flags.items() if v is not None})
+    if args.solver:
+        model = dict(base.get("model", {}) or {})  # type: ignore[call-overload]
+        model["solver"] = args.solver
+        base["model"] = ModelConfig(**model)
+    try:
+        config = FitConfig.model_validate(base)
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise InputError(f"invalid fit options: {errors}") from exc
+    result = _read(args)
+    mm = _metric_map(args)
+    print(f"read {len(result.runs)} runs from {args.path}", file=sys.stderr)
+    fitted = fit_sweep(result.runs, config, mm, workers=args.workers,
+                       progress=not args.no_progress)
+    report = fitted.report.model_copy(update={"issues": result.issues + fitted.report.issues})
+    bundle = fitted.bundle
+    bundle.manifest = bundle.manifest.model_copy(update={"report": report})
+    out = bundle.save(args.out)
+    (out / "report.json").write_text(report.model_dump_json(indent=2))
+    s = bundle.manifest.sweep
+    print(f"fit {report.runs_fit} runs, held out {report.runs_holdout}, "
+          f"{len(report.issues)} issues; {report.wall_s:.1f} s")
+    if report.issues:
+        print("runs excluded or changed:\n" + _issue_table(report.issues))
+    print(f"sweep best: {s.best_run_id} (config mean final {report.val_key} "
+          f"{s.best_config_mean_final_val:.4f} over {s.best_config_runs} runs); "
+          f"lr explored {s.lr_min:.2e} .. {s.lr_max:.2e}")
+    if report.holdout is not None:
+        is_acc = report.direction == "max" and 0 <= s.best_config_mean_final_val <= 1
+        print(format_forecast(report.holdout, val_scale=100 if is_acc else 1,
+                              val_unit="points" if is_acc else "metric units"))
+        if not args.no_plots:
+            try:
+                from tracker_sched.plots import plot_forecasts
+
+                prep = fitted.prepared
+                plot_forecasts(
+                    out / "forecast.png", bundle.forecaster, prep.tensors(prep.holdout_idx),
+                    prep.norm, report.holdout_ids, config.report_taus, config.window,
+                )
+            except ImportError as exc:
+                print(f"no plot: {exc}", file=sys.stderr)
+    print(f"bundle written to {out}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from tracker_sched.validation import validate_sweep
+
+    result = _read(args)
+    checked = validate_sweep(result.runs)
+    issues = result.issues + checked.issues
+    print(f"{len(checked.runs)} usable runs of {len(result.runs) + len(result.issues)}")
+    if issues:
+        print(_issue_table(issues))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tracker_sched.sources.files import write_sweep
+
+    result = _read(args)
+    write_sweep(args.out, result.runs, meta={"exported_from": args.source})
+    print(f"wrote {len(result.runs)} runs to {args.out}")
+    if result.issues:
+        print("not exported:\n" + _issue_table(result.issues))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from tracker_sched.bundle import Bundle
+    from tracker_sched.report import format_forecast
+
+    bundle = Bundle.load(args.bundle)
+    m = bundle.manifest
+    if args.json:
+        print(m.model_dump_json(indent=2))
+        return 0
+    s = m.sweep
+    print(f"bundle {args.bundle}: schema {m.schema_version}, {m.kind}, {m.members} member(s), "
+          f"created {m.created_at}")
+    print(f"metrics: train_loss={m.metrics.train_loss} lr={m.metrics.lr} "
+          f"val={m.metrics.val_metric} ({m.metrics.direction})")
+    print(f"sweep: {s.runs_used} runs; best {s.best_run_id}; peak lr {s.best_peak_lr:.3g}; "
+          f"lr explored {s.lr_min:.2e} .. {s.lr_max:.2e}")
+    if m.report.holdout is not None:
+        print(format_forecast(m.report.holdout))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from tracker_sched import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handlers = {"fit": cmd_fit, "validate": cmd_validate, "export": cmd_export,
+                "inspect": cmd_inspect}
+    try:
+        return handlers[args.command](args)
+    except TrackerSchedError as exc:
+        print(f"tracker-sched: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tracker-sched: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""One exception family. Every message says what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class TrackerSchedError(Exception):
+    """Base class of every error tracker-sched raises on purpose."""
+
+
+class InputError(TrackerSchedError, ValueError):
+    """Input data (a sweep, a file, a metric window) is unusable as given."""
+
+
+class SourceError(TrackerSchedError):
+    """A source could not read runs (missing path, unknown project, unreadable file)."""
+
+
+class BundleError(TrackerSchedError):
+    """A bundle could not be saved or loaded. A failed load never yields an untrained model."""
+
+
+class FitError(TrackerSchedError):
+    """The sweep cannot be fitted (too few usable runs, nothing left after validation)."""
+
+
+class MissingDependencyError(TrackerSchedError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"{package} is not installed; install it with: pip install \"tracker-sched[{extra}]\""
+        )
+        self.package = package
+        self.extra = extra

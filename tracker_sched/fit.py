@@ -1,0 +1,434 @@
+"""Fitting the latent ODE to a sweep: split, train with early stopping, report."""
+
+from __future__ import annotations
+
+import copy
+import math
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm.auto import tqdm
+
+from tracker_sched.bundle import (
+    SCHEMA_VERSION,
+    Bundle,
+    BundleManifest,
+    MetricRoles,
+    now_iso,
+    package_versions,
+)
+from tracker_sched.dataset import (
+    VAL_METRIC,
+    GridSweep,
+    Normalisation,
+    SweepTensors,
+    choose_transforms,
+    context_batch,
+    fit_normalisation,
+    target_batch,
+    to_grid,
+)
+from tracker_sched.errors import FitError, InputError
+from tracker_sched.forecast import Forecaster
+from tracker_sched.model import LatentODE, ModelConfig, path_length_penalty
+from tracker_sched.report import FitReport, forecast_report
+from tracker_sched.schema import Direction, MetricMap, RunIssue, RunRecord, infer_direction
+from tracker_sched.summary import summarise
+from tracker_sched.validation import CleanRun, ValidatedSweep, validate_sweep
+
+MIN_RUNS = 4
+
+
+class FitConfig(BaseModel):
+    """Options of a fit. Defaults are sized for a ~50-run sweep on 2 CPU cores (a few minutes)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    grid_points: int = Field(default=100, ge=10, description="points on the tau grid")
+    window: int = Field(default=30, ge=2, description="live context window, grid points")
+    window_range: tuple[float, float] = Field(
+        default=(0.5, 2.0), description="training context lengths, as multiples of window"
+    )
+    min_end_tau: float = Field(default=0.05, ge=0.0, lt=1.0)
+    holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=64, ge=1)
+    max_iterations: int = Field(default=1500, ge=1)
+    eval_every: int = Field(default=50, ge=1)
+    patience: int = Field(default=8, ge=1, description="evaluations without improvement")
+    learning_rate: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    path_weight: float = Field(default=0.01, ge=0)
+    channel_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    ensemble: int = Field(default=1, ge=1, description="fit seeds averaged in the forecast")
+    seed: int = 0
+    report_taus: tuple[float, ...] = (0.25, 0.5, 0.75)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> FitConfig:
+        lo, hi = self.window_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"window_range must satisfy 0 < lo <= hi, got {self.window_range}")
+        if any(not 0 < t < 1 for t in self.report_taus):
+            raise ValueError(f"report_taus must lie in (0, 1), got {self.report_taus}")
+        return self
+
+
+@dataclass
+class MemberHistory:
+    seed: int
+    iterations: int
+    best_iteration: int
+    best_holdout_loss: float | None
+    train_loss: list[float] = field(default_factory=list)
+    holdout_loss: list[tuple[int, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+@dataclass
+class PreparedSweep:
+    """A validated sweep on the grid, split and standardised."""
+
+    validated: ValidatedSweep
+    direction: Direction
+    val_key: str
+    grid: GridSweep
+    norm: Normalisation
+    train_idx: np.ndarray
+    holdout_idx: np.ndarray
+
+    @property
+    def runs(self) -> list[CleanRun]:
+        return self.validated.runs
+
+    @property
+    def issues(self) -> list[RunIssue]:
+        return self.validated.issues
+
+    def tensors(self, idx: np.ndarray) -> SweepTensors:
+        return SweepTensors.from_grid(self.grid.subset(idx), self.norm)
+
+
+def _val_key(records: Sequence[RunRecord], metric_map: MetricMap) -> str:
+    keys = {r.metric_keys.get("val_metric") for r in records} - {None}
+    if len(keys) > 1:
+        raise InputError(
+            f"runs log different validation metrics ({', '.join(sorted(str(k) for k in keys))});"
+            " a sweep must be fitted on one metric: choose it with --val-key"
+        )
+    if keys:
+        return str(next(iter(keys)))
+    return metric_map.val_metric or "val_metric"
+
+
+def prepare(
+    records: Sequence[RunRecord], config: FitConfig, metric_map: MetricMap | None = None
+) -> PreparedSweep:
+    """Validate, choose transforms, resample, split off whole runs and standardise."""
+    metric_map = metric_map or MetricMap()
+    validated = validate_sweep(records)
+    if len(validated.runs) < MIN_RUNS:
+        reasons = "; ".join(f"{i.run_id}: {i.reason}" for i in validated.issues[:10])
+        raise FitError(
+            f"{len(validated.runs)} usable runs of {len(records)} (need >= {MIN_RUNS})"
+            + (f". Excluded: {reasons}" if reasons else "")
+        )
+    val_key = _val_key(records, metric_map)
+    direction = metric_map.val_direction or infer_direction(val_key)
+    if direction is None:
+        raise InputError(
+            f"cannot tell whether {val_key!r} is maximised or minimised; "
+            "pass --val-direction max|min"
+        )
+    transforms = choose_transforms(validated.runs, direction)
+    grid = to_grid(validated.runs, config.grid_points, transforms)
+    n = len(validated.runs)
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(n)
+    n_hold = round(config.holdout_fraction * n)
+    if config.holdout_fraction > 0:
+        n_hold = min(max(n_hold, 1), n - MIN_RUNS) if n > MIN_RUNS else 0
+    holdout_idx = np.sort(order[:n_hold])
+    train_idx = np.sort(order[n_hold:])
+    norm = fit_normalisation(grid.subset(train_idx), transforms)
+    return PreparedSweep(
+        validated=validated, direction=direction, val_key=val_key, grid=grid, norm=norm,
+        train_idx=train_idx, holdout_idx=holdout_idx,
+    )
+
+
+def report_windows(
+    data: SweepTensors, config: FitConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fixed (run, end, length) windows the report and early stopping use."""
+    g = data.grid_points
+    runs, ends = [], []
+    n = int(data.values.shape[0])
+    for tau in config.report_taus:
+        end = round(tau * (g - 1))
+        for r in range(n):
+            runs.append(r)
+            ends.append(end)
+    run_idx = torch.tensor(runs, dtype=torch.long)
+    end_idx = torch.tensor(ends, dtype=torch.long)
+    return run_idx, end_idx, torch.full_like(end_idx, config.window)
+
+
+def _masked_mse(
+    pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    w = m.to(pred.dtype) * weights
+    return ((pred - y) ** 2 * w).sum() / w.sum().clamp_min(1.0)
+
+
+def train_member(
+    train: SweepTensors,
+    holdout: SweepTensors | None,
+    config: FitConfig,
+    seed: int,
+    *,
+    progress: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[LatentODE, MemberHistory]:
+    """Train one latent ODE; early stopping on the holdout's report windows."""
+    gen = torch.Generator().manual_seed(seed)
+    model = LatentODE(config.model, generator=gen)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    total = config.max_iterations
+    warm = max(1, total // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total)),
+    )
+    weights = torch.tensor(config.channel_weights, dtype=torch.float32)
+    g = train.grid_points
+    n_train = int(train.values.shape[0])
+    observed = train.mask.any(dim=2)  # (runs, G)
+    last_obs = torch.where(
+        observed, torch.arange(g)[None, :], torch.zeros_like(observed, dtype=torch.long)
+    ).max(dim=1).values
+    min_end = max(1, round(config.min_end_tau * (g - 1)))
+    lo = max(2, round(config.window * config.window_range[0]))
+    hi = max(lo, round(config.window * config.window_range[1]))
+
+    eval_windows = report_windows(holdout, config) if holdout is not None else None
+    history = MemberHistory(seed=seed, iterations=0, best_iteration=0, best_holdout_loss=None)
+    best_state = copy.deepcopy(model.state_dict())
+    bad_evals = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, desc=f"fit seed {seed}", disable=not progress, leave=False)
+    for it in range(1, total + 1):
+        model.train()
+        run_idx = torch.randint(n_train, (config.batch_size,), generator=gen)
+        top = torch.maximum(last_obs[run_idx], torch.full_like(run_idx, min_end))
+        u = torch.rand(config.batch_size, generator=gen)
+        end_idx = torch.minimum(min_end + (u * (top - min_end + 1)).long(), top)
+        length = torch.randint(lo, hi + 1, (config.batch_size,), generator=gen)
+        horizon = g - int(end_idx.min())
+        offsets = torch.arange(horizon, dtype=torch.float32) / (g - 1)
+        x, lengths = context_batch(train, run_idx, end_idx, length, config.model.encoder_direction)
+        y, m = target_batch(train, run_idx, end_idx, horizon)
+        pred, h = model(x, lengths, offsets)
+        inside = (end_idx[:, None] + torch.arange(horizon)[None, :]) < g
+        loss = _masked_mse(pred, y, m, weights)
+        total_loss = loss + config.path_weight * path_length_penalty(h, inside)
+        opt.zero_grad(set_to_none=True)
+        total_loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        history.train_loss.append(float(loss.detach()))
+        history.iterations = it
+        if on_step is not None:
+            on_step(it)
+        bar.update(1)
+
+        if eval_windows is not None and holdout is not None and (
+            it % config.eval_every == 0 or it == total
+        ):
+            hl = holdout_loss(model, holdout, eval_windows, weights)
+            history.holdout_loss.append((it, hl))
+            if history.best_holdout_loss is None or hl < history.best_holdout_loss:
+                history.best_holdout_loss = hl
+                history.best_iteration = it
+                best_state = copy.deepcopy(model.state_dict())
+                bad_evals = 0
+            else:
+                bad_evals += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", holdout=f"{hl:.3f}")
+            if bad_evals >= config.patience:
+                break
+    bar.close()
+    if eval_windows is None:
+        best_state = copy.deepcopy(model.state_dict())
+        history.best_iteration = history.iterations
+    model.load_state_dict(best_state)
+    model.eval()
+    history.wall_s = time.perf_counter() - t0
+    return model, history
+
+
+@torch.no_grad()
+def holdout_loss(
+    model: LatentODE,
+    data: SweepTensors,
+    windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    weights: torch.Tensor,
+) -> float:
+    run_idx, end_idx, length = windows
+    pred = Forecaster([model]).forecast(data, run_idx, end_idx, length)
+    model.train()
+    y, m = target_batch(data, run_idx, end_idx, pred.shape[1])
+    return float(_masked_mse(pred, y, m, weights))
+
+
+def val_channel_final(grid: GridSweep) -> np.ndarray:
+    """Final validation metric (transformed units) of each run; NaN if not observed."""
+    out = np.where(grid.mask[:, -1, VAL_METRIC], grid.values[:, -1, VAL_METRIC], np.nan)
+    return np.asarray(out)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def _member_worker(
+    args: tuple[SweepTensors, SweepTensors | None, FitConfig, int, Any],
+) -> tuple[dict[str, torch.Tensor], MemberHistory]:
+    train, holdout, config, seed, queue = args
+    torch.set_num_threads(1)  # one member per core; this process only
+
+    def tick(it: int) -> None:
+        if it % 10 == 0:
+            queue.put(10)
+
+    model, hist = train_member(train, holdout, config, seed, on_step=tick)
+    queue.put(-seed - 1)  # done marker
+    return model.state_dict(), hist
+
+
+def train_ensemble(
+    train: SweepTensors,
+    holdout: SweepTensors | None,
+    config: FitConfig,
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> tuple[list[LatentODE], list[MemberHistory]]:
+    """Train ``config.ensemble`` members with seeds ``seed, seed + 1, ...``.
+
+    With ``workers > 1`` members train in separate processes, one thread each.
+    """
+    seeds = [config.seed + i for i in range(config.ensemble)]
+    workers = max(1, min(workers, len(seeds)))
+    if workers == 1:
+        out = [train_member(train, holdout, config, s, progress=progress) for s in seeds]
+        return [m for m, _ in out], [h for _, h in out]
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        queue = manager.Queue()
+        bar = tqdm(total=config.max_iterations * len(seeds), desc=f"fit {len(seeds)} members",
+                   disable=not progress)
+        with ctx.Pool(workers) as pool:
+            result = pool.map_async(
+                _member_worker, [(train, holdout, config, s, queue) for s in seeds]
+            )
+            done = 0
+            while not result.ready() or not queue.empty():
+                try:
+                    msg = queue.get(timeout=0.2)
+                except Exception:  # queue.Empty through the manager proxy
+                    continue
+                if msg > 0:
+                    bar.update(msg)
+                else:
+                    done += 1
+                    bar.set_postfix(members_done=done)
+            states = result.get()
+        bar.update(bar.total - bar.n)
+        bar.close()
+    models, hists = [], []
+    for sd, hist in states:
+        m = LatentODE(config.model)
+        m.load_state_dict(sd)
+        m.eval()
+        models.append(m)
+        hists.append(hist)
+    return models, hists
+
+
+@dataclass
+class FitResult:
+    bundle: Bundle
+    report: FitReport
+    prepared: PreparedSweep
+
+
+def fit_sweep(
+    records: Sequence[RunRecord],
+    config: FitConfig | None = None,
+    metric_map: MetricMap | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Validate a sweep, fit the latent ODE ensemble, report holdout forecasts, build a bundle."""
+    config = config or FitConfig()
+    t0 = time.perf_counter()
+    prep = prepare(records, config, metric_map)
+    train = prep.tensors(prep.train_idx)
+    holdout = prep.tensors(prep.holdout_idx) if prep.holdout_idx.size else None
+    if workers is None:
+        workers = min(config.ensemble, os.cpu_count() or 1)
+    models, hists = train_ensemble(train, holdout, config, workers=workers, progress=progress)
+    forecast = None
+    if holdout is not None:
+        forecast = forecast_report(
+            Forecaster(models), train, holdout, prep.norm, config.report_taus, config.window,
+            prep.grid.subset(prep.holdout_idx).complete(),
+        )
+    report = FitReport(
+        runs_total=len(records),
+        runs_used=len(prep.runs),
+        runs_fit=int(prep.train_idx.size),
+        runs_holdout=int(prep.holdout_idx.size),
+        holdout_ids=[prep.grid.run_ids[i] for i in prep.holdout_idx],
+        issues=prep.issues,
+        direction=prep.direction,
+        val_key=prep.val_key,
+        wall_s=time.perf_counter() - t0,
+        members=[
+            {"seed": h.seed, "iterations": h.iterations, "best_iteration": h.best_iteration,
+             "best_holdout_loss": h.best_holdout_loss, "wall_s": round(h.wall_s, 2)}
+            for h in hists
+        ],
+        holdout=forecast,
+    )
+    keys = {role: prep.runs[0].record.metric_keys.get(role) for role in ("train_loss", "lr")}
+    manifest = BundleManifest(
+        schema_version=SCHEMA_VERSION,
+        created_at=now_iso(),
+        members=len(models),
+        model=config.model,
+        fit=config.model_dump(mode="json", exclude={"model"}),
+        grid_points=config.grid_points,
+        window=config.window,
+        normalisation=prep.norm,
+        metrics=MetricRoles(
+            train_loss=keys["train_loss"], lr=keys["lr"], val_metric=prep.val_key,
+            direction=prep.direction,
+        ),
+        sweep=summarise(prep.runs, prep.grid, prep.direction),
+        report=report,
+        versions=package_versions(),
+    )
+    return FitResult(bundle=Bundle(manifest, models), report=report, prepared=prep)

@@ -1,0 +1,241 @@
+"""The data that crosses the package's boundaries: runs in, recommendations out.
+
+Every tracker adapter produces :class:`RunRecord` objects; everything after the
+sources works on them. Structural checks (types, equal lengths) happen here at
+construction; semantic checks on a whole sweep (non-increasing steps, bad lr,
+divergence, duplicates) live in :mod:`tracker_sched.validation`, which records
+a reason for every run it drops or truncates.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+from tracker_sched.errors import InputError
+
+Role = Literal["train_loss", "lr", "val_metric"]
+ROLES: tuple[Role, ...] = ("train_loss", "lr", "val_metric")
+Direction = Literal["max", "min"]
+
+
+class Series(BaseModel):
+    """One metric as logged: values at their own steps (trackers log at different rates)."""
+
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
+
+    step: list[int]
+    value: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Series:
+        if len(self.step) != len(self.value):
+            raise ValueError(
+                f"step and value must have the same length, got {len(self.step)} steps "
+                f"and {len(self.value)} values"
+            )
+        return self
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+
+class RunRecord(BaseModel):
+    """One training run of a sweep, with its metrics mapped to roles.
+
+    ``total_steps`` is the planned budget; where the tracker does not know it,
+    validation takes the last logged step. Progress is ``tau = step / total_steps``.
+    """
+
+    model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
+
+    run_id: str = Field(min_length=1)
+    source: Literal["wandb", "mlflow", "files"] = "files"
+    sweep_id: str | None = None
+    name: str | None = None
+    config: dict[str, JsonValue] = Field(default_factory=dict)
+    state: str = "finished"
+    total_steps: int | None = Field(default=None, gt=0)
+    train_loss: Series | None = None
+    lr: Series | None = None
+    val_metric: Series | None = None
+    metric_keys: dict[str, str] = Field(
+        default_factory=dict, description="role -> tracker key the series came from"
+    )
+
+    def series(self, role: Role) -> Series | None:
+        return {"train_loss": self.train_loss, "lr": self.lr, "val_metric": self.val_metric}[role]
+
+
+_DEFAULT_CANDIDATES: dict[Role, tuple[str, ...]] = {
+    # Order matters: the first candidate present in a run wins.
+    "lr": (
+        "lr",
+        "learning_rate",
+        "train/learning_rate",
+        "train/lr",
+        "trainer/learning_rate",
+        "lr-*",  # Lightning's LearningRateMonitor: lr-AdamW, lr-SGD, ...
+        "lr/*",
+        "lr_*",
+    ),
+    "train_loss": (
+        "train_loss",
+        "train/loss",
+        "loss",
+        "training_loss",
+        "train/train_loss",
+        "loss/train",
+    ),
+    "val_metric": (
+        "val_acc",
+        "val/acc",
+        "val_accuracy",
+        "val/accuracy",
+        "valid_acc",
+        "eval_accuracy",
+        "eval/accuracy",
+        "accuracy/val",
+        "val_loss",
+        "val/loss",
+        "valid_loss",
+        "eval_loss",
+        "eval/loss",
+        "loss/val",
+    ),
+}
+
+_MIN_WORDS = re.compile(r"loss|perplexity|ppl|error|err\b|mse|mae|rmse|nll", re.IGNORECASE)
+_MAX_WORDS = re.compile(r"acc|f1|auc|precision|recall|bleu|rouge|score|map\b", re.IGNORECASE)
+
+
+def infer_direction(key: str) -> Direction | None:
+    """Guess whether a validation metric is maximised or minimised from its name."""
+    if _MAX_WORDS.search(key):
+        return "max"
+    if _MIN_WORDS.search(key):
+        return "min"
+    return None
+
+
+class MetricMap(BaseModel):
+    """Which tracker keys play which role, and whether the validation metric is maximised.
+
+    An explicit key wins; otherwise the first of the role's candidates that a run
+    logged (glob patterns such as ``lr-*`` allowed). ``val_direction=None``
+    infers it from the key's name (``acc`` -> max, ``loss`` -> min).
+
+    >>> MetricMap().resolve(["loss", "learning_rate", "eval_accuracy"])["lr"]
+    'learning_rate'
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    train_loss: str | None = None
+    lr: str | None = None
+    val_metric: str | None = None
+    val_direction: Direction | None = None
+    candidates: dict[Role, tuple[str, ...]] = Field(
+        default_factory=lambda: dict(_DEFAULT_CANDIDATES)
+    )
+
+    def _explicit(self, role: Role) -> str | None:
+        return {"train_loss": self.train_loss, "lr": self.lr, "val_metric": self.val_metric}[role]
+
+    def key_for(self, role: Role, keys: Iterable[str]) -> str | None:
+        """The key that plays ``role`` among ``keys``, or None."""
+        available = list(keys)
+        explicit = self._explicit(role)
+        if explicit is not None:
+            return explicit if explicit in available else None
+        for pattern in self.candidates.get(role, ()):
+            if any(ch in pattern for ch in "*?["):
+                matches = sorted(k for k in available if fnmatch.fnmatchcase(k, pattern))
+                if matches:
+                    return matches[0]
+            elif pattern in available:
+                return pattern
+        return None
+
+    def resolve(self, keys: Iterable[str], *, strict: bool = False) -> dict[Role, str | None]:
+        """Map every role to a key among ``keys``.
+
+        With ``strict=True`` a missing role raises :class:`InputError` naming the
+        keys that were seen and the flag that sets the key by hand.
+        """
+        available = sorted(set(keys))
+        out: dict[Role, str | None] = {role: self.key_for(role, available) for role in ROLES}
+        if strict:
+            missing = [role for role, key in out.items() if key is None]
+            if missing:
+                raise InputError(missing_roles_message(missing, available, self))
+        return out
+
+    def direction_for(self, key: str) -> Direction:
+        """The validation metric's direction: explicit, else inferred from ``key``."""
+        if self.val_direction is not None:
+            return self.val_direction
+        inferred = infer_direction(key)
+        if inferred is None:
+            raise InputError(
+                f"cannot tell whether validation metric {key!r} is maximised or minimised; "
+                "pass --val-direction max|min (MetricMap(val_direction=...))"
+            )
+        return inferred
+
+
+def missing_roles_message(missing: list[Role], available: list[str], mm: MetricMap) -> str:
+    flags = {"train_loss": "--train-loss-key", "lr": "--lr-key", "val_metric": "--val-key"}
+    parts = []
+    for role in missing:
+        explicit = mm._explicit(role)
+        wanted = repr(explicit) if explicit else "one of " + ", ".join(mm.candidates.get(role, ()))
+        parts.append(f"no {role} metric ({wanted}); set it with {flags[role]}")
+    seen = ", ".join(available) if available else "none"
+    return "; ".join(parts) + f". Keys seen: {seen}"
+
+
+class Schedule(BaseModel):
+    """Learning rates at future steps."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: list[int]
+    lr: list[float]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Schedule:
+        if len(self.step) != len(self.lr):
+            raise ValueError("schedule step and lr must have the same length")
+        return self
+
+
+class Recommendation(BaseModel):
+    """What the advisor tells a live run. A fallback has the same shape as a plan."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Literal["planned", "warmup", "fallback"]
+    reason: str = ""
+    step: int
+    lr_now: float = Field(gt=0)
+    schedule: Schedule
+    predicted_final: float | None = None
+    predicted_spread: float | None = None
+    samples_accepted: int = 0
+    samples_drawn: int = 0
+    model_version: str | None = None
+
+
+class RunIssue(BaseModel):
+    """A run that validation excluded or changed, and why. Listed in every fit report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    action: Literal["excluded", "truncated", "repaired"]
+    reason: str
