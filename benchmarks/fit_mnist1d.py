@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks.make_sweep import config_table, format_table, make_sweep, write_jsonl
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         prep = result.prepared
         grid = to_grid(fresh_runs, config.grid_points, prep.norm.transforms)
         fresh_t = SweepTensors.from_grid(grid, prep.norm)
-        # Nearest-run baseline may search the whole sweep: everything the model saw too.
-        all_t = prep.tensors(prep.train_idx)
+        # The nearest-run baseline searches the whole sweep, as a user could.
+        all_t = prep.tensors(np.arange(len(prep.runs)))
         fresh = forecast_report(
             result.bundle.forecaster, all_t, fresh_t, prep.norm, config.report_taus,
             config.window, grid.complete(),
@@ -116,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fit wall time {wall:.1f} s (goal <= {GOAL_FIT_S:.0f} s); members "
               + ", ".join(f"{m['iterations']} it (best {m['best_iteration']})"
                           for m in result.report.members))
-        print("\n-- holdout runs of the sweep (also used for early stopping)")
+        scheme = (f"out of fold, {result.report.folds} folds" if result.report.scheme == "cross-fit"
+                  else "held-out runs")
+        print(f"\n-- the sweep's own runs, {scheme} (these also drive early stopping)")
         print(format_forecast(result.report.holdout, val_scale=100, val_unit="points"))
         print(f"\n-- fresh seeds {FRESH_SEEDS} ({len(fresh_runs)} runs, never seen by the fit)")
         print(format_forecast(fresh, val_scale=100, val_unit="points"))
@@ -173,9 +176,14 @@ def main(argv: list[str] | None = None) -> int:
 
             result, fresh_t, grid = first
             cfg = FitConfig.model_validate(base)
+            # One seed-2 run per schedule family at two peak lrs near the sweep's best.
+            pick = [i for i, rid in enumerate(grid.run_ids)
+                    if rid.endswith("-s2") and ("-1e-02-" in rid or "-3e-02-" in rid)]
+            ix = torch.as_tensor(pick)
+            shown = SweepTensors(values=fresh_t.values[ix], mask=fresh_t.mask[ix])
             png = plot_forecasts(ns.out_dir / "fit_mnist1d_fresh.png", result.bundle.forecaster,
-                                 fresh_t, result.prepared.norm, grid.run_ids, cfg.report_taus,
-                                 cfg.window, max_runs=8)
+                                 shown, result.prepared.norm, [grid.run_ids[i] for i in pick],
+                                 cfg.report_taus, cfg.window, max_runs=len(pick))
             print(f"wrote {png}")
         except ImportError as exc:
             print(f"no plot: {exc}")

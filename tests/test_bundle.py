@@ -21,7 +21,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 
 def tiny_config() -> FitConfig:
     return FitConfig(
-        max_iterations=30, eval_every=10, batch_size=16, grid_points=40, window=10,
+        max_iterations=30, eval_every=10, batch_size=16, grid_points=40, window=10, ensemble=1,
         model=ModelConfig(latent_dim=4, ode_dim=8, hidden=16, encoder_hidden=16, step_points=2),
     )
 

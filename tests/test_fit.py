@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tracker_sched.dataset import CHANNELS
+from tracker_sched.dataset import CHANNELS, SweepTensors
 from tracker_sched.errors import FitError, InputError
 from tracker_sched.fit import (
     FitConfig,
@@ -23,6 +23,7 @@ from tracker_sched.fit import (
     report_windows,
     train_member,
 )
+from tracker_sched.forecast import Forecaster
 from tracker_sched.model import LatentODE, ModelConfig
 from tracker_sched.report import METHODS, spearman
 from tracker_sched.schema import MetricMap, RunRecord, Series
@@ -34,7 +35,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 def tiny_config(**overrides: object) -> FitConfig:
     base: dict[str, object] = {
         "max_iterations": 30, "eval_every": 10, "batch_size": 16, "grid_points": 40,
-        "window": 10,
+        "window": 10, "ensemble": 1,
         "model": ModelConfig(latent_dim=4, ode_dim=8, hidden=16, encoder_hidden=16,
                              step_points=2),
     }
@@ -274,7 +275,7 @@ def test_config_validation_messages() -> None:
 
 
 def test_ensemble_with_two_worker_processes(fitted: FitResult, runs: list[RunRecord]) -> None:
-    cfg = tiny_config(ensemble=2, seed=0)
+    cfg = tiny_config(ensemble=2, seed=0, cross_fit=False)
     result = fit_sweep(runs, cfg, workers=2, progress=False)
     assert result.bundle.manifest.members == 2
     assert len(result.bundle.models) == 2
@@ -287,6 +288,49 @@ def test_ensemble_with_two_worker_processes(fitted: FitResult, runs: list[RunRec
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
     c = result.bundle.models[1].state_dict()
     assert not any(torch.equal(a[k], c[k]) for k in a if a[k].dim() >= 2)
+
+
+def test_cross_fit_folds_cover_the_sweep_and_report_out_of_fold(runs: list[RunRecord]) -> None:
+    cfg = tiny_config(ensemble=3, seed=0)
+    result = fit_sweep(runs, cfg, workers=1, progress=False)
+    prep, report = result.prepared, result.report
+    assert report.scheme == "cross-fit" and report.folds == 3
+    held = np.concatenate([ho for _, ho in prep.folds])
+    assert sorted(held.tolist()) == list(range(len(prep.runs)))  # disjoint and covering
+    for tr, ho in prep.folds:
+        assert np.intersect1d(tr, ho).size == 0
+        assert tr.size + ho.size == len(prep.runs)
+    assert report.runs_holdout == report.runs_used == 48
+    assert sorted(report.holdout_ids) == sorted(r.run_id for r in runs)
+    assert report.holdout is not None
+    assert all(row.runs == 48 for row in report.holdout.forecast)
+
+    # The report's model forecasts are out of fold: recompute RMSE with each run's own
+    # held-out member and compare with the pooled figure of the report.
+    data = prep.tensors(np.arange(len(prep.runs)))
+    g = data.grid_points
+    end = round(0.5 * (g - 1))
+    std = prep.norm.std[2]
+    sq, count = 0.0, 0
+    for model, (_, ho) in zip(result.bundle.models, prep.folds, strict=True):
+        idx = torch.as_tensor(ho)
+        sub = SweepTensors(values=data.values[idx], mask=data.mask[idx])
+        n = len(ho)
+        pred = Forecaster([model]).forecast(
+            sub, torch.arange(n), torch.full((n,), end), torch.full((n,), cfg.window)
+        )
+        y, m = sub.values[:, end:, 2], sub.mask[:, end:, 2]
+        sq += float((((pred[..., 2] - y) * std) ** 2 * m).sum())
+        count += int(m.sum())
+    assert report.holdout.row(0.5, "val_metric", "model").rmse_pooled == pytest.approx(
+        (sq / count) ** 0.5, rel=1e-4
+    )
+
+
+def test_ensemble_without_cross_fit_shares_one_split(runs: list[RunRecord]) -> None:
+    prep = prepare(runs, tiny_config(ensemble=3, cross_fit=False))
+    assert not prep.cross_fit
+    assert all(np.array_equal(ho, prep.holdout_idx) for _, ho in prep.folds)
 
 
 # --------------------------------------------------------------------------- sweep summary

@@ -142,7 +142,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     out = bundle.save(args.out)
     (out / "report.json").write_text(report.model_dump_json(indent=2))
     s = bundle.manifest.sweep
-    print(f"fit {report.runs_fit} runs, held out {report.runs_holdout}, "
+    if report.scheme == "cross-fit":
+        split = (f"{report.folds} members cross-fitted ({report.runs_fit} runs each, "
+                 f"every run forecast out of fold)")
+    else:
+        split = f"fit {report.runs_fit} runs, held out {report.runs_holdout}"
+    print(f"{report.runs_used} usable runs of {report.runs_total}; {split}; "
           f"{len(report.issues)} issues; {report.wall_s:.1f} s")
     if report.issues:
         print("runs excluded or changed:\n" + _issue_table(report.issues))

@@ -38,7 +38,7 @@ from tracker_sched.dataset import (
 from tracker_sched.errors import FitError, InputError
 from tracker_sched.forecast import Forecaster
 from tracker_sched.model import LatentODE, ModelConfig, path_length_penalty
-from tracker_sched.report import FitReport, forecast_report
+from tracker_sched.report import FitReport, cross_fit_report, forecast_report
 from tracker_sched.schema import Direction, MetricMap, RunIssue, RunRecord, infer_direction
 from tracker_sched.summary import summarise
 from tracker_sched.validation import CleanRun, ValidatedSweep, validate_sweep
@@ -57,16 +57,24 @@ class FitConfig(BaseModel):
         default=(0.5, 2.0), description="training context lengths, as multiples of window"
     )
     min_end_tau: float = Field(default=0.05, ge=0.0, lt=1.0)
-    holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    batch_size: int = Field(default=64, ge=1)
-    max_iterations: int = Field(default=1500, ge=1)
+    holdout_fraction: float = Field(
+        default=0.2, ge=0.0, lt=1.0,
+        description="share of whole runs held out (single split: ensemble 1 or cross_fit off)",
+    )
+    cross_fit: bool = Field(
+        default=True,
+        description="with ensemble K >= 2: member k holds out fold k of K, so the ensemble "
+        "sees every run and the report forecasts every run out of fold",
+    )
+    batch_size: int = Field(default=128, ge=1)
+    max_iterations: int = Field(default=400, ge=1)
     eval_every: int = Field(default=50, ge=1)
-    patience: int = Field(default=8, ge=1, description="evaluations without improvement")
+    patience: int = Field(default=4, ge=1, description="evaluations without improvement")
     learning_rate: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     path_weight: float = Field(default=0.01, ge=0)
     channel_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    ensemble: int = Field(default=1, ge=1, description="fit seeds averaged in the forecast")
+    ensemble: int = Field(default=4, ge=1, description="fit seeds averaged in the forecast")
     seed: int = 0
     report_taus: tuple[float, ...] = (0.25, 0.5, 0.75)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -103,6 +111,11 @@ class PreparedSweep:
     norm: Normalisation
     train_idx: np.ndarray
     holdout_idx: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]  # (train, holdout) run indices per member
+
+    @property
+    def cross_fit(self) -> bool:
+        return len(self.folds) > 1 and not np.array_equal(self.folds[0][1], self.folds[1][1])
 
     @property
     def runs(self) -> list[CleanRun]:
@@ -152,15 +165,24 @@ def prepare(
     n = len(validated.runs)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(n)
-    n_hold = round(config.holdout_fraction * n)
-    if config.holdout_fraction > 0:
-        n_hold = min(max(n_hold, 1), n - MIN_RUNS) if n > MIN_RUNS else 0
-    holdout_idx = np.sort(order[:n_hold])
-    train_idx = np.sort(order[n_hold:])
-    norm = fit_normalisation(grid.subset(train_idx), transforms)
+    k = config.ensemble
+    if config.cross_fit and k >= 2 and n // k >= 1 and n - (n + k - 1) // k >= MIN_RUNS:
+        # Fold f holds out every k-th run of a seeded permutation: folds are disjoint
+        # and cover the sweep. Standardisation uses all runs (a per-channel mean/std).
+        folds = [
+            (np.sort(np.setdiff1d(order, order[f::k])), np.sort(order[f::k])) for f in range(k)
+        ]
+        norm = fit_normalisation(grid, transforms)
+    else:
+        n_hold = round(config.holdout_fraction * n)
+        if config.holdout_fraction > 0:
+            n_hold = min(max(n_hold, 1), n - MIN_RUNS) if n > MIN_RUNS else 0
+        split = (np.sort(order[n_hold:]), np.sort(order[:n_hold]))
+        folds = [split] * k
+        norm = fit_normalisation(grid.subset(split[0]), transforms)
     return PreparedSweep(
         validated=validated, direction=direction, val_key=val_key, grid=grid, norm=norm,
-        train_idx=train_idx, holdout_idx=holdout_idx,
+        train_idx=folds[0][0], holdout_idx=folds[0][1], folds=folds,
     )
 
 
@@ -300,62 +322,70 @@ def val_channel_final(grid: GridSweep) -> np.ndarray:
 # --------------------------------------------------------------------------- orchestration
 
 
+_PROGRESS: Any = None  # the worker process's progress queue (set by the pool initializer)
+
+
+def _init_worker(queue: Any) -> None:
+    global _PROGRESS
+    _PROGRESS = queue
+    torch.set_num_threads(1)  # one member per core; this worker process only
+
+
 def _member_worker(
-    args: tuple[SweepTensors, SweepTensors | None, FitConfig, int, Any],
+    args: tuple[SweepTensors, SweepTensors | None, FitConfig, int],
 ) -> tuple[dict[str, torch.Tensor], MemberHistory]:
-    train, holdout, config, seed, queue = args
-    torch.set_num_threads(1)  # one member per core; this process only
+    train, holdout, config, seed = args
 
     def tick(it: int) -> None:
-        if it % 10 == 0:
-            queue.put(10)
+        if it % 10 == 0 and _PROGRESS is not None:
+            _PROGRESS.put(10)
 
     model, hist = train_member(train, holdout, config, seed, on_step=tick)
-    queue.put(-seed - 1)  # done marker
     return model.state_dict(), hist
 
 
 def train_ensemble(
-    train: SweepTensors,
-    holdout: SweepTensors | None,
+    data: Sequence[tuple[SweepTensors, SweepTensors | None]],
     config: FitConfig,
     *,
     workers: int = 1,
     progress: bool = True,
 ) -> tuple[list[LatentODE], list[MemberHistory]]:
-    """Train ``config.ensemble`` members with seeds ``seed, seed + 1, ...``.
+    """Train one member per ``(train, holdout)`` pair, with seeds ``seed, seed + 1, ...``.
 
     With ``workers > 1`` members train in separate processes, one thread each.
     """
-    seeds = [config.seed + i for i in range(config.ensemble)]
+    seeds = [config.seed + i for i in range(len(data))]
     workers = max(1, min(workers, len(seeds)))
     if workers == 1:
-        out = [train_member(train, holdout, config, s, progress=progress) for s in seeds]
+        out = [train_member(tr, ho, config, s, progress=progress)
+               for (tr, ho), s in zip(data, seeds, strict=True)]
         return [m for m, _ in out], [h for _, h in out]
 
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        queue = manager.Queue()
-        bar = tqdm(total=config.max_iterations * len(seeds), desc=f"fit {len(seeds)} members",
-                   disable=not progress)
-        with ctx.Pool(workers) as pool:
-            result = pool.map_async(
-                _member_worker, [(train, holdout, config, s, queue) for s in seeds]
-            )
-            done = 0
-            while not result.ready() or not queue.empty():
-                try:
-                    msg = queue.get(timeout=0.2)
-                except Exception:  # queue.Empty through the manager proxy
-                    continue
-                if msg > 0:
-                    bar.update(msg)
-                else:
-                    done += 1
-                    bar.set_postfix(members_done=done)
-            states = result.get()
-        bar.update(bar.total - bar.n)
-        bar.close()
+    ctx = mp.get_context("spawn")  # fork after torch's threads start is unsafe
+    queue = ctx.SimpleQueue()
+    bar = tqdm(total=config.max_iterations * len(seeds), desc=f"fit {len(seeds)} members",
+               disable=not progress)
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(queue,))
+    try:
+        result = pool.map_async(
+            _member_worker, [(tr, ho, config, s) for (tr, ho), s in zip(data, seeds, strict=True)]
+        )
+        while not result.ready():
+            result.wait(0.25)
+            while not queue.empty():
+                bar.update(queue.get())
+        states = result.get()
+        pool.close()  # let workers exit normally so their resources are released
+        pool.join()
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    finally:
+        queue.close()
+    bar.update(bar.total - bar.n)  # members that stopped early
+    bar.close()
     models, hists = [], []
     for sd, hist in states:
         m = LatentODE(config.model)
@@ -385,23 +415,37 @@ def fit_sweep(
     config = config or FitConfig()
     t0 = time.perf_counter()
     prep = prepare(records, config, metric_map)
-    train = prep.tensors(prep.train_idx)
-    holdout = prep.tensors(prep.holdout_idx) if prep.holdout_idx.size else None
+    data = [
+        (prep.tensors(tr), prep.tensors(ho) if ho.size else None) for tr, ho in prep.folds
+    ]
     if workers is None:
         workers = min(config.ensemble, os.cpu_count() or 1)
-    models, hists = train_ensemble(train, holdout, config, workers=workers, progress=progress)
+    models, hists = train_ensemble(data, config, workers=workers, progress=progress)
     forecast = None
-    if holdout is not None:
-        forecast = forecast_report(
-            Forecaster(models), train, holdout, prep.norm, config.report_taus, config.window,
-            prep.grid.subset(prep.holdout_idx).complete(),
+    if prep.cross_fit:
+        # Every run is forecast by the one member that never trained on it.
+        forecast = cross_fit_report(
+            [(Forecaster([m]), tr, ho) for m, (tr, ho) in zip(models, prep.folds, strict=True)],
+            prep.tensors(np.arange(len(prep.runs))), prep.norm, config.report_taus,
+            config.window, prep.grid.complete(),
         )
+        holdout_idx = np.arange(len(prep.runs))
+    elif prep.holdout_idx.size:
+        forecast = forecast_report(
+            Forecaster(models), data[0][0], prep.tensors(prep.holdout_idx), prep.norm,
+            config.report_taus, config.window, prep.grid.subset(prep.holdout_idx).complete(),
+        )
+        holdout_idx = prep.holdout_idx
+    else:
+        holdout_idx = prep.holdout_idx
     report = FitReport(
         runs_total=len(records),
         runs_used=len(prep.runs),
         runs_fit=int(prep.train_idx.size),
-        runs_holdout=int(prep.holdout_idx.size),
-        holdout_ids=[prep.grid.run_ids[i] for i in prep.holdout_idx],
+        runs_holdout=int(holdout_idx.size),
+        scheme="cross-fit" if prep.cross_fit else "holdout",
+        folds=len(prep.folds) if prep.cross_fit else 1,
+        holdout_ids=[prep.grid.run_ids[i] for i in holdout_idx],
         issues=prep.issues,
         direction=prep.direction,
         val_key=prep.val_key,

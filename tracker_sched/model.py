@@ -12,6 +12,7 @@ decoded in one batched solve on a shared offset grid.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -39,7 +40,11 @@ class ModelConfig(BaseModel):
     encoder_direction: EncoderDirection = "forward"
     solver: Solver = "rk4"
     step_points: int = Field(
-        default=1, ge=1, description="fixed-step solvers: grid intervals per solver step"
+        default=2, ge=1, description="fixed-step solvers: grid intervals per solver step"
+    )
+    anchor: bool = Field(
+        default=True,
+        description="forecast the change from the context's last observation, not the level",
     )
     rtol: float = Field(default=1e-4, gt=0)
     atol: float = Field(default=1e-5, gt=0)
@@ -82,12 +87,14 @@ class LatentODE(nn.Module):
         )
         self.field = VectorField(config.ode_dim, config.hidden)
         self.decoder = nn.Linear(config.ode_dim, N_CHANNELS)
+        # How long (in tau) the anchor shift lasts, per channel; learned.
+        self.log_anchor_tau = nn.Parameter(torch.full((N_CHANNELS,), math.log(0.3)))
 
     def _init_from(self, generator: torch.Generator) -> None:
         """Re-draw every weight from ``generator`` (no global RNG touched)."""
         with torch.no_grad():
             for name, p in self.named_parameters():
-                if name.endswith("log_scale"):
+                if name.endswith(("log_scale", "log_anchor_tau")):
                     continue
                 if p.dim() >= 2:
                     bound = (6.0 / (p.shape[0] + p.shape[1])) ** 0.5
@@ -134,7 +141,39 @@ class LatentODE(nn.Module):
         """
         h0 = self.initial_state(self.encode(x, lengths))
         h = self.solve(h0, offsets)
-        return self.decode(h), h
+        pred = self.decode(h)
+        if self.config.anchor:
+            decay = torch.exp(-offsets[:, None] / torch.exp(self.log_anchor_tau))  # (K, 3)
+            pred = anchor_at_context(pred, x, lengths, self.config.encoder_direction, decay)
+        return pred, h
+
+
+def last_observation(
+    x: torch.Tensor, lengths: torch.Tensor, direction: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The newest point of each context window: ``(values (batch, 3), observed (batch, 3))``."""
+    row = (lengths - 1) if direction == "forward" else torch.zeros_like(lengths)
+    last = x[torch.arange(x.shape[0]), row]
+    return last[:, 1 : 1 + N_CHANNELS], last[:, 1 + N_CHANNELS :] > 0.5
+
+
+def anchor_at_context(
+    pred: torch.Tensor,
+    x: torch.Tensor,
+    lengths: torch.Tensor,
+    direction: str,
+    decay: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Shift each forecast so that it starts at the context's last observation.
+
+    The shift fades with ``decay (K, 3)`` (1 = keep it all): near the present
+    the forecast follows the observed level, far ahead the model's own level.
+    Channels not observed at the newest context point keep the decoded level.
+    """
+    value, observed = last_observation(x, lengths, direction)
+    shift = torch.where(observed, value - pred[:, 0], torch.zeros_like(value))
+    weight = decay[None] if decay is not None else 1.0
+    return pred + shift[:, None, :] * weight
 
 
 def path_length_penalty(h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,9 @@ their budget: the planner ranks candidate futures by exactly that prediction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal
+
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -76,6 +79,8 @@ class FitReport(BaseModel):
     runs_used: int
     runs_fit: int
     runs_holdout: int
+    scheme: Literal["holdout", "cross-fit"] = "holdout"
+    folds: int = 1
     holdout_ids: list[str]
     issues: list[RunIssue]
     direction: str
@@ -84,8 +89,9 @@ class FitReport(BaseModel):
     members: list[dict[str, float | int | None]]
     holdout: ForecastReport | None
     note: str = (
-        "Holdout runs also drive early stopping (checkpoint choice only); "
-        "benchmarks report fresh seeds the fit never saw."
+        "Held-out runs also drive early stopping (checkpoint choice only). With cross-fit, "
+        "each run is forecast by the one member that never trained on it, so the report "
+        "understates the full ensemble; benchmarks report fresh seeds the fit never saw."
     )
 
 
@@ -136,30 +142,40 @@ def _baselines(
     return last, nearest
 
 
-def forecast_report(
-    forecaster: Forecaster,
-    fit: SweepTensors,
+Forecasts = dict[str, torch.Tensor]  # method -> (runs, G - end, 3), standardised
+
+
+def window_forecasts(
+    forecaster: Forecaster, fit: SweepTensors, test: SweepTensors, end: int, window: int
+) -> Forecasts:
+    """Model and baseline forecasts of every ``test`` run from the window ending at ``end``."""
+    n = int(test.values.shape[0])
+    pred = forecaster.forecast(
+        test, torch.arange(n), torch.full((n,), end), torch.full((n,), window)
+    )
+    last, nearest = _baselines(fit, test, end, window)
+    return {"model": pred, "nearest": nearest, "last": last}
+
+
+def score_forecasts(
+    by_tau: dict[float, Forecasts],
     test: SweepTensors,
     norm: Normalisation,
-    taus: tuple[float, ...],
     window: int,
     complete: np.ndarray,
 ) -> ForecastReport:
-    """Compare model and baselines on ``test`` runs (see the module docstring)."""
+    """RMSE per channel (pooled and median run) and final-metric rank correlation."""
     g = test.grid_points
-    n = int(test.values.shape[0])
     rows: list[ForecastRow] = []
     ranking: list[RankRow] = []
     std = torch.tensor(norm.std, dtype=torch.float32)
-    for tau in taus:
+    keep = np.asarray(complete, dtype=bool)
+    for tau, forecasts in by_tau.items():
         end = round(tau * (g - 1))
-        run_idx = torch.arange(n)
-        ends = torch.full((n,), end)
-        pred = forecaster.forecast(test, run_idx, ends, torch.full((n,), window))
-        last, nearest = _baselines(fit, test, end, window)
         y, m = test.values[:, end:], test.mask[:, end:]
-        finals: dict[str, np.ndarray] = {}
-        for method, f in (("model", pred), ("nearest", nearest), ("last", last)):
+        actual = (y[:, -1, VAL_METRIC] * std[VAL_METRIC]).numpy()
+        for method in METHODS:
+            f = forecasts[method]
             err2 = ((f - y) * std) ** 2 * m  # channel units
             for c in range(N_CHANNELS):
                 mc = m[..., c]
@@ -172,13 +188,61 @@ def forecast_report(
                     tau=tau, channel=CHANNELS[c], method=method, rmse_pooled=pooled,
                     rmse_median_run=float(per_run.median()), runs=int(has.sum()),
                 ))
-            finals[method] = (f[:, -1, VAL_METRIC] * std[VAL_METRIC]).numpy()
-        actual = (y[:, -1, VAL_METRIC] * std[VAL_METRIC]).numpy()
-        keep = np.asarray(complete, dtype=bool)
-        for method in METHODS:
-            rho = spearman(finals[method][keep], actual[keep])
+            final = (f[:, -1, VAL_METRIC] * std[VAL_METRIC]).numpy()
+            rho = spearman(final[keep], actual[keep])
             ranking.append(RankRow(tau=tau, method=method, spearman=rho, runs=int(keep.sum())))
     return ForecastReport(window=window, forecast=rows, ranking=ranking)
+
+
+def forecast_report(
+    forecaster: Forecaster,
+    fit: SweepTensors,
+    test: SweepTensors,
+    norm: Normalisation,
+    taus: tuple[float, ...],
+    window: int,
+    complete: np.ndarray,
+) -> ForecastReport:
+    """Compare model and baselines on ``test`` runs (see the module docstring)."""
+    g = test.grid_points
+    by_tau = {
+        tau: window_forecasts(forecaster, fit, test, round(tau * (g - 1)), window)
+        for tau in taus
+    }
+    return score_forecasts(by_tau, test, norm, window, complete)
+
+
+def cross_fit_report(
+    folds: Sequence[tuple[Forecaster, np.ndarray, np.ndarray]],
+    data: SweepTensors,
+    norm: Normalisation,
+    taus: tuple[float, ...],
+    window: int,
+    complete: np.ndarray,
+) -> ForecastReport:
+    """Out-of-fold report: each run forecast by the fold that held it out.
+
+    ``folds`` holds ``(forecaster, train_idx, holdout_idx)``; the nearest-run
+    baseline searches the same fold's training runs.
+    """
+    g = data.grid_points
+    n = int(data.values.shape[0])
+    by_tau: dict[float, Forecasts] = {}
+    for tau in taus:
+        end = round(tau * (g - 1))
+        merged = {m: torch.zeros(n, g - end, N_CHANNELS) for m in METHODS}
+        for forecaster, train_idx, hold_idx in folds:
+            fit = _subset(data, train_idx)
+            part = window_forecasts(forecaster, fit, _subset(data, hold_idx), end, window)
+            for m in METHODS:
+                merged[m][torch.as_tensor(hold_idx)] = part[m]
+        by_tau[tau] = merged
+    return score_forecasts(by_tau, data, norm, window, complete)
+
+
+def _subset(data: SweepTensors, idx: np.ndarray) -> SweepTensors:
+    ix = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+    return SweepTensors(values=data.values[ix], mask=data.mask[ix])
 
 
 def format_forecast(report: ForecastReport, *, val_scale: float = 1.0, val_unit: str = "") -> str:
