@@ -10,6 +10,7 @@ The public surface::
     bundle = Bundle.load("bundle/")
 """
 
+from tracker_sched.advisor import Advisor
 from tracker_sched.bundle import Bundle, BundleManifest
 from tracker_sched.errors import (
     BundleError,
@@ -21,7 +22,9 @@ from tracker_sched.errors import (
 )
 from tracker_sched.fit import FitConfig, FitResult, fit_sweep
 from tracker_sched.model import ModelConfig
+from tracker_sched.planner import GenerativePlanner, LiveHistory, PlannerConfig
 from tracker_sched.report import FitReport
+from tracker_sched.scheduler import AdvisorLR
 from tracker_sched.schema import MetricMap, Recommendation, RunIssue, RunRecord, Schedule, Series
 from tracker_sched.sources.files import read_sweep, write_sweep
 from tracker_sched.validation import validate_sweep
@@ -29,6 +32,8 @@ from tracker_sched.validation import validate_sweep
 __version__ = "0.1.0"
 
 __all__ = [
+    "Advisor",
+    "AdvisorLR",
     "Bundle",
     "BundleError",
     "BundleManifest",
@@ -36,10 +41,13 @@ __all__ = [
     "FitError",
     "FitReport",
     "FitResult",
+    "GenerativePlanner",
     "InputError",
+    "LiveHistory",
     "MetricMap",
     "MissingDependencyError",
     "ModelConfig",
+    "PlannerConfig",
     "Recommendation",
     "RunIssue",
     "RunRecord",

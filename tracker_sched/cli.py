@@ -19,7 +19,7 @@ from tracker_sched.schema import MetricMap, RunIssue
 from tracker_sched.sources.base import SourceResult
 from tracker_sched.sources.files import read_sweep
 
-SOURCES = ("files",)
+SOURCES = ("files", "mlflow", "wandb-offline")
 
 
 def _metric_map_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +34,13 @@ def _metric_map_args(p: argparse.ArgumentParser) -> None:
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=SOURCES, default="files",
                    help="where the sweep lives (default: files)")
-    p.add_argument("--path", help="files source: a sweep .jsonl file or a folder of them")
+    p.add_argument("--path", help="files: a sweep .jsonl file or a folder of them; "
+                   "wandb-offline: a wandb folder, an offline-run-* folder or a .wandb file")
+    p.add_argument("--project", help="mlflow: the experiment name or id")
+    p.add_argument("--sweep", help="mlflow: the parent run id whose children form the sweep")
+    p.add_argument("--filter", help="mlflow: a search filter, e.g. \"params.model = 'cnn'\"")
+    p.add_argument("--tracking-uri", help="mlflow: tracking URI (default: MLflow's own "
+                   "resolution: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     _metric_map_args(p)
 
 
@@ -69,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     _source_args(exp)
     exp.add_argument("--out", required=True, help="sweep .jsonl file to write")
 
+    rec = sub.add_parser("recommend", help="one recommendation for a run from its metrics file")
+    rec.add_argument("--bundle", required=True, help="bundle folder")
+    rec.add_argument("--history", required=True,
+                     help="the run's metrics: CSV with a header, or JSON Lines, with columns "
+                     "step, train_loss, val_metric, lr (empty cells allowed)")
+    rec.add_argument("--total-steps", type=int, required=True, help="the run's planned budget")
+    rec.add_argument("--step", type=int, help="the current step (default: the last logged)")
+
     ins = sub.add_parser("inspect", help="summarise a bundle and its fit report")
     ins.add_argument("bundle", help="bundle folder")
     ins.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -88,6 +102,20 @@ def _read(args: argparse.Namespace) -> SourceResult:
         if not args.path:
             raise InputError("--source files needs --path SWEEP (a .jsonl file or a folder)")
         return read_sweep(args.path, mm)
+    if args.source == "wandb-offline":
+        from tracker_sched.sources.wandb_offline import WandbOfflineSource
+
+        if not args.path:
+            raise InputError("--source wandb-offline needs --path DIR (a wandb folder with "
+                             "offline-run-* folders)")
+        return WandbOfflineSource(args.path, mm).read()
+    if args.source == "mlflow":
+        from tracker_sched.sources.mlflow_source import MlflowSource
+
+        if not args.project:
+            raise InputError("--source mlflow needs --project EXPERIMENT")
+        return MlflowSource(args.project, parent_run_id=args.sweep, filter=args.filter,
+                            tracking_uri=args.tracking_uri, metric_map=mm).read()
     raise InputError(f"unknown source {args.source!r}")  # pragma: no cover - argparse checks
 
 
@@ -133,7 +161,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise InputError(f"invalid fit options: {errors}") from exc
     result = _read(args)
     mm = _metric_map(args)
-    print(f"read {len(result.runs)} runs from {args.path}", file=sys.stderr)
+    where = args.path if args.source != "mlflow" else f"experiment {args.project}"
+    print(f"read {len(result.runs)} runs from {args.source} {where}", file=sys.stderr)
     fitted = fit_sweep(result.runs, config, mm, workers=args.workers,
                        progress=not args.no_progress)
     report = fitted.report.model_copy(update={"issues": result.issues + fitted.report.issues})
@@ -196,6 +225,69 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_history(path: str) -> dict[str, tuple[list[int], list[float]]]:
+    """A metrics file (CSV with a header, or JSON Lines) -> per-column (steps, values)."""
+    import csv
+
+    cols: dict[str, tuple[list[int], list[float]]] = {
+        k: ([], []) for k in ("train_loss", "val_metric", "lr")
+    }
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read --history {path}: {exc}") from exc
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise InputError(f"--history {path} is empty")
+    rows: list[dict[str, object]]
+    if lines[0].lstrip().startswith("{"):
+        try:
+            rows = [json.loads(ln) for ln in lines]
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--history {path}: line is not JSON ({exc})") from exc
+    else:
+        rows = list(csv.DictReader(lines))
+    for n, row in enumerate(rows, start=1):
+        try:
+            step = int(float(str(row["step"])))
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"--history {path}, row {n}: needs an integer 'step'") from exc
+        for key, (steps, values) in cols.items():
+            v = row.get(key)
+            if v is None or v == "":
+                continue
+            try:
+                values.append(float(str(v)))
+            except ValueError as exc:
+                raise InputError(f"--history {path}, row {n}: {key}={v!r} is not a number") from exc
+            steps.append(step)
+    return cols
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from tracker_sched.bundle import Bundle
+    from tracker_sched.planner import GenerativePlanner, LiveHistory
+
+    bundle = Bundle.load(args.bundle)
+    cols = read_history(args.history)
+
+    def arr(key: str) -> tuple[np.ndarray, np.ndarray]:
+        s, v = cols[key]
+        order = np.argsort(np.asarray(s), kind="stable")
+        return np.asarray(s, dtype=np.int64)[order], np.asarray(v, dtype=np.float64)[order]
+
+    last = max((s[-1] for s, _ in cols.values() if s), default=0)
+    step = args.step if args.step is not None else last
+    rec = GenerativePlanner(bundle).plan(
+        LiveHistory(train_loss=arr("train_loss"), lr=arr("lr"), val_metric=arr("val_metric")),
+        step=step, total_steps=args.total_steps,
+    )
+    print(rec.model_dump_json(indent=2))
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from tracker_sched.bundle import Bundle
     from tracker_sched.report import format_forecast
@@ -229,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     handlers = {"fit": cmd_fit, "validate": cmd_validate, "export": cmd_export,
-                "inspect": cmd_inspect}
+                "inspect": cmd_inspect, "recommend": cmd_recommend}
     try:
         return handlers[args.command](args)
     except TrackerSchedError as exc:

@@ -1,0 +1,136 @@
+"""The advisor: the client inside a live run. It never raises into the training loop.
+
+>>> # advisor = Advisor(Bundle.load("bundle/"), total_steps=840)
+>>> # for step in ...:
+>>> #     advisor.observe(step, train_loss=loss, val_metric=acc, lr=current_lr)
+>>> #     lr = advisor.lr(step)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from tracker_sched.bundle import Bundle
+from tracker_sched.planner import GenerativePlanner, LiveHistory, PlannerConfig
+from tracker_sched.schema import Recommendation, Schedule
+
+log = logging.getLogger("tracker_sched.advisor")
+
+
+class Advisor:
+    """Observe metrics, get the lr to use now; replans every ``replan_every`` observations.
+
+    Before the live run covers a full context window it follows the warm-up
+    plan: the schedule of the sweep's best run, stored in the bundle, stretched
+    to ``total_steps``. Any error becomes a fallback recommendation (the current
+    plan kept, with the reason), logged once per distinct reason.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        total_steps: int,
+        *,
+        config: PlannerConfig | None = None,
+        replan_every: int = 10,
+    ) -> None:
+        if total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        self.bundle = bundle
+        self.total_steps = int(total_steps)
+        self.replan_every = max(1, replan_every)
+        self.planner = GenerativePlanner(bundle, config)
+        self._obs: dict[str, tuple[list[int], list[float]]] = {
+            "train_loss": ([], []), "lr": ([], []), "val_metric": ([], []),
+        }
+        self._since_plan = 0
+        self._warned: set[str] = set()
+        sweep = bundle.manifest.sweep
+        steps = [round(t * self.total_steps) for t in sweep.warmup_tau]
+        self._plan = Recommendation(
+            status="warmup", reason="following the sweep's best run until a full window exists",
+            step=0, lr_now=sweep.warmup_lr[0],
+            schedule=Schedule(step=steps, lr=list(sweep.warmup_lr)),
+            model_version=bundle.manifest.created_at,
+        )
+
+    @property
+    def plan(self) -> Recommendation:
+        return self._plan
+
+    def observe(
+        self,
+        step: int,
+        *,
+        train_loss: float | None = None,
+        val_metric: float | None = None,
+        lr: float | None = None,
+    ) -> Recommendation:
+        """Record what the run logged at ``step``; replan when due. Never raises."""
+        try:
+            for key, value in (("train_loss", train_loss), ("val_metric", val_metric),
+                               ("lr", lr)):
+                if value is None:
+                    continue
+                steps, values = self._obs[key]
+                if steps and step <= steps[-1]:
+                    continue  # repeated or out-of-order step: ignore, keep the series clean
+                steps.append(int(step))
+                values.append(float(value))
+            self._since_plan += 1
+            if self._since_plan >= self.replan_every and self._window_ready(step):
+                self._since_plan = 0
+                self._replan(step)
+        except Exception as exc:  # the training loop must never die because of us
+            self._fallback(step, f"advisor error: {type(exc).__name__}: {exc}")
+        return self._plan
+
+    def lr(self, step: int) -> float:
+        """The lr to use at ``step`` (log-linear between planned points). Never raises."""
+        try:
+            s = np.asarray(self._plan.schedule.step, dtype=np.float64)
+            v = np.log10(np.asarray(self._plan.schedule.lr, dtype=np.float64))
+            out = float(10 ** np.interp(step, s, v))
+            if math.isfinite(out) and out > 0:
+                return out
+        except Exception as exc:
+            self._warn_once(f"lr lookup failed: {exc}")
+        return self._plan.lr_now
+
+    # ------------------------------------------------------------------ internals
+    def _window_ready(self, step: int) -> bool:
+        g = self.bundle.manifest.grid_points
+        return step / self.total_steps * (g - 1) >= self.bundle.manifest.window - 1
+
+    def _history(self) -> LiveHistory:
+        def arr(key: str) -> tuple[np.ndarray, np.ndarray]:
+            s, v = self._obs[key]
+            return np.asarray(s, dtype=np.int64), np.asarray(v, dtype=np.float64)
+
+        return LiveHistory(train_loss=arr("train_loss"), lr=arr("lr"),
+                           val_metric=arr("val_metric"))
+
+    def _replan(self, step: int) -> None:
+        current = self._plan.schedule if self._plan.status != "warmup" else None
+        rec = self.planner.plan(self._history(), step=step, total_steps=self.total_steps,
+                                current=current if current is not None else self._plan.schedule)
+        if rec.status == "fallback":
+            self._warn_once(rec.reason)
+            if self._plan.status == "warmup":
+                rec = rec.model_copy(update={"schedule": self._plan.schedule,
+                                             "lr_now": self.lr(step)})
+        self._plan = rec
+
+    def _fallback(self, step: int, reason: str) -> None:
+        self._warn_once(reason)
+        self._plan = self._plan.model_copy(update={"status": "fallback", "reason": reason,
+                                                   "step": int(step)})
+
+    def _warn_once(self, reason: str) -> None:
+        key = reason.split(";")[0][:80]
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("tracker-sched: %s", reason)

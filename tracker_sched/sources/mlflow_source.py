@@ -1,0 +1,488 @@
+"""The MLflow source: a sweep's runs, with params, state and full metric histories.
+
+A sweep is either the child runs of a parent run (``tags.mlflow.parentRunId``)
+or an experiment's runs narrowed by an MLflow search filter. Runs come from
+``MlflowClient.search_runs``, which gives params, state and the keys of every
+metric a run logged (latest values only). Full histories then come from:
+
+- an ``http(s)`` tracking server: the server's bulk endpoint
+  ``GET /ajax-api/2.0/mlflow/metrics/get-history-bulk`` (one metric key, up to
+  100 runs and 25,000 points per request; chunks adapt so none is truncated);
+- anything else (the embedded ``sqlite:///`` default, a server without the
+  endpoint, an auth scheme that needs MLflow's own transport):
+  ``MlflowClient.get_metric_history``, one call per (run, key), in a thread pool.
+
+mlflow is imported inside the functions that need it, never at module import.
+See ``docs/mlflow.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from pydantic import JsonValue, ValidationError
+
+from tracker_sched.errors import InputError, MissingDependencyError, SourceError
+from tracker_sched.schema import ROLES, MetricMap, RunIssue, RunRecord, missing_roles_message
+from tracker_sched.sources.base import SourceResult
+from tracker_sched.sources.files import record_from_raw
+
+if TYPE_CHECKING:
+    import requests
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+# Limits of the bulk endpoint (mlflow/server/handlers.py, get_metric_history_bulk_handler):
+# more than 100 run ids is a 400; more than 25,000 points is silently cut off.
+BULK_MAX_RUNS = 100
+BULK_MAX_POINTS = 25_000
+LOG_BATCH_MAX_METRICS = 1000  # MLflow's log_batch limit
+LOG_BATCH_MAX_PARAMS = 100
+TOTAL_STEPS_PARAMS = ("total_steps", "max_steps", "num_training_steps")
+PARENT_TAG = "mlflow.parentRunId"
+RUN_ID_TAG = "tracker_sched.run_id"
+_STATES = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running"}
+_INT = re.compile(r"[+-]?\d+")
+
+Point = tuple[int, int, float]  # (step, timestamp_ms, value)
+
+
+class _BulkUnavailable(Exception):
+    """The bulk endpoint cannot serve this store; use the client instead."""
+
+
+def _mlflow() -> Any:
+    try:
+        import mlflow
+    except ImportError as exc:
+        raise MissingDependencyError("mlflow", "mlflow") from exc
+    return mlflow
+
+
+def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
+    mlflow = _mlflow()
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or str(mlflow.get_tracking_uri())  # MLflow's own default resolution
+    return MlflowClient(tracking_uri=uri), uri
+
+
+def parse_param(value: str) -> JsonValue:
+    """An MLflow param (always a string) as config: ints, finite floats and booleans parsed."""
+    text = value.strip()
+    if _INT.fullmatch(text):
+        return int(text)
+    try:
+        number = float(text)
+    except ValueError:
+        return {"True": True, "true": True, "False": False, "false": False}.get(text, value)
+    return number if math.isfinite(number) else value
+
+
+def _total_steps(config: dict[str, JsonValue]) -> int | None:
+    for name in TOTAL_STEPS_PARAMS:
+        v = config.get(name)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        if v > 0 and float(v).is_integer():
+            return int(v)
+    return None
+
+
+def clean_history(points: list[Point]) -> tuple[list[int], list[float], int]:
+    """Sort by step; where a step was logged more than once keep the last value logged.
+
+    Returns steps, values and how many duplicate points were dropped.
+    """
+    latest: dict[int, Point] = {}
+    for p in sorted(points, key=lambda p: (p[0], p[1])):  # stable: server order breaks ties
+        latest[p[0]] = p
+    steps = sorted(latest)
+    return steps, [latest[s][2] for s in steps], len(points) - len(steps)
+
+
+def _progress(total: int, enabled: bool | None, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    disable = not sys.stderr.isatty() if enabled is None else not enabled
+    return tqdm(total=total, desc=desc, unit="run", disable=disable, leave=False)
+
+
+class MlflowSource:
+    """``--source mlflow --project EXPERIMENT [--sweep PARENT_RUN_ID] [--filter F]``.
+
+    Args:
+        experiment: experiment name (or id).
+        parent_run_id: read the children of this run; else every active run of
+            the experiment that matches ``filter``.
+        filter: an MLflow search filter, e.g. ``"params.schedule = 'onecycle'"``;
+            combined with the parent filter by ``and``.
+        tracking_uri: None uses MLflow's own resolution (``MLFLOW_TRACKING_URI``,
+            else the embedded ``sqlite:///<cwd>/mlflow.db``).
+        metric_map: which keys play which role (defaults know HF Trainer and Lightning).
+        max_workers: threads for the per-(run, key) fallback.
+        use_bulk: False forces ``MlflowClient.get_metric_history`` even against a server.
+        timeout_s: per-request timeout of the bulk endpoint.
+        progress: show a progress bar; None shows one on a terminal.
+
+    >>> result = MlflowSource("cnn-sweep", parent_run_id="0a1b2c...").read()  # doctest: +SKIP
+    >>> len(result.runs), result.issues  # doctest: +SKIP
+    """
+
+    name = "mlflow"
+
+    def __init__(
+        self,
+        experiment: str,
+        *,
+        parent_run_id: str | None = None,
+        filter: str | None = None,
+        tracking_uri: str | None = None,
+        metric_map: MetricMap | None = None,
+        max_workers: int = 8,
+        use_bulk: bool = True,
+        timeout_s: float = 60.0,
+        progress: bool | None = None,
+    ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
+        self.filter = filter
+        self.tracking_uri = tracking_uri
+        self.metric_map = metric_map or MetricMap()
+        self.max_workers = max_workers
+        self.use_bulk = use_bulk
+        self.timeout_s = timeout_s
+        self.progress = progress
+        self.history_path = ""  # "bulk" or "client" after read(): which path fetched histories
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def _experiment_id(self, client: MlflowClient, uri: str) -> str:
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is None and self.experiment.isdigit():
+            from mlflow.exceptions import MlflowException
+
+            try:
+                exp = client.get_experiment(self.experiment)
+            except MlflowException:
+                exp = None
+        if exp is None:
+            names = [e.name for e in client.search_experiments(max_results=10)]
+            listed = ", ".join(repr(n) for n in names) if names else "none"
+            raise SourceError(
+                f"MLflow experiment {self.experiment!r} not found at tracking URI {uri}. "
+                f"Experiments there: {listed}. Pass --project NAME (and --tracking-uri URI "
+                "if the sweep is on another server)"
+            )
+        return str(exp.experiment_id)
+
+    def _filter_string(self) -> str:
+        parts = []
+        if self.parent_run_id:
+            parts.append(f"tags.{PARENT_TAG} = '{self.parent_run_id}'")
+        if self.filter and self.filter.strip():
+            parts.append(self.filter.strip())  # MLflow's grammar has only AND: no parentheses
+        return " and ".join(parts)
+
+    def _search(self, client: MlflowClient, experiment_id: str) -> list[Run]:
+        from mlflow.entities import ViewType
+        from mlflow.exceptions import MlflowException
+
+        runs: list[Run] = []
+        token: str | None = None
+        try:
+            while True:
+                page = client.search_runs(
+                    [experiment_id], self._filter_string(), run_view_type=ViewType.ACTIVE_ONLY,
+                    max_results=1000, order_by=["attributes.start_time ASC"], page_token=token,
+                )
+                runs.extend(page)
+                token = page.token
+                if not token:
+                    return runs
+        except MlflowException as exc:
+            raise SourceError(
+                f"MLflow search failed for filter {self._filter_string()!r}: {exc.message}"
+            ) from exc
+
+    def _check_parent(self, client: MlflowClient, experiment_id: str, uri: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        assert self.parent_run_id is not None
+        try:
+            parent = client.get_run(self.parent_run_id)
+        except MlflowException as exc:
+            raise SourceError(
+                f"parent run {self.parent_run_id!r} not found at tracking URI {uri} "
+                f"({exc.error_code}); pass the sweep's parent run id with --sweep"
+            ) from exc
+        if parent.info.experiment_id != experiment_id:
+            raise SourceError(
+                f"parent run {self.parent_run_id!r} belongs to experiment id "
+                f"{parent.info.experiment_id}, not to {self.experiment!r} ({experiment_id})"
+            )
+
+    # -- histories --------------------------------------------------------------------------
+
+    def _bulk_session(self, uri: str) -> requests.Session:
+        """A session with MLflow's own request headers and auth; raises _BulkUnavailable
+        for schemes that only MLflow's transport implements (SigV4, auth plugins, Databricks)."""
+        import requests
+        from mlflow.tracking.request_header.registry import resolve_request_headers
+        from mlflow.utils.credentials import get_default_host_creds
+
+        creds = get_default_host_creds(uri)  # type: ignore[no-untyped-call]
+        if creds.aws_sigv4 or creds.auth:
+            raise _BulkUnavailable("the tracking auth scheme needs MLflow's own client")
+        session = requests.Session()
+        session.headers.update(resolve_request_headers())  # type: ignore[no-untyped-call]
+        if creds.username and creds.password:
+            session.auth = (creds.username, creds.password)
+        elif creds.token:
+            session.headers["Authorization"] = f"Bearer {creds.token}"
+        if creds.ignore_tls_verification:
+            session.verify = False
+        elif creds.server_cert_path:
+            session.verify = creds.server_cert_path
+        if creds.client_cert_path:
+            session.cert = creds.client_cert_path
+        try:  # MLflow 3 workspaces (MLFLOW_WORKSPACE): the header MLflow's client sends
+            from mlflow.utils.workspace_context import get_request_workspace
+            from mlflow.utils.workspace_utils import WORKSPACE_HEADER_NAME
+        except ImportError:
+            return session
+        if workspace := get_request_workspace():
+            session.headers.setdefault(WORKSPACE_HEADER_NAME, workspace)
+        return session
+
+    def _bulk_get(
+        self, session: requests.Session, uri: str, key: str, run_ids: list[str],
+    ) -> Iterator[tuple[str, list[Point]]]:
+        """Histories of ``key`` for ``run_ids``; a chunk that comes back full is split."""
+        import requests
+
+        try:
+            resp = session.get(
+                uri.rstrip("/") + BULK_ENDPOINT,
+                params=[*(("run_id", rid) for rid in run_ids), ("metric_key", key),
+                        ("max_results", str(BULK_MAX_POINTS))],
+                timeout=self.timeout_s,
+            )
+        except requests.RequestException as exc:
+            raise _BulkUnavailable(f"request failed: {exc}") from exc
+        if resp.status_code != 200:
+            raise _BulkUnavailable(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        try:
+            metrics = resp.json()["metrics"] if resp.content.strip() else []
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _BulkUnavailable(f"unexpected response: {resp.text[:200]}") from exc
+        if len(metrics) >= BULK_MAX_POINTS:
+            if len(run_ids) == 1:  # one run alone fills a response: page it with the client
+                raise _BulkUnavailable(f"run {run_ids[0]} has over {BULK_MAX_POINTS} points")
+            half = len(run_ids) // 2
+            yield from self._bulk_get(session, uri, key, run_ids[:half])
+            yield from self._bulk_get(session, uri, key, run_ids[half:])
+            return
+        by_run: dict[str, list[Point]] = {rid: [] for rid in run_ids}
+        for m in metrics:
+            by_run.setdefault(m["run_id"], []).append(
+                (int(m["step"]), int(m["timestamp"]), float(m["value"])))
+        yield from by_run.items()
+
+    def _read_bulk(self, uri: str, keys: dict[str, list[str]], bar: Any,
+                   out: dict[str, dict[str, list[Point]]]) -> None:
+        session = self._bulk_session(uri)
+        try:
+            run_ids = list(keys)
+            # Keep the expected points per request under the limit when runs are long.
+            per_run = BULK_MAX_RUNS
+            for start in range(0, len(run_ids), BULK_MAX_RUNS):
+                chunk = run_ids[start:start + BULK_MAX_RUNS]
+                all_keys = sorted({k for rid in chunk for k in keys[rid]})
+                for key in all_keys:
+                    wanted = [rid for rid in chunk if key in keys[rid]]
+                    for i in range(0, len(wanted), per_run):
+                        part = wanted[i:i + per_run]
+                        n_points = 0
+                        for rid, points in self._bulk_get(session, uri, key, part):
+                            out[rid][key] = points
+                            n_points += len(points)
+                        if n_points:  # size the next requests by what this one held
+                            mean = n_points / len(part)
+                            per_run = max(1, min(BULK_MAX_RUNS,
+                                                 int(0.8 * BULK_MAX_POINTS / mean)))
+                bar.update(len(chunk))
+        finally:
+            session.close()
+
+    def _read_client(self, client: MlflowClient, keys: dict[str, list[str]], bar: Any,
+                     out: dict[str, dict[str, list[Point]]]) -> None:
+        def one_run(rid: str) -> tuple[str, dict[str, list[Point]]]:
+            hist = {}
+            for key in keys[rid]:
+                hist[key] = [(int(m.step), int(m.timestamp), float(m.value))
+                             for m in client.get_metric_history(rid, key)]
+            return rid, hist
+
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            for rid, hist in pool.map(one_run, list(keys)):
+                out[rid] = hist
+                bar.update(1)
+
+    def _histories(self, client: MlflowClient, uri: str,
+                   keys: dict[str, list[str]]) -> dict[str, dict[str, list[Point]]]:
+        out: dict[str, dict[str, list[Point]]] = {rid: {} for rid in keys}
+        is_http = uri.lower().startswith(("http://", "https://"))
+        if self.use_bulk and is_http:
+            with _progress(len(keys), self.progress, "mlflow histories (bulk)") as bar:
+                try:
+                    self._read_bulk(uri, keys, bar, out)
+                    self.history_path = "bulk"
+                    return out
+                except _BulkUnavailable as exc:
+                    log.warning("MLflow bulk history endpoint unavailable (%s); "
+                                "falling back to get_metric_history", exc)
+        out = {rid: {} for rid in keys}
+        with _progress(len(keys), self.progress, "mlflow histories") as bar:
+            self._read_client(client, keys, bar, out)
+        self.history_path = "client"
+        return out
+
+    # -- records ----------------------------------------------------------------------------
+
+    def read(self) -> SourceResult:
+        """Read every run of the sweep; a run that does not fit the schema becomes an issue."""
+        client, uri = _client(self.tracking_uri)
+        experiment_id = self._experiment_id(client, uri)
+        if self.parent_run_id:
+            self._check_parent(client, experiment_id, uri)
+        found = self._search(client, experiment_id)
+        # A run that is the parent of another run is a sweep's container, not a training run.
+        parents = {r.data.tags.get(PARENT_TAG) for r in found} | {self.parent_run_id}
+        runs = [r for r in found if r.info.run_id not in parents]
+        if not runs:
+            what = f"filter {self._filter_string()!r}" if self._filter_string() else "no filter"
+            raise SourceError(
+                f"no runs in MLflow experiment {self.experiment!r} at {uri} with {what}; "
+                "check --sweep (the parent run id) and --filter"
+            )
+        keys = {r.info.run_id: sorted(r.data.metrics) for r in runs}
+        seen = sorted({k for ks in keys.values() for k in ks})
+        if not any(self.metric_map.key_for("lr", ks) for ks in keys.values()):
+            raise InputError(f"no run of the sweep logged a learning rate: "
+                             f"{missing_roles_message(['lr'], seen, self.metric_map)}")
+        histories = self._histories(client, uri, keys)
+        sweep_id = self.parent_run_id or experiment_id
+        records: list[RunRecord] = []
+        issues: list[RunIssue] = []
+        for run in runs:
+            rid = run.info.run_id
+            try:
+                rec, repaired = self._record(run, histories[rid], sweep_id)
+            except (ValidationError, ValueError, TypeError) as exc:
+                issues.append(RunIssue(run_id=rid, action="excluded",
+                                       reason="does not match the run schema: "
+                                       + str(exc).replace("\n", " ")))
+                continue
+            records.append(rec)
+            if repaired:
+                issues.append(RunIssue(run_id=rid, action="repaired", reason=repaired))
+        return SourceResult(runs=records, issues=issues)
+
+    def _record(self, run: Run, history: dict[str, list[Point]],
+                sweep_id: str) -> tuple[RunRecord, str]:
+        config = {k: parse_param(v) for k, v in sorted(run.data.params.items())}
+        metrics: dict[str, dict[str, list[Any]]] = {}
+        notes = []
+        for key, points in sorted(history.items()):
+            steps, values, dropped = clean_history(points)
+            metrics[key] = {"step": steps, "value": values}
+            if dropped:
+                notes.append(f"{key!r}: {dropped} point(s) at an already-logged step")
+        raw: dict[str, Any] = {
+            "run_id": run.info.run_id,
+            "source": "mlflow",
+            "sweep_id": sweep_id,
+            "name": run.info.run_name,
+            "config": config,
+            "state": _STATES.get(run.info.status, str(run.info.status).lower()),
+            "total_steps": _total_steps(config),
+            "metrics": metrics,
+        }
+        repaired = ("steps logged more than once, the last value logged kept: "
+                    + "; ".join(notes)) if notes else ""
+        return record_from_raw(raw, self.metric_map), repaired
+
+
+def _param_value(value: JsonValue) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _batches(params: list[Any], metrics: list[Any]) -> Iterator[tuple[list[Any], list[Any]]]:
+    """log_batch payloads within MLflow's limits: 100 params, 1000 metrics, 1000 entities."""
+    while params or metrics:
+        p, params = params[:LOG_BATCH_MAX_PARAMS], params[LOG_BATCH_MAX_PARAMS:]
+        room = LOG_BATCH_MAX_METRICS - len(p)
+        m, metrics = metrics[:room], metrics[room:]
+        yield p, m
+
+
+def log_sweep(
+    runs: Sequence[RunRecord],
+    experiment: str,
+    *,
+    tracking_uri: str | None = None,
+    parent_name: str = "sweep",
+) -> str:
+    """Log RunRecords as MLflow child runs under one new parent run; return the parent's id.
+
+    Each child gets the record's config as params (plus ``total_steps`` when the
+    config has no budget param), its series under the keys of ``metric_keys``
+    (else the role names) with their steps, one ``log_batch`` per 1,000 metrics,
+    and the record's state. The experiment is created if missing.
+    """
+    _mlflow()
+    from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+    client, _ = _client(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    parent_id: str = client.create_run(exp_id, run_name=parent_name).info.run_id
+    status = {v: k for k, v in _STATES.items()}
+    t0 = int(time.time() * 1000)
+    for rec in runs:
+        child = client.create_run(exp_id, run_name=rec.name or rec.run_id, tags={
+            PARENT_TAG: parent_id, RUN_ID_TAG: rec.run_id})
+        cid = child.info.run_id
+        config = {k: v for k, v in rec.config.items() if k != "_keys_seen"}
+        if rec.total_steps is not None and not any(k in config for k in TOTAL_STEPS_PARAMS):
+            config["total_steps"] = rec.total_steps
+        params = [Param(k, _param_value(v)) for k, v in config.items()]
+        metrics: list[Metric] = []
+        for role in ROLES:
+            series = rec.series(role)
+            if series is None:
+                continue
+            key = rec.metric_keys.get(role, role)
+            # Timestamps increase with the step so "last logged" is well defined on read.
+            metrics.extend(Metric(key, float(v), t0 + i, int(s))
+                           for i, (s, v) in enumerate(zip(series.step, series.value, strict=True)))
+        for batch_params, batch_metrics in _batches(params, metrics):
+            client.log_batch(cid, metrics=batch_metrics, params=batch_params)
+        client.set_terminated(cid, status=status.get(rec.state, "FINISHED"))
+    client.log_batch(parent_id, tags=[RunTag("tracker_sched.sweep_runs", str(len(runs)))])
+    client.set_terminated(parent_id, status=RunStatus.to_string(RunStatus.FINISHED))
+    return parent_id
