@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_config
 
 from tracker_sched.bundle import MANIFEST, SCHEMA_VERSION, WEIGHTS, Bundle
 from tracker_sched.errors import BundleError
-from tracker_sched.fit import FitConfig, FitResult, fit_sweep, report_windows
-from tracker_sched.model import ModelConfig
+from tracker_sched.fit import FitResult, fit_sweep, report_windows
 from tracker_sched.sources.files import read_sweep
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 
 
-def tiny_config() -> FitConfig:
-    return FitConfig(
-        max_iterations=30, eval_every=10, batch_size=16, grid_points=40, window=10, ensemble=1,
-        model=ModelConfig(latent_dim=4, ode_dim=8, hidden=16, encoder_hidden=16, step_points=2),
-    )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

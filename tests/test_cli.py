@@ -7,33 +7,20 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
+from tiny import tiny_config
 
 from tracker_sched import __version__
 from tracker_sched.bundle import Bundle
 from tracker_sched.cli import main
-from tracker_sched.fit import FitConfig
-from tracker_sched.model import ModelConfig
 from tracker_sched.sources.files import read_sweep
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
-TINY = FitConfig(
-    max_iterations=30, eval_every=10, batch_size=16, grid_points=40, window=10, ensemble=1,
-    model=ModelConfig(latent_dim=4, ode_dim=8, hidden=16, encoder_hidden=16, step_points=2),
-)
+TINY = tiny_config()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_config
 
 from tracker_sched.dataset import CHANNELS, SweepTensors
 from tracker_sched.errors import FitError, InputError
 from tracker_sched.fit import (
-    FitConfig,
     FitResult,
     fit_sweep,
     holdout_loss,
@@ -24,7 +23,7 @@ from tracker_sched.fit import (
     train_member,
 )
 from tracker_sched.forecast import Forecaster
-from tracker_sched.model import LatentODE, ModelConfig
+from tracker_sched.model import LatentODE
 from tracker_sched.report import METHODS, spearman
 from tracker_sched.schema import MetricMap, RunRecord, Series
 from tracker_sched.sources.files import read_sweep
@@ -32,23 +31,7 @@ from tracker_sched.sources.files import read_sweep
 FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 
 
-def tiny_config(**overrides: object) -> FitConfig:
-    base: dict[str, object] = {
-        "max_iterations": 30, "eval_every": 10, "batch_size": 16, "grid_points": 40,
-        "window": 10, "ensemble": 1,
-        "model": ModelConfig(latent_dim=4, ode_dim=8, hidden=16, encoder_hidden=16,
-                             step_points=2),
-    }
-    base.update(overrides)
-    return FitConfig(**base)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,14 +11,6 @@ from pydantic import ValidationError
 from tracker_sched.dataset import N_CHANNELS
 from tracker_sched.errors import InputError
 from tracker_sched.model import LatentODE, ModelConfig, path_length_penalty
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(seed: int = 0, **cfg: object) -> LatentODE:

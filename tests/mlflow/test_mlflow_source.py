@@ -5,13 +5,11 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import torch
 
 pytest.importorskip("mlflow")
 
@@ -48,11 +46,8 @@ def sqlite_sweep(sqlite_store: str, sweep_records: list[RunRecord]) -> tuple[str
 
 
 @pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread() -> None:
+    """Torch runs on one thread in every test (tests/conftest.py)."""
 
 
 def assert_same_sweep(read: list[RunRecord], logged: list[RunRecord], sweep_id: str) -> None:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from tracker_sched.errors import InputError, MissingDependencyError, SourceError
 from tracker_sched.fit import FitConfig, fit_sweep
@@ -362,11 +360,8 @@ def test_missing_wandb_names_the_extra(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 @pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread() -> None:
+    """Torch runs on one thread in every test (tests/conftest.py)."""
 
 
 @pytest.mark.slow
