@@ -2,76 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
+from benchmarks.mlflow_server import local_mlflow_server
 from tracker_sched.schema import RunRecord
 from tracker_sched.sources.files import read_sweep
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
-HEALTH_TIMEOUT_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URI of a real ``mlflow server`` (sqlite backend, 1 worker) on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [os.path.join(bin_dir, "mlflow"), "server",
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--default-artifact-root", str(root / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}: "
-                                   + (root / "server.log").read_text(errors="replace")[-2000:])
-            try:
-                if requests.get(uri + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not answer /health in {HEALTH_TIMEOUT_S}s: "
-                                   + (root / "server.log").read_text(errors="replace")[-2000:])
-            time.sleep(0.25)
+    with local_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
-    finally:
-        # Our own process group only (start_new_session): the server and its workers.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-        log.close()
 
 
 @pytest.fixture(scope="session")

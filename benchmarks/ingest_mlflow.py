@@ -1,0 +1,95 @@
+"""Ingest benchmark: read a sweep from a local MLflow server, bulk endpoint vs per-metric calls.
+
+    python -m benchmarks.ingest_mlflow [--runs 100] [--steps 1000] [--repeats 3]
+
+Logs ``runs`` runs x 3 metrics x ``steps`` points under one parent run to a real
+``mlflow server`` on 127.0.0.1 (sqlite, one worker), then reads the sweep back with
+``MlflowSource`` through the bulk history endpoint and through per-(run, metric)
+``get_metric_history`` calls (8 threads, MLflow's portable path), side by side in the
+same process. Both reads must return identical records. Prints medians and their
+ratio; writes ``benchmarks/results/ingest_mlflow.json``. Goal: ratio >= 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.mlflow_server import local_mlflow_server
+from tracker_sched.schema import RunRecord, Series
+from tracker_sched.sources.mlflow_source import MlflowSource, log_sweep
+
+
+def synthetic_sweep(runs: int, steps: int) -> list[RunRecord]:
+    """Smooth, plausible curves; ingest speed does not depend on what they mean."""
+    rng = np.random.default_rng(0)
+    out = []
+    s = list(range(1, steps + 1))
+    for i in range(runs):
+        peak = float(10 ** rng.uniform(-4, -1))
+        tau = np.arange(1, steps + 1) / steps
+        lr = peak * 0.5 * (1 + np.cos(np.pi * tau)) + 1e-7
+        loss = 2.3 * np.exp(-3 * tau) + 0.05 * rng.random(steps)
+        acc = 0.95 - 0.85 * np.exp(-4 * tau) + 0.01 * rng.random(steps)
+        out.append(RunRecord(
+            run_id=f"run-{i:03d}", total_steps=steps, config={"peak_lr": peak, "seed": i},
+            train_loss=Series(step=s, value=loss.tolist()), lr=Series(step=s, value=lr.tolist()),
+            val_metric=Series(step=s, value=acc.tolist()),
+            metric_keys={"train_loss": "train_loss", "lr": "lr", "val_metric": "val_acc"},
+        ))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest_mlflow.json"))
+    ns = ap.parse_args(argv)
+
+    sweep = synthetic_sweep(ns.runs, ns.steps)
+    with tempfile.TemporaryDirectory() as tmp, local_mlflow_server(Path(tmp)) as uri:
+        t0 = time.perf_counter()
+        parent = log_sweep(sweep, "ingest", tracking_uri=uri)
+        log_s = time.perf_counter() - t0
+        print(f"logged {ns.runs} runs x 3 metrics x {ns.steps} steps in {log_s:.1f} s")
+        times: dict[str, list[float]] = {"bulk": [], "per-metric": []}
+        records: dict[str, list[RunRecord]] = {}
+        for _ in range(ns.repeats):
+            for name, bulk in (("bulk", True), ("per-metric", False)):
+                src = MlflowSource("ingest", parent_run_id=parent, tracking_uri=uri,
+                                   use_bulk=bulk, progress=False)
+                t0 = time.perf_counter()
+                res = src.read()
+                times[name].append(time.perf_counter() - t0)
+                records[name] = res.runs
+                assert src.history_path == ("bulk" if bulk else "client"), src.history_path
+    same = [r.model_dump_json() for r in records["bulk"]] == [
+        r.model_dump_json() for r in records["per-metric"]]
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["per-metric"] / med["bulk"]
+    print(f"{'path':<28} {'median s':>9}  all")
+    print(f"{'bulk endpoint':<28} {med['bulk']:>9.2f}  "
+          + ", ".join(f"{t:.2f}" for t in times["bulk"]))
+    print(f"{'get_metric_history x8 threads':<28} {med['per-metric']:>9.2f}  "
+          + ", ".join(f"{t:.2f}" for t in times["per-metric"]))
+    print(f"ratio {ratio:.1f}x (goal >= 2x: {'ok' if ratio >= 2 else 'MISS'}); "
+          f"identical records: {same}; {len(records['bulk'])} runs read")
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    ns.out.write_text(json.dumps({"runs": ns.runs, "steps": ns.steps, "metrics": 3,
+                                  "log_s": log_s, "times_s": times, "median_s": med,
+                                  "ratio": ratio, "identical": same}, indent=2))
+    print(f"wrote {ns.out}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
