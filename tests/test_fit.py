@@ -386,3 +386,13 @@ def test_prepare_split_is_seeded(runs: list[RunRecord]) -> None:
     assert np.array_equal(p0.holdout_idx, p0b.holdout_idx)
     assert not np.array_equal(p0.holdout_idx, p1.holdout_idx)
     assert p0.holdout_idx.size == 10 and p0.train_idx.size == 38
+
+
+def test_source_issues_are_listed_in_the_report_and_bundle(runs: list[RunRecord]) -> None:
+    from tracker_sched.schema import RunIssue
+
+    unreadable = RunIssue(run_id="sweep.jsonl:7", action="excluded", reason="not valid JSON")
+    result = fit_sweep(runs, tiny_config(), workers=1, progress=False,
+                       source_issues=[unreadable])
+    assert result.report.issues[0] == unreadable
+    assert result.bundle.manifest.report.issues[0] == unreadable

@@ -58,6 +58,8 @@ class Advisor:
         self._warned: set[str] = set()
         sweep = bundle.manifest.sweep
         steps = [round(t * self.total_steps) for t in sweep.warmup_tau]
+        self._sched_steps = np.zeros(0)
+        self._sched_log_lr = np.zeros(0)
         self._plan = Recommendation(
             status="warmup", reason="following the sweep's best run until a full window exists",
             step=0, lr_now=sweep.warmup_lr[0],
@@ -68,6 +70,18 @@ class Advisor:
     @property
     def plan(self) -> Recommendation:
         return self._plan
+
+    @property
+    def _plan(self) -> Recommendation:
+        return self.__plan
+
+    @_plan.setter
+    def _plan(self, rec: Recommendation) -> None:
+        # lr() runs at every training step: convert the schedule once per plan, not per call.
+        self.__plan = rec
+        self._sched_steps = np.asarray(rec.schedule.step, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self._sched_log_lr = np.log10(np.asarray(rec.schedule.lr, dtype=np.float64))
 
     def observe(
         self,
@@ -101,9 +115,7 @@ class Advisor:
     def lr(self, step: int) -> float:
         """The lr to use at ``step`` (log-linear between planned points). Never raises."""
         try:
-            s = np.asarray(self._plan.schedule.step, dtype=np.float64)
-            v = np.log10(np.asarray(self._plan.schedule.lr, dtype=np.float64))
-            out = float(10 ** np.interp(step, s, v))
+            out = float(10 ** np.interp(step, self._sched_steps, self._sched_log_lr))
             if math.isfinite(out) and out > 0:
                 return out
         except Exception as exc:
@@ -124,9 +136,8 @@ class Advisor:
                            val_metric=arr("val_metric"))
 
     def _replan(self, step: int) -> None:
-        current = self._plan.schedule if self._plan.status != "warmup" else None
         rec = self.planner.plan(self._history(), step=step, total_steps=self.total_steps,
-                                current=current if current is not None else self._plan.schedule)
+                                current=self._plan.schedule)
         if rec.status == "fallback":
             self._warn_once(rec.reason)
             if self._plan.status == "warmup":

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -18,6 +19,9 @@ from tracker_sched.errors import InputError, TrackerSchedError
 from tracker_sched.schema import MetricMap, RunIssue
 from tracker_sched.sources.base import SourceResult
 from tracker_sched.sources.files import read_sweep
+
+if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
+    from tracker_sched.bundle import BundleManifest
 
 SOURCES = ("files", "mlflow", "wandb-offline")
 
@@ -126,12 +130,22 @@ def _issue_table(issues: Sequence[RunIssue]) -> str:
     return "\n".join(lines)
 
 
+def _forecast_table(manifest: BundleManifest) -> str:
+    """The fit report's forecast table; an accuracy-like metric is shown in points."""
+    from tracker_sched.report import format_forecast
+
+    report = manifest.report
+    assert report.holdout is not None
+    is_acc = report.direction == "max" and 0 <= manifest.sweep.best_config_mean_final_val <= 1
+    return format_forecast(report.holdout, val_scale=100 if is_acc else 1,
+                           val_unit="points" if is_acc else "metric units")
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     import torch
 
     from tracker_sched.fit import FitConfig, fit_sweep
     from tracker_sched.model import ModelConfig
-    from tracker_sched.report import format_forecast
     if args.threads:
         torch.set_num_threads(args.threads)
     base: dict[str, object] = {}
@@ -164,10 +178,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     where = args.path if args.source != "mlflow" else f"experiment {args.project}"
     print(f"read {len(result.runs)} runs from {args.source} {where}", file=sys.stderr)
     fitted = fit_sweep(result.runs, config, mm, workers=args.workers,
-                       progress=not args.no_progress)
-    report = fitted.report.model_copy(update={"issues": result.issues + fitted.report.issues})
-    bundle = fitted.bundle
-    bundle.manifest = bundle.manifest.model_copy(update={"report": report})
+                       progress=not args.no_progress, source_issues=result.issues)
+    report, bundle = fitted.report, fitted.bundle
     out = bundle.save(args.out)
     (out / "report.json").write_text(report.model_dump_json(indent=2))
     s = bundle.manifest.sweep
@@ -184,9 +196,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
           f"{s.best_config_mean_final_val:.4f} over {s.best_config_runs} runs); "
           f"lr explored {s.lr_min:.2e} .. {s.lr_max:.2e}")
     if report.holdout is not None:
-        is_acc = report.direction == "max" and 0 <= s.best_config_mean_final_val <= 1
-        print(format_forecast(report.holdout, val_scale=100 if is_acc else 1,
-                              val_unit="points" if is_acc else "metric units"))
+        print(_forecast_table(bundle.manifest))
         if not args.no_plots:
             try:
                 from tracker_sched.plots import plot_forecasts
@@ -290,7 +300,6 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from tracker_sched.bundle import Bundle
-    from tracker_sched.report import format_forecast
 
     bundle = Bundle.load(args.bundle)
     m = bundle.manifest
@@ -305,7 +314,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"sweep: {s.runs_used} runs; best {s.best_run_id}; peak lr {s.best_peak_lr:.3g}; "
           f"lr explored {s.lr_min:.2e} .. {s.lr_max:.2e}")
     if m.report.holdout is not None:
-        print(format_forecast(m.report.holdout))
+        print(_forecast_table(m))
     return 0
 
 

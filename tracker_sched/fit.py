@@ -25,7 +25,6 @@ from tracker_sched.bundle import (
     package_versions,
 )
 from tracker_sched.dataset import (
-    VAL_METRIC,
     GridSweep,
     Normalisation,
     SweepTensors,
@@ -313,11 +312,6 @@ def holdout_loss(
     return float(_masked_mse(pred, y, m, weights))
 
 
-def val_channel_final(grid: GridSweep) -> np.ndarray:
-    """Final validation metric (transformed units) of each run; NaN if not observed."""
-    out = np.where(grid.mask[:, -1, VAL_METRIC], grid.values[:, -1, VAL_METRIC], np.nan)
-    return np.asarray(out)
-
 
 # --------------------------------------------------------------------------- orchestration
 
@@ -410,8 +404,13 @@ def fit_sweep(
     *,
     workers: int | None = None,
     progress: bool = True,
+    source_issues: Sequence[RunIssue] = (),
 ) -> FitResult:
-    """Validate a sweep, fit the latent ODE ensemble, report holdout forecasts, build a bundle."""
+    """Validate a sweep, fit the latent ODE ensemble, report holdout forecasts, build a bundle.
+
+    ``source_issues`` are the runs a source could not read (``SourceResult.issues``):
+    they are listed in the report with validation's own, so nothing is lost silently.
+    """
     config = config or FitConfig()
     t0 = time.perf_counter()
     prep = prepare(records, config, metric_map)
@@ -446,7 +445,7 @@ def fit_sweep(
         scheme="cross-fit" if prep.cross_fit else "holdout",
         folds=len(prep.folds) if prep.cross_fit else 1,
         holdout_ids=[prep.grid.run_ids[i] for i in holdout_idx],
-        issues=prep.issues,
+        issues=[*source_issues, *prep.issues],
         direction=prep.direction,
         val_key=prep.val_key,
         wall_s=time.perf_counter() - t0,

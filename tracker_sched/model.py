@@ -50,6 +50,16 @@ class ModelConfig(BaseModel):
     atol: float = Field(default=1e-5, gt=0)
 
 
+def solver_options(
+    cfg: ModelConfig, offsets: torch.Tensor, interp: Literal["cubic", "linear"]
+) -> dict[str, object] | None:
+    """torchdiffeq options: fixed solvers step ``step_points`` grid intervals at a time and
+    interpolate the grid points in between."""
+    if cfg.solver in ("rk4", "euler", "midpoint") and cfg.step_points > 1 and offsets.numel() > 1:
+        return {"step_size": float(offsets[1] - offsets[0]) * cfg.step_points, "interp": interp}
+    return None
+
+
 class VectorField(nn.Module):
     """dh/dtau = s * tanh(MLP(h)): bounded speed, learned overall time scale."""
 
@@ -116,14 +126,9 @@ class LatentODE(nn.Module):
     def solve(self, h0: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Integrate ``h0 (batch, ode_dim)`` over ``offsets (K,)`` -> ``(batch, K, ode_dim)``."""
         cfg = self.config
-        options: dict[str, object] = {}
-        fixed_step = cfg.solver in ("rk4", "euler", "midpoint")
-        if fixed_step and cfg.step_points > 1 and offsets.numel() > 1:
-            options["step_size"] = float(offsets[1] - offsets[0]) * cfg.step_points
-            options["interp"] = "cubic"  # grid points between solver steps
         hs: torch.Tensor = odeint(
             self.field, h0, offsets, method=cfg.solver, rtol=cfg.rtol, atol=cfg.atol,
-            options=options or None,
+            options=solver_options(cfg, offsets, "cubic"),
         )
         return hs.transpose(0, 1)
 
@@ -196,13 +201,9 @@ def solve_stacked(
     solver step points (and so the end of the budget) are exact either way.
     """
     cfg = models[0].config
-    options: dict[str, object] = {}
-    if cfg.solver in ("rk4", "euler", "midpoint") and cfg.step_points > 1 and offsets.numel() > 1:
-        options = {"step_size": float(offsets[1] - offsets[0]) * cfg.step_points,
-                   "interp": interp}
     hs: torch.Tensor = odeint(
         StackedField([m.field for m in models]), h0, offsets, method=cfg.solver,
-        rtol=cfg.rtol, atol=cfg.atol, options=options or None,
+        rtol=cfg.rtol, atol=cfg.atol, options=solver_options(cfg, offsets, interp),
     )
     return hs.permute(1, 2, 0, 3)
 

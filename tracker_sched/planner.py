@@ -37,7 +37,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tracker_sched.bundle import Bundle
 from tracker_sched.dataset import (
-    CHANNELS,
     LOG_LR,
     N_CHANNELS,
     TRAIN_LOSS,
@@ -208,7 +207,7 @@ class GenerativePlanner:
         fallback_log_lr = current_log_lr if current_log_lr is not None else base_log_lr
 
         def fallback(reason: str) -> Recommendation:
-            sched = self._guard(fallback_log_lr, end, None)
+            sched = self._guard(fallback_log_lr, end)
             return self._recommendation("fallback", reason, step, future_steps, sched,
                                         float(final.mean(dim=0)[0]), float(spread[0]), n_acc)
 
@@ -224,8 +223,8 @@ class GenerativePlanner:
             return fallback(f"no candidate beats the current course (best gain {gain:+.4f}); "
                             "keeping the current plan")
         log_lr = self._log_lr(mean[best, :, LOG_LR].mean(dim=0))
-        sched = self._guard(log_lr, end, current_log_lr)
-        sched = self._trust_region(sched, future_steps, total_steps, end)
+        sched = self._guard(log_lr, end, current=current_log_lr,
+                            incumbent=self.incumbent(future_steps, total_steps))
         pred = float(final.mean(dim=0)[best].mean())
         return self._recommendation(
             "planned", f"top {k} of {n_acc} accepted candidates; predicted gain {gain:+.4f}",
@@ -280,21 +279,22 @@ class GenerativePlanner:
         return np.asarray(np.interp(np.asarray(steps) / total_steps, sweep.warmup_tau,
                                     np.log10(sweep.warmup_lr)))
 
-    def _trust_region(
-        self, log_lr: np.ndarray, steps: np.ndarray, total_steps: int, end: int
+    def _guard(
+        self,
+        log_lr: np.ndarray,
+        end: int,
+        *,
+        current: np.ndarray | None = None,
+        incumbent: np.ndarray | None = None,
     ) -> np.ndarray:
-        band = self.config.trust_region_dex
-        if band is None:
-            return log_lr
-        inc = self.incumbent(steps, total_steps)
-        out = np.clip(log_lr, inc - band, inc + band)
-        return self._guard(out, end, None)  # keep the cap and no-rise rules after clipping
-
-    def _guard(self, log_lr: np.ndarray, end: int, current: np.ndarray | None) -> np.ndarray:
+        """Apply the guards in order: change per replan, trust region, cap, no late rise."""
         cfg = self.config
         out = np.array(log_lr, dtype=np.float64)
         if current is not None:  # limited change per replan
             out = np.clip(out, current - cfg.max_change_dex, current + cfg.max_change_dex)
+        band = cfg.trust_region_dex
+        if incumbent is not None and band is not None:  # the incumbent's band wins a conflict
+            out = np.clip(out, incumbent - band, incumbent + band)
         cap = np.log10(cfg.lr_cap * self.bundle.manifest.sweep.best_peak_lr)
         out = np.minimum(out, cap)
         tau = np.linspace(0, 1, self.grid_points)[end:]
@@ -318,4 +318,4 @@ class GenerativePlanner:
         )
 
 
-__all__ = ["CHANNELS", "GenerativePlanner", "LiveHistory", "PlannerConfig"]
+__all__ = ["GenerativePlanner", "LiveHistory", "PlannerConfig"]
