@@ -22,8 +22,9 @@ from tracker_sched.sources.files import read_sweep
 
 if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
     from tracker_sched.bundle import BundleManifest
+    from tracker_sched.report import FitReport
 
-SOURCES = ("files", "mlflow", "wandb-offline")
+SOURCES = ("files", "mlflow", "wandb", "wandb-offline")
 
 
 def _metric_map_args(p: argparse.ArgumentParser) -> None:
@@ -40,9 +41,11 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    help="where the sweep lives (default: files)")
     p.add_argument("--path", help="files: a sweep .jsonl file or a folder of them; "
                    "wandb-offline: a wandb folder, an offline-run-* folder or a .wandb file")
-    p.add_argument("--project", help="mlflow: the experiment name or id")
-    p.add_argument("--sweep", help="mlflow: the parent run id whose children form the sweep")
-    p.add_argument("--filter", help="mlflow: a search filter, e.g. \"params.model = 'cnn'\"")
+    p.add_argument("--project", help="mlflow: the experiment name or id; wandb: ENTITY/PROJECT")
+    p.add_argument("--sweep", help="mlflow: the parent run id whose children form the sweep; "
+                   "wandb: the sweep id")
+    p.add_argument("--filter", help="mlflow: a search filter, e.g. \"params.model = 'cnn'\"; "
+                   "wandb: a JSON filter, e.g. '{\"config.model\": \"cnn\"}'")
     p.add_argument("--tracking-uri", help="mlflow: tracking URI (default: MLflow's own "
                    "resolution: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     _metric_map_args(p)
@@ -71,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", help="JSON file with FitConfig fields (flags win)")
     fit.add_argument("--no-plots", action="store_true", help="skip the forecast plot")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.add_argument("--register", metavar="NAME",
+                     help="also store the bundle in a tracker under NAME (MLflow: a registered "
+                     "pyfunc model; W&B: an artifact)")
+    fit.add_argument("--alias", help="with --register: alias to set (e.g. champion)")
+    fit.add_argument("--store", choices=("mlflow", "wandb"),
+                     help="with --register: where (default: the source's tracker; files -> "
+                     "mlflow, MLflow's default tracking URI)")
 
     val = sub.add_parser("validate", help="check a sweep and list what a fit would exclude")
     _source_args(val)
@@ -80,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="sweep .jsonl file to write")
 
     rec = sub.add_parser("recommend", help="one recommendation for a run from its metrics file")
-    rec.add_argument("--bundle", required=True, help="bundle folder")
+    rec.add_argument("--bundle", required=True,
+                     help="bundle: a folder, mlflow:models:/NAME@ALIAS or wandb:E/P/NAME:ALIAS")
     rec.add_argument("--history", required=True,
                      help="the run's metrics: CSV with a header, or JSON Lines, with columns "
                      "step, train_loss, val_metric, lr (empty cells allowed)")
@@ -88,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--step", type=int, help="the current step (default: the last logged)")
 
     ins = sub.add_parser("inspect", help="summarise a bundle and its fit report")
-    ins.add_argument("bundle", help="bundle folder")
+    ins.add_argument("bundle", help="bundle: a folder, mlflow:models:/NAME@ALIAS or "
+                     "wandb:E/P/NAME:ALIAS")
     ins.add_argument("--json", action="store_true", help="print the manifest as JSON")
     return parser
 
@@ -113,6 +125,19 @@ def _read(args: argparse.Namespace) -> SourceResult:
             raise InputError("--source wandb-offline needs --path DIR (a wandb folder with "
                              "offline-run-* folders)")
         return WandbOfflineSource(args.path, mm).read()
+    if args.source == "wandb":
+        from tracker_sched.sources.wandb_api import WandbApiSource
+
+        if not args.project:
+            raise InputError("--source wandb needs --project ENTITY/PROJECT")
+        filters = None
+        if args.filter:
+            try:
+                filters = json.loads(args.filter)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"--filter for wandb must be JSON: {exc}") from exc
+        return WandbApiSource(args.project, sweep=args.sweep, filters=filters,
+                              metric_map=mm).read()
     if args.source == "mlflow":
         from tracker_sched.sources.mlflow_source import MlflowSource
 
@@ -209,7 +234,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
             except ImportError as exc:
                 print(f"no plot: {exc}", file=sys.stderr)
     print(f"bundle written to {out}")
+    if args.register:
+        print(f"registered {_register(args, out, report)}")
     return 0
+
+
+def _register(args: argparse.Namespace, out: Path, report: FitReport) -> str:
+    """Store the bundle in a tracker; returns the URI to load it by."""
+    store = args.store or ("wandb" if args.source.startswith("wandb") else "mlflow")
+    if store == "mlflow":
+        from tracker_sched.stores.mlflow_store import register_bundle
+
+        experiment = args.project if args.source == "mlflow" else None
+        return register_bundle(out, name=args.register, alias=args.alias, report=report,
+                               experiment=experiment, tracking_uri=args.tracking_uri)
+    from tracker_sched.stores.wandb_store import log_bundle_artifact
+
+    project = args.project if args.source == "wandb" else None
+    return log_bundle_artifact(out, name=args.register,
+                               aliases=[args.alias] if args.alias else [],
+                               report=report, project=project)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -275,33 +319,26 @@ def read_history(path: str) -> dict[str, tuple[list[int], list[float]]]:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    import numpy as np
+    from tracker_sched.serving import Observation, RecommendRequest, recommend
+    from tracker_sched.stores import load_bundle
 
-    from tracker_sched.bundle import Bundle
-    from tracker_sched.planner import GenerativePlanner, LiveHistory
-
-    bundle = Bundle.load(args.bundle)
+    bundle = load_bundle(args.bundle)
     cols = read_history(args.history)
-
-    def arr(key: str) -> tuple[np.ndarray, np.ndarray]:
-        s, v = cols[key]
-        order = np.argsort(np.asarray(s), kind="stable")
-        return np.asarray(s, dtype=np.int64)[order], np.asarray(v, dtype=np.float64)[order]
-
-    last = max((s[-1] for s, _ in cols.values() if s), default=0)
-    step = args.step if args.step is not None else last
-    rec = GenerativePlanner(bundle).plan(
-        LiveHistory(train_loss=arr("train_loss"), lr=arr("lr"), val_metric=arr("val_metric")),
-        step=step, total_steps=args.total_steps,
-    )
+    rows: dict[int, dict[str, float]] = {}
+    for key, (steps, values) in cols.items():
+        for st, v in zip(steps, values, strict=True):
+            rows.setdefault(st, {})[key] = v
+    obs = [Observation(step=st, **vals) for st, vals in sorted(rows.items())]
+    rec = recommend(bundle, RecommendRequest(observations=obs, total_steps=args.total_steps,
+                                             step=args.step))
     print(rec.model_dump_json(indent=2))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from tracker_sched.bundle import Bundle
+    from tracker_sched.stores import load_bundle
 
-    bundle = Bundle.load(args.bundle)
+    bundle = load_bundle(args.bundle)
     m = bundle.manifest
     if args.json:
         print(m.model_dump_json(indent=2))

@@ -1,0 +1,1 @@
+"""MLflow: live callback, deployments target ``tracker-sched``, run context provider."""

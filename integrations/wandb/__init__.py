@@ -1,0 +1,1 @@
+"""Weights & Biases: the sweep callback for runs launched by ``wandb agent``."""
