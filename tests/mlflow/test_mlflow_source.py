@@ -132,14 +132,51 @@ def test_bulk_chunks_stay_within_the_point_limit(
     want = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri).read().runs
     # 94 points a run: a 300-point limit forces requests of at most 3 runs and splits.
     monkeypatch.setattr(mlflow_source, "BULK_MAX_POINTS", 300)
-    source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri)
+    source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri,
+                          bulk_endpoint="full")
     assert source.read().runs == want
     assert source.history_path == "bulk"
     # A single run over the limit cannot be read in bulk: the client pages it instead.
     monkeypatch.setattr(mlflow_source, "BULK_MAX_POINTS", 50)
-    source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri)
+    source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri,
+                          bulk_endpoint="full")
     assert source.read().runs == want
     assert source.history_path == "client"
+
+
+def test_interval_endpoint_reads_long_histories_exactly_or_sampled_on_request(
+    server_sweep: tuple[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uri, parent = server_sweep
+    want = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri,
+                        use_bulk=False).read().runs
+    # 94 points a run against a 50-point interval cap: every series may have been
+    # sampled, so each is read again through the exact endpoint.
+    monkeypatch.setattr(mlflow_source, "INTERVAL_MAX_POINTS", 50)
+    source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri)
+    assert source.read().runs == want
+    assert source.history_path == "bulk"
+    # Accepting the server's sampling: at most 20 points, first and last kept.
+    sampled = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri,
+                           sample_points=20).read().runs
+    assert [r.run_id for r in sampled] == [r.run_id for r in want]
+    for got, full in zip(sampled, want, strict=True):
+        assert 2 <= len(got.lr.step) <= 20
+        assert got.lr.step[0] == full.lr.step[0] and got.lr.step[-1] == full.lr.step[-1]
+        assert set(got.lr.step) <= set(full.lr.step)
+    with pytest.raises(ValueError, match="sample_points"):
+        MlflowSource(EXPERIMENT, sample_points=5000)
+
+
+def test_missing_interval_endpoint_uses_the_exact_bulk_endpoint(
+    server_sweep: tuple[str, str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uri, parent = server_sweep
+    want = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri).read().runs
+    monkeypatch.setattr(mlflow_source, "INTERVAL_ENDPOINT", "/api/2.0/mlflow/metrics/no-such")
+    source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri)
+    assert source.read().runs == want
+    assert source.history_path == "bulk"
 
 
 def test_missing_bulk_endpoint_falls_back_to_the_client(
@@ -149,6 +186,7 @@ def test_missing_bulk_endpoint_falls_back_to_the_client(
     uri, parent = server_sweep
     want = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri).read().runs
     monkeypatch.setattr(mlflow_source, "BULK_ENDPOINT", "/ajax-api/2.0/mlflow/metrics/no-such")
+    monkeypatch.setattr(mlflow_source, "INTERVAL_ENDPOINT", "/api/2.0/mlflow/metrics/no-such")
     source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri)
     assert source.read().runs == want
     assert source.history_path == "client"
@@ -174,6 +212,20 @@ def test_bulk_endpoint_contract(server_sweep: tuple[str, str]) -> None:
     too_many = requests.get(url, params=params, timeout=30)
     assert too_many.status_code == 400
     assert "more than 100 run_ids" in too_many.text
+    # The interval endpoint: every point when a run has at most max_results, else an even
+    # sample keeping the first and last.
+    url = uri + mlflow_source.INTERVAL_ENDPOINT
+    full = requests.get(url, params={"run_ids": ids[:2], "metric_key": "lr",
+                                     "max_results": 2500}, timeout=30).json()["metrics"]
+    assert len(full) == 2 * 94
+    assert {"run_id", "value", "step", "timestamp"} <= set(full[0])
+    few = requests.get(url, params={"run_ids": ids[:1], "metric_key": "lr",
+                                    "max_results": 10}, timeout=30).json()["metrics"]
+    assert len(few) == 10
+    assert int(few[-1]["step"]) == max(int(m["step"]) for m in full if m["run_id"] == ids[0])
+    over = requests.get(url, params={"run_ids": ids[:1], "metric_key": "lr",
+                                     "max_results": 2501}, timeout=30)
+    assert over.status_code == 400
 
 
 # -- selecting the sweep ------------------------------------------------------------------------

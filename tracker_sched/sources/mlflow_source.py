@@ -5,9 +5,16 @@ or an experiment's runs narrowed by an MLflow search filter. Runs come from
 ``MlflowClient.search_runs``, which gives params, state and the keys of every
 metric a run logged (latest values only). Full histories then come from:
 
-- an ``http(s)`` tracking server: the server's bulk endpoint
-  ``GET /ajax-api/2.0/mlflow/metrics/get-history-bulk`` (one metric key, up to
-  100 runs and 25,000 points per request; chunks adapt so none is truncated);
+- an ``http(s)`` tracking server: the public bulk endpoint
+  ``GET /api/2.0/mlflow/metrics/get-history-bulk-interval`` (one metric key, up
+  to 100 runs and 2,500 points per run per request, a few requests in flight).
+  It returns every point of a run that logged at most 2,500; it samples longer
+  histories evenly, so those (run, key) pairs are read again, exactly, through
+  ``GET /ajax-api/2.0/mlflow/metrics/get-history-bulk`` (up to 25,000 points a
+  request; chunks adapt so none is truncated), unless ``sample_points`` accepts
+  the sampling. On a local server the interval endpoint is the faster one: it
+  selects columns where the other builds an ORM object per point (measured in
+  ``benchmarks/ingest_mlflow.py``);
 - anything else (the embedded ``sqlite:///`` default, a server without the
   endpoint, an auth scheme that needs MLflow's own transport):
   ``MlflowClient.get_metric_history``, one call per (run, key), in a thread pool.
@@ -26,7 +33,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import JsonValue, ValidationError
 
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+INTERVAL_ENDPOINT = "/api/2.0/mlflow/metrics/get-history-bulk-interval"
+INTERVAL_MAX_POINTS = 2_500  # per run and request (MAX_RESULTS_PER_RUN, mlflow server)
 # Limits of the bulk endpoint (mlflow/server/handlers.py, get_metric_history_bulk_handler):
 # more than 100 run ids is a 400; more than 25,000 points is silently cut off.
 BULK_MAX_RUNS = 100
@@ -133,7 +142,14 @@ class MlflowSource:
         metric_map: which keys play which role (defaults know HF Trainer and Lightning).
         max_workers: threads for the per-(run, key) fallback.
         use_bulk: False forces ``MlflowClient.get_metric_history`` even against a server.
-        timeout_s: per-request timeout of the bulk endpoint.
+        sample_points: None (default) reads every point. An int (at most 2,500) accepts
+            the server's even sampling of longer histories to that many points per run
+            and key (first and last kept): one request per 100 runs and key, however
+            long the runs. The fit resamples onto ``grid_points`` (default 100) anyway.
+        bulk_workers: bulk requests in flight at once.
+        bulk_endpoint: "interval" (default, see the module docstring) or "full" (only the
+            25,000-point endpoint; for servers where the interval endpoint misbehaves).
+        timeout_s: per-request timeout of the bulk endpoints.
         progress: show a progress bar; None shows one on a terminal.
 
     >>> result = MlflowSource("cnn-sweep", parent_run_id="0a1b2c...").read()  # doctest: +SKIP
@@ -152,6 +168,9 @@ class MlflowSource:
         metric_map: MetricMap | None = None,
         max_workers: int = 8,
         use_bulk: bool = True,
+        sample_points: int | None = None,
+        bulk_workers: int = 3,
+        bulk_endpoint: Literal["interval", "full"] = "interval",
         timeout_s: float = 60.0,
         progress: bool | None = None,
     ) -> None:
@@ -163,7 +182,13 @@ class MlflowSource:
         self.tracking_uri = tracking_uri
         self.metric_map = metric_map or MetricMap()
         self.max_workers = max_workers
+        if sample_points is not None and not 1 <= sample_points <= INTERVAL_MAX_POINTS:
+            raise ValueError(f"sample_points must be in [1, {INTERVAL_MAX_POINTS}], "
+                             f"got {sample_points}")
         self.use_bulk = use_bulk
+        self.sample_points = sample_points
+        self.bulk_workers = max(1, bulk_workers)
+        self.bulk_endpoint = bulk_endpoint
         self.timeout_s = timeout_s
         self.progress = progress
         self.history_path = ""  # "bulk" or "client" after read(): which path fetched histories
@@ -302,29 +327,78 @@ class MlflowSource:
                 (int(m["step"]), int(m["timestamp"]), float(m["value"])))
         yield from by_run.items()
 
+    def _interval_get(
+        self, session: requests.Session, uri: str, key: str, run_ids: list[str],
+    ) -> dict[str, list[Point]]:
+        """Histories of ``key`` for up to 100 runs, at most 2,500 points per run."""
+        import requests
+
+        n = self.sample_points or INTERVAL_MAX_POINTS
+        try:
+            resp = session.get(
+                uri.rstrip("/") + INTERVAL_ENDPOINT,
+                params=[*(("run_ids", rid) for rid in run_ids), ("metric_key", key),
+                        ("max_results", str(n))],
+                timeout=self.timeout_s,
+            )
+        except requests.RequestException as exc:
+            raise _BulkUnavailable(f"request failed: {exc}") from exc
+        if resp.status_code != 200:
+            raise _BulkUnavailable(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        try:
+            metrics = resp.json().get("metrics", []) if resp.content.strip() else []
+            by_run: dict[str, list[Point]] = {rid: [] for rid in run_ids}
+            for m in metrics:  # protobuf JSON may send int64 fields as strings: int() both
+                by_run.setdefault(m["run_id"], []).append(
+                    (int(m.get("step", 0)), int(m.get("timestamp", 0)), float(m["value"])))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise _BulkUnavailable(f"unexpected response: {resp.text[:200]}") from exc
+        for points in by_run.values():
+            points.sort(key=lambda p: (p[1], p[0], p[2]))  # the order get_metric_history uses
+        return by_run
+
+    def _full_get(self, session: requests.Session, uri: str, key: str,
+                  run_ids: list[str]) -> dict[str, list[Point]]:
+        """Exact histories through the 25,000-point bulk endpoint, chunked by size."""
+        out: dict[str, list[Point]] = {}
+        per_run = BULK_MAX_RUNS
+        for i in range(0, len(run_ids), per_run):
+            part = run_ids[i:i + per_run]
+            for rid, points in self._bulk_get(session, uri, key, part):
+                out[rid] = points
+        return out
+
     def _read_bulk(self, uri: str, keys: dict[str, list[str]], bar: Any,
                    out: dict[str, dict[str, list[Point]]]) -> None:
         session = self._bulk_session(uri)
+        run_ids = list(keys)
+        jobs: list[tuple[str, list[str]]] = []  # (key, run ids of one request)
+        for start in range(0, len(run_ids), BULK_MAX_RUNS):
+            chunk = run_ids[start:start + BULK_MAX_RUNS]
+            for key in sorted({k for rid in chunk for k in keys[rid]}):
+                jobs.append((key, [rid for rid in chunk if key in keys[rid]]))
+        total_keys = sum(len(k) for k in keys.values()) or 1
+
+        def job(key: str, part: list[str]) -> tuple[str, dict[str, list[Point]]]:
+            if self.bulk_endpoint == "full":
+                return key, self._full_get(session, uri, key, part)
+            try:
+                got = self._interval_get(session, uri, key, part)
+            except _BulkUnavailable as exc:  # an older server: the exact endpoint only
+                log.debug("interval endpoint unavailable (%s); using %s", exc, BULK_ENDPOINT)
+                return key, self._full_get(session, uri, key, part)
+            if self.sample_points is None:
+                cut = [rid for rid, pts in got.items() if len(pts) >= INTERVAL_MAX_POINTS]
+                if cut:  # possibly sampled: read these exactly
+                    got.update(self._full_get(session, uri, key, cut))
+            return key, got
+
         try:
-            run_ids = list(keys)
-            # Keep the expected points per request under the limit when runs are long.
-            per_run = BULK_MAX_RUNS
-            for start in range(0, len(run_ids), BULK_MAX_RUNS):
-                chunk = run_ids[start:start + BULK_MAX_RUNS]
-                all_keys = sorted({k for rid in chunk for k in keys[rid]})
-                for key in all_keys:
-                    wanted = [rid for rid in chunk if key in keys[rid]]
-                    for i in range(0, len(wanted), per_run):
-                        part = wanted[i:i + per_run]
-                        n_points = 0
-                        for rid, points in self._bulk_get(session, uri, key, part):
-                            out[rid][key] = points
-                            n_points += len(points)
-                        if n_points:  # size the next requests by what this one held
-                            mean = n_points / len(part)
-                            per_run = max(1, min(BULK_MAX_RUNS,
-                                                 int(0.8 * BULK_MAX_POINTS / mean)))
-                bar.update(len(chunk))
+            with ThreadPoolExecutor(max_workers=self.bulk_workers) as pool:
+                for key, got in pool.map(lambda j: job(*j), jobs):
+                    for rid, points in got.items():
+                        out[rid][key] = points
+                    bar.update(len(got) * len(keys) / total_keys)
         finally:
             session.close()
 
