@@ -23,6 +23,7 @@ import yaml
 from pydantic import ValidationError
 
 from tracker_sched.cli import main
+from tracker_sched.confounding import confounding
 from tracker_sched.errors import InputError
 from tracker_sched.schema import RunRecord, Series
 from tracker_sched.sources.files import read_sweep
@@ -31,7 +32,6 @@ from tracker_sched.suggest import (
     SCHEDULE_PARAM,
     KnotSchedule,
     SuggestedRun,
-    confounding,
     format_suggestions,
     mlflow_params,
     read_planned_runs,
