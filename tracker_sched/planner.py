@@ -9,10 +9,11 @@ Given a live run's history, its progress ``tau_now`` and a bundle, one replan
    sweep's best runs at the same point of training, and interpolations from
    the live latent towards them (the regimes "between grid points" that a
    coarse sweep leaves out);
-3. decodes every candidate of every member in one batched ODE solve per member;
-4. phase alignment, rule ``"now"``: a candidate is accepted if its decoded
+3. phase alignment, rule ``"now"``: a candidate is accepted if its decoded
    state at ``tau_now`` matches the live run's on train loss and the
-   validation metric, within a tolerance set by the window's own noise;
+   validation metric, within a tolerance set by the window's own noise
+   (the state at now needs no solve);
+4. decodes every accepted candidate of every member in one batched ODE solve;
 5. scores candidates by the predicted validation metric at the end of the
    budget (``tau = 1``, inside the horizon the model was trained on), as the
    ensemble mean, respecting the metric's direction;
@@ -23,11 +24,14 @@ Given a live run's history, its progress ``tau_now`` and a bundle, one replan
    the current plan, with the reason) when nothing is accepted or the best
    prediction does not beat the current course by ``min_gain``.
 
-All of it is tensor code: no Python loop over candidates or time points.
+All of it is tensor code: no Python loop over candidates or time points (the
+only loops are the solver's steps and the encoder's window, batched over
+members and candidates).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,8 +50,10 @@ from tracker_sched.dataset import (
     resample,
 )
 from tracker_sched.errors import InputError
-from tracker_sched.model import LatentODE, solve_stacked
+from tracker_sched.model import LatentODE, StackedField, solve_stacked
 from tracker_sched.schema import Recommendation, Schedule
+
+_TIE = 1e-6  # relative: gains below this are float32 rounding, not a better candidate
 
 
 class PlannerConfig(BaseModel):
@@ -83,6 +89,13 @@ class PlannerConfig(BaseModel):
         "ratchet: the first benchmark drifted to the lr cap and never annealed.",
     )
     min_gain: float = Field(default=0.0, ge=0, description="needed over the current course")
+    solver_step_points: int | None = Field(
+        default=None, ge=1,
+        description="grid intervals per rk4 step while planning; None: the bundle's own "
+        "(ModelConfig.step_points). Coarser steps are faster and change the plan only through "
+        "the linear interpolation between steps: at 3 on the MNIST-1D bundle, at most 5e-4 "
+        "decades of lr and the same candidates chosen (docs/planner.md, Latency)",
+    )
     seed: int = 0
 
 
@@ -107,6 +120,24 @@ class GenerativePlanner:
         self.window = m.window
         self.sign = 1.0 if m.metrics.direction == "max" else -1.0
         self._top = self._regime_tensors()
+        self._stacked: _Stacked | None = None  # built at the first replan (subclasses that
+        # plan their own way, like the control planner, never need it)
+
+    @property
+    def _fast(self) -> _Stacked:
+        """The members' encoders, fields and decoders stacked for batched products: built
+        once per planner, not per replan."""
+        if self._stacked is None:
+            models = self.bundle.models
+            with torch.inference_mode():
+                self._stacked = _Stacked(
+                    field=_PlanField(StackedField([mod.field for mod in models])),
+                    encoder=_PlanEncoder(models),
+                    dec_w=torch.stack([mod.decoder.weight.T for mod in models]).contiguous(),
+                    dec_b=torch.stack([mod.decoder.bias for mod in models])[:, None, :],
+                    anchor_tau=torch.stack([torch.exp(mod.log_anchor_tau) for mod in models]),
+                )
+        return self._stacked
 
     # ------------------------------------------------------------------ inputs
     def _regime_tensors(self) -> SweepTensors | None:
@@ -143,7 +174,7 @@ class GenerativePlanner:
                             mask=torch.as_tensor(mask))
 
     # ------------------------------------------------------------------ planning
-    @torch.no_grad()
+    @torch.inference_mode()
     def plan(
         self,
         history: LiveHistory,
@@ -164,41 +195,51 @@ class GenerativePlanner:
         end = min(int(torch.nonzero(observed).max()), g - 2)
         k_len = g - end
         offsets = torch.arange(k_len, dtype=torch.float32) / (g - 1)
-        window = torch.tensor([self.window])
-        x_live, len_live = context_batch(live, torch.tensor([0]), torch.tensor([end]), window,
-                                         self.bundle.models[0].config.encoder_direction)
+        # The live window and the regimes' windows ending at the same grid point: one batch,
+        # so each member encodes them in one GRU pass.
+        windows = live if self._top is None else SweepTensors(
+            values=torch.cat([live.values, self._top.values]),
+            mask=torch.cat([live.mask, self._top.mask]),
+        )
+        n_win = int(windows.values.shape[0])
+        x_all, len_all = context_batch(windows, torch.arange(n_win), torch.full((n_win,), end),
+                                       torch.full((n_win,), self.window),
+                                       self.bundle.models[0].config.encoder_direction)
+        x_live, len_live = x_all[:1], len_all[:1]
         gen = torch.Generator().manual_seed(cfg.seed + step)
 
-        models = self.bundle.models
-        h0, decays = [], []
-        for model in models:  # encoding: one small GRU pass per member
-            z_live = model.encode(x_live, len_live)  # (1, D)
-            h0.append(model.initial_state(self._candidates(model, z_live, end, gen)))
-            decays.append(torch.exp(-offsets[:, None] / torch.exp(model.log_anchor_tau)))
-        # One solve for every member and candidate: (M, N, K, D).
-        hs = solve_stacked(models, torch.stack(h0), offsets, interp="linear")
-        dec_all = torch.stack([m.decode(h) for m, h in zip(models, hs, strict=True)])
-        obs = x_live[0, len_live[0] - 1, 1 : 1 + N_CHANNELS]
-        shifts = [obs - dec_all[i, 0, 0] for i in range(len(models))]
-        anchored = dec_all + (torch.stack(shifts)[:, None, None, :]
-                              * torch.stack(decays)[:, None, :, :])
-        mean = anchored.mean(dim=0)  # (N, K, 3)
+        z_all = self._fast.encoder(x_all)  # (M, 1 + regimes, latent): all windows have one length
+        h0 = []
+        for model, z in zip(self.bundle.models, z_all, strict=True):
+            z_top = z[1:] if self._top is not None else None
+            h0.append(model.initial_state(self._candidates(z[:1], z_top, gen)))
+        h0_all = torch.stack(h0)  # (M, N, D)
 
         # Phase alignment ("now"): the candidate's decoded state at now vs the live latent's.
+        # It needs no solve (the state at now is h0), so only accepted candidates are solved.
         noise = self._noise(live, end)
         tol = torch.clamp(cfg.tolerance * noise, min=cfg.min_tolerance)
-        raw0 = dec_all.mean(dim=0)[:, 0]  # (N, 3)
+        raw0 = self._decode(h0_all[:, :, None, :]).mean(dim=0)[:, 0]  # (N, 3)
         diff = (raw0 - raw0[0:1]).abs()
         accepted = (diff[:, TRAIN_LOSS] <= tol[TRAIN_LOSS]) & (
             diff[:, VAL_METRIC] <= tol[VAL_METRIC]
         )
         accepted[0] = True  # the current course is always a valid comparison
+        idx = torch.nonzero(accepted)[:, 0]  # accepted candidates; the current course first
+        n_acc = int(idx.numel())
+
+        # One solve for every member and accepted candidate, decoded: (M, A, K, 3).
+        dec_all = self._decode_path(h0_all[:, idx], offsets)
+        decays = torch.exp(-offsets[None, :, None] / self._fast.anchor_tau[:, None, :])  # (M, K, 3)
+        obs = x_live[0, len_live[0] - 1, 1 : 1 + N_CHANNELS]
+        shifts = obs - dec_all[:, 0, 0]  # (M, 3)
+        anchored = dec_all + shifts[:, None, None, :] * decays[:, None, :, :]
+        mean = anchored.mean(dim=0)  # (A, K, 3)
 
         std_val = self.norm.std[VAL_METRIC]
-        final = anchored[:, :, -1, VAL_METRIC] * std_val + self.norm.mean[VAL_METRIC]  # (M, N)
+        final = anchored[:, :, -1, VAL_METRIC] * std_val + self.norm.mean[VAL_METRIC]  # (M, A)
         score = self.sign * final.mean(dim=0)
         spread = final.std(dim=0) if final.shape[0] > 1 else torch.zeros_like(score)
-        n_acc = int(accepted.sum())
 
         future_steps = np.rint(np.linspace(0, 1, g)[end:] * total_steps).astype(np.int64)
         future_steps[0] = min(int(future_steps[0]), step)  # the plan starts now
@@ -214,12 +255,13 @@ class GenerativePlanner:
         if n_acc <= 1:
             return fallback("no candidate matches the live state (phase alignment); "
                             "keeping the current plan")
-        masked = torch.where(accepted, score, torch.full_like(score, -torch.inf))
+        masked = score.clone()
         masked[0] = -torch.inf  # candidates other than the current course
         k = min(cfg.top_k, n_acc - 1)
         best = torch.topk(masked, k).indices
         gain = float(score[best].mean() - score[0])
-        if gain <= cfg.min_gain:
+        # A copy of the current course can score a float32 rounding error above it: a tie.
+        if gain <= cfg.min_gain + _TIE * max(1.0, abs(float(score[0]))):
             return fallback(f"no candidate beats the current course (best gain {gain:+.4f}); "
                             "keeping the current plan")
         log_lr = self._log_lr(mean[best, :, LOG_LR].mean(dim=0))
@@ -231,19 +273,47 @@ class GenerativePlanner:
             step, future_steps, sched, pred, float(spread[best].mean()), n_acc,
         )
 
+    def _decode_path(self, h0: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Solve ``h0 (M, N, D)`` over ``offsets (K,)`` and decode: ``(M, N, K, 3)``.
+
+        Bundles solve with fixed-step rk4: that solve runs here as a plain loop
+        (:func:`_rk4_nodes`), the solver steps are decoded, and the grid points in
+        between are interpolated linearly in the 3 decoded channels rather than
+        the ``D`` latent ones (the decoder is linear, so the order does not matter).
+        Other solvers go through torchdiffeq.
+        """
+        models = self.bundle.models
+        cfg = models[0].config
+        if cfg.solver != "rk4" or offsets.numel() < 2:
+            hs = solve_stacked(models, h0, offsets, interp="linear")
+            return self._decode(hs)
+        grid = _step_grid(offsets, self.config.solver_step_points or cfg.step_points)
+        nodes = self._decode(_rk4_nodes(self._fast.field, h0, grid))  # (M, N, S + 1, 3)
+        # Output k lies in solver step i: the first i whose right end reaches offsets[k].
+        steps = grid.numel() - 1
+        idx = torch.searchsorted(grid[1:], offsets).clamp(max=steps - 1)
+        slope = (offsets - grid[idx]) / (grid[idx + 1] - grid[idx])
+        on_node = slope >= 1.0  # a grid point on a step's end: that node, exactly
+        idx = torch.where(on_node, idx + 1, idx)
+        slope = torch.where(on_node, torch.zeros_like(slope), slope)
+        lo, hi = nodes[:, :, idx], nodes[:, :, (idx + 1).clamp(max=steps)]
+        return lo + slope[None, None, :, None] * (hi - lo)
+
+    def _decode(self, h: torch.Tensor) -> torch.Tensor:
+        """Every member's linear decoder at once: ``(M, N, K, D) -> (M, N, K, 3)``."""
+        m, n, k, d = h.shape
+        fast = self._fast
+        out = torch.baddbmm(fast.dec_b, h.reshape(m, n * k, d), fast.dec_w)
+        return out.reshape(m, n, k, N_CHANNELS)
+
     def _candidates(
-        self, model: LatentODE, z_live: torch.Tensor, end: int, gen: torch.Generator
+        self, z_live: torch.Tensor, z_top: torch.Tensor | None, gen: torch.Generator
     ) -> torch.Tensor:
+        """``(candidates, latent_dim)``: the live latent, the regimes ``z_top`` and
+        interpolations towards them, then seeded noise around the live latent."""
         cfg = self.config
         parts = [z_live]
-        if self._top is not None:
-            t = self._top
-            n_top = int(t.values.shape[0])
-            ends = torch.full((n_top,), end)
-            x, lengths = context_batch(t, torch.arange(n_top), ends,
-                                       torch.full((n_top,), self.window),
-                                       self.bundle.models[0].config.encoder_direction)
-            z_top = model.encode(x, lengths)
+        if z_top is not None:
             alphas = torch.tensor(cfg.interpolations, dtype=torch.float32)
             interp = z_live[None] + alphas[:, None, None] * (z_top[None] - z_live[None])
             parts += [z_top, interp.reshape(-1, z_live.shape[1])]
@@ -316,6 +386,106 @@ class GenerativePlanner:
             samples_drawn=self.config.candidates,
             model_version=self.bundle.manifest.created_at,
         )
+
+
+@dataclass(frozen=True)
+class _Stacked:
+    field: _PlanField
+    encoder: _PlanEncoder
+    dec_w: torch.Tensor  # (M, D, 3)
+    dec_b: torch.Tensor  # (M, 1, 3)
+    anchor_tau: torch.Tensor  # (M, 3)
+
+
+class _PlanField:
+    """:class:`StackedField` for planning: the same function, fewer and cheaper kernels.
+
+    ``s * tanh(u)`` is computed as ``2s * sigmoid(2u) - s`` (a single-thread tanh
+    kernel costs 6x a sigmoid here), with the factor 2 folded into the last
+    layer's weights, an exact scaling; the two forms agree to float32 rounding.
+    """
+
+    def __init__(self, field: StackedField) -> None:
+        w, b = field.weights, field.biases
+        self.w0, self.b0 = w[0].detach(), b[0].detach()
+        self.w1, self.b1 = w[1].detach(), b[1].detach()
+        self.w2, self.b2 = 2 * w[2].detach(), 2 * b[2].detach()
+        self.scale = field.scale.detach()
+        self.scale2 = 2 * self.scale
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        silu = torch.nn.functional.silu
+        x = silu(torch.baddbmm(self.b0, h, self.w0))
+        x = silu(torch.baddbmm(self.b1, x, self.w1))
+        u = torch.sigmoid(torch.baddbmm(self.b2, x, self.w2))
+        return u.mul_(self.scale2).sub_(self.scale)
+
+
+class _PlanEncoder:
+    """Every member's GRU encoder and latent head as one batched recurrence.
+
+    ``LatentODE.encode`` runs one GRU per member over packed sequences; the
+    planner's windows all have the same length, so the members' GRUs (same
+    sizes, gates r, z, n as in :class:`torch.nn.GRU`) step together through
+    batched products: one loop over the window instead of one per member.
+    """
+
+    def __init__(self, models: list[LatentODE]) -> None:
+        grus = [mod.encoder for mod in models]
+        assert all(g.num_layers == 1 and not g.bidirectional and g.batch_first for g in grus)
+
+        def stacked(name: str) -> torch.Tensor:
+            return torch.stack([g.get_parameter(name).detach() for g in grus])
+
+        self.w_ih = stacked("weight_ih_l0").transpose(1, 2).contiguous()  # (M, in, 3H)
+        self.b_ih = stacked("bias_ih_l0")[:, None, :]
+        self.w_hh = stacked("weight_hh_l0").transpose(1, 2).contiguous()  # (M, H, 3H)
+        self.b_hh = stacked("bias_hh_l0")[:, None, :]
+        self.w_out = torch.stack([mod.to_latent.weight.T for mod in models]).detach()
+        self.b_out = torch.stack([mod.to_latent.bias for mod in models]).detach()[:, None, :]
+        self.hidden = grus[0].hidden_size
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (batch, time, 7)``, every row of full length -> ``z (M, batch, latent)``."""
+        m, (b, t, c), hid = self.w_ih.shape[0], x.shape, self.hidden
+        gi = torch.baddbmm(self.b_ih, x.reshape(1, b * t, c).expand(m, -1, -1), self.w_ih)
+        gi = gi.reshape(m, b, t, 3 * hid)
+        h = x.new_zeros(m, b, hid)
+        for i in range(t):
+            gh = torch.baddbmm(self.b_hh, h, self.w_hh)
+            g = gi[:, :, i]
+            rz = torch.sigmoid(g[..., : 2 * hid] + gh[..., : 2 * hid])
+            r, z = rz[..., :hid], rz[..., hid:]
+            n = torch.tanh(torch.addcmul(g[..., 2 * hid :], r, gh[..., 2 * hid :]))
+            h = torch.lerp(n, h, z)  # (1 - z) n + z h
+        return torch.baddbmm(self.b_out, h, self.w_out)
+
+
+def _step_grid(offsets: torch.Tensor, step_points: int) -> torch.Tensor:
+    """torchdiffeq's fixed-step grid: ``start + i * step``, the last point moved onto the end."""
+    step = (offsets[1] - offsets[0]) * step_points
+    n = int(torch.ceil((offsets[-1] - offsets[0]) / step + 1).item())
+    grid = torch.arange(0, n, dtype=offsets.dtype) * step + offsets[0]
+    grid[-1] = offsets[-1]
+    return grid
+
+
+def _rk4_nodes(
+    field: Callable[[torch.Tensor], torch.Tensor], h0: torch.Tensor, grid: torch.Tensor
+) -> torch.Tensor:
+    """torchdiffeq's rk4 (the 3/8 rule) from ``h0 (M, N, D)`` over ``grid (S + 1,)``:
+    the state at every grid point, ``(M, N, S + 1, D)``. A plain loop of fused updates
+    instead of torchdiffeq's per-step machinery; equal to it within float32 rounding."""
+    ys = [h0]
+    y = h0
+    for dt in (grid[1:] - grid[:-1]).tolist():
+        k1 = field(y)
+        k2 = field(torch.add(y, k1, alpha=dt / 3))
+        k3 = field(torch.add(y, torch.add(k2, k1, alpha=-1 / 3), alpha=dt))
+        k4 = field(torch.add(y, (k1 - k2).add_(k3), alpha=dt))
+        y = torch.add(y, torch.add(k2, k3).mul_(3).add_(k1).add_(k4), alpha=dt * 0.125)
+        ys.append(y)
+    return torch.stack(ys, dim=2)
 
 
 __all__ = ["GenerativePlanner", "LiveHistory", "PlannerConfig"]
