@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Literal
 
 import numpy as np
 
 from tracker_sched.bundle import Bundle
-from tracker_sched.planner import GenerativePlanner, LiveHistory, PlannerConfig
+from tracker_sched.control_planner import ControlPlannerConfig, make_planner, mode_for
+from tracker_sched.planner import LiveHistory, PlannerConfig
 from tracker_sched.schema import Recommendation, Schedule
 
 log = logging.getLogger("tracker_sched.advisor")
@@ -32,6 +34,10 @@ class Advisor:
     plan: the schedule of the sweep's best run, stored in the bundle, stretched
     to ``total_steps``. Any error becomes a fallback recommendation (the current
     plan kept, with the reason), logged once per distinct reason.
+
+    ``mode="control"`` plans with :class:`~tracker_sched.control_planner.ControlPlanner`
+    from a control-mode bundle (``control`` holds its settings); the default stays
+    ``"generative"`` until the benchmark shows the control mode winning on validation.
     """
 
     def __init__(
@@ -42,6 +48,8 @@ class Advisor:
         config: PlannerConfig | None = None,
         replan_every: int = 10,
         max_replans: int | None = 1,
+        mode: Literal["generative", "control"] | None = None,
+        control: ControlPlannerConfig | None = None,
     ) -> None:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
@@ -50,7 +58,8 @@ class Advisor:
         self.replan_every = max(1, replan_every)
         self.max_replans = max_replans
         self.replans = 0
-        self.planner = GenerativePlanner(bundle, config)
+        self.planner = make_planner(bundle, mode, config=config, control=control)
+        self.mode = mode_for(bundle) if mode is None else mode
         self._obs: dict[str, tuple[list[int], list[float]]] = {
             "train_loss": ([], []), "lr": ([], []), "val_metric": ([], []),
         }

@@ -81,7 +81,12 @@ class BundleManifest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     schema_version: int
-    kind: Literal["latent_ode"] = "latent_ode"
+    kind: Literal["latent_ode", "control_ode"] = Field(
+        default="latent_ode",
+        description="latent_ode: the lr is decoded (generative mode); control_ode: the lr "
+        "is an input of the dynamics (control mode, tracker_sched.control). Bundles written "
+        "before the field existed are latent_ode.",
+    )
     created_at: str
     members: int = Field(ge=1)
     model: ModelConfig
@@ -93,6 +98,11 @@ class BundleManifest(BaseModel):
     sweep: SweepSummary
     report: FitReport
     versions: dict[str, str]
+    control: dict[str, Any] | None = Field(
+        default=None,
+        description="control_ode only: the fit's lr-response and counterfactual-ranking "
+        "checks (tracker_sched.control.ControlChecks as JSON), read by the control planner",
+    )
 
 
 def package_versions() -> dict[str, str]:
@@ -183,7 +193,7 @@ class Bundle:
             sd = state.get(f"member_{i}")
             if not isinstance(sd, dict):
                 raise BundleError(f"{wpath} has no weights for member {i}; the bundle is corrupt")
-            model = LatentODE(manifest.model)
+            model = _model_class(manifest.kind)(manifest.model)
             try:
                 model.load_state_dict(sd, strict=True)
             except RuntimeError as exc:
@@ -193,3 +203,12 @@ class Bundle:
             model.eval()
             models.append(model)
         return cls(manifest, models)
+
+
+def _model_class(kind: str) -> type[LatentODE]:
+    """The module class of a bundle kind (imported lazily: control builds on this module)."""
+    if kind == "control_ode":
+        from tracker_sched.control import ControlODE
+
+        return ControlODE
+    return LatentODE

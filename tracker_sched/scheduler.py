@@ -9,10 +9,20 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal, Protocol
+
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from tracker_sched.advisor import Advisor
+from tracker_sched.bundle import Bundle
+
+
+class LrSource(Protocol):
+    """What the scheduler needs: :class:`Advisor` and :class:`~tracker_sched.remote.RemoteAdvisor`
+    both qualify."""
+
+    def lr(self, step: int) -> float: ...
 
 
 class AdvisorLR(LRScheduler):
@@ -22,9 +32,24 @@ class AdvisorLR(LRScheduler):
     per-group lrs (e.g. a lower lr for the backbone) keeps that structure.
     """
 
-    def __init__(self, optimizer: Optimizer, advisor: Advisor, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, advisor: LrSource, last_epoch: int = -1) -> None:
         self.advisor = advisor
         super().__init__(optimizer, last_epoch)
+
+    @classmethod
+    def from_bundle(
+        cls,
+        optimizer: Optimizer,
+        bundle: Bundle,
+        total_steps: int,
+        *,
+        mode: Literal["generative", "control"] | None = None,
+        **advisor_kw: Any,
+    ) -> AdvisorLR:
+        """An advisor for ``bundle`` in ``mode`` (default: the bundle's kind; control needs a
+        control-mode bundle) and its scheduler in one call; ``advisor_kw`` go to
+        :class:`Advisor`."""
+        return cls(optimizer, Advisor(bundle, total_steps, mode=mode, **advisor_kw))
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         lr = self.advisor.lr(self.last_epoch)
