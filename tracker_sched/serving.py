@@ -12,15 +12,17 @@ and the schedule the run follows now. The answer is a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tracker_sched.bundle import Bundle
 from tracker_sched.errors import InputError
-from tracker_sched.planner import GenerativePlanner, LiveHistory, PlannerConfig
 from tracker_sched.schema import Recommendation, Schedule
+
+if TYPE_CHECKING:  # torch: a thin client (RemoteAdvisor) uses this module without it
+    from tracker_sched.bundle import Bundle
+    from tracker_sched.planner import GenerativePlanner, LiveHistory, PlannerConfig
 
 CHANNELS = ("train_loss", "val_metric", "lr")
 
@@ -81,6 +83,8 @@ def parse_request(payload: Mapping[str, Any]) -> RecommendRequest:
 
 def history_from_observations(observations: Sequence[Observation]) -> LiveHistory:
     """Per-channel (steps, values), sorted by step; a repeated step keeps its last value."""
+    from tracker_sched.planner import LiveHistory
+
     cols: dict[str, dict[int, float]] = {k: {} for k in CHANNELS}
     for o in observations:
         for key in CHANNELS:
@@ -106,8 +110,94 @@ def recommend(
     """One stateless replan for a run's observations. Raises InputError on unusable input."""
     if not request.observations:
         raise InputError("no observations: send at least one logged step")
-    planner = planner or GenerativePlanner(bundle, config)
+    if planner is None:
+        from tracker_sched.control_planner import make_planner
+
+        planner = make_planner(bundle, config=config)  # the bundle's kind picks the mode
     last = max(o.step for o in request.observations)
     step = request.step if request.step is not None else last
     return planner.plan(history_from_observations(request.observations), step=step,
                         total_steps=request.total_steps, current=request.current)
+
+
+# ---------------------------------------------------------------------- answers over the wire
+def window_ready(bundle: Bundle, step: int, total_steps: int) -> bool:
+    """Whether a run at ``step`` covers the bundle's context window (else: warm-up)."""
+    g = bundle.manifest.grid_points
+    return step / total_steps * (g - 1) >= bundle.manifest.window - 1
+
+
+def ready_step(bundle: Bundle, total_steps: int) -> int:
+    """The first step at which :func:`window_ready` holds: a remote client replans from there."""
+    g, w = bundle.manifest.grid_points, bundle.manifest.window
+    step = max(0, int(np.ceil((w - 1) * total_steps / (g - 1))) - 1)
+    while step < total_steps and not window_ready(bundle, step, total_steps):  # float slack
+        step += 1
+    return step
+
+
+def warmup_plan(bundle: Bundle, total_steps: int, step: int = 0) -> Recommendation:
+    """The sweep's best run's schedule stretched to ``total_steps``; ``lr_now`` at ``step``."""
+    sweep = bundle.manifest.sweep
+    steps = [round(t * total_steps) for t in sweep.warmup_tau]
+    lr_now = float(10 ** np.interp(step / total_steps, sweep.warmup_tau,
+                                   np.log10(sweep.warmup_lr)))
+    return Recommendation(
+        status="warmup", reason="following the sweep's best run until a full window exists",
+        step=int(step), lr_now=lr_now, schedule=Schedule(step=steps, lr=list(sweep.warmup_lr)),
+        model_version=bundle.manifest.created_at,
+    )
+
+
+def answer(
+    bundle: Bundle,
+    request: RecommendRequest,
+    *,
+    planner: GenerativePlanner | None = None,
+) -> Recommendation:
+    """What a server answers: the warm-up plan until the window is ready, then :func:`recommend`.
+
+    A remote client thus gets its warm-up plan from the server too, with no
+    copy of the bundle. Raises InputError on unusable input.
+    """
+    last = max((o.step for o in request.observations), default=0)
+    step = request.step if request.step is not None else last
+    if not 0 <= step <= request.total_steps:
+        raise InputError(f"step {step} is outside the budget [0, {request.total_steps}]")
+    if not request.observations or not window_ready(bundle, step, request.total_steps):
+        return warmup_plan(bundle, request.total_steps, step)
+    return recommend(bundle, request, planner=planner)
+
+
+# A recommendation as one flat row: the shape that survives a data frame and
+# ``/invocations`` (``{"predictions": [row]}``) unchanged. The schedule travels
+# as one JSON string column, since nested lists in a pandas cell do not
+# round-trip through every MLflow output path.
+ROW_FIELDS = ("status", "reason", "step", "lr_now", "schedule", "predicted_final",
+              "predicted_spread", "samples_accepted", "samples_drawn", "model_version")
+
+
+def recommendation_to_row(rec: Recommendation) -> dict[str, Any]:
+    """A recommendation as a flat row; ``schedule`` is JSON ``{"step": [...], "lr": [...]}``."""
+    row = rec.model_dump()
+    row["schedule"] = rec.schedule.model_dump_json()
+    return {k: row[k] for k in ROW_FIELDS}
+
+
+def recommendation_from_row(row: Mapping[str, Any]) -> Recommendation:
+    """The inverse of :func:`recommendation_to_row`; NaN in optional fields reads as None."""
+    clean: dict[str, Any] = {}
+    for key in ROW_FIELDS:
+        value = row.get(key)
+        if isinstance(value, float) and np.isnan(value):
+            value = None
+        if value is not None:
+            clean[key] = value
+    schedule = clean.get("schedule")
+    if isinstance(schedule, str):
+        clean["schedule"] = Schedule.model_validate_json(schedule)
+    try:
+        return Recommendation.model_validate(clean)
+    except ValidationError as exc:
+        raise InputError(f"not a recommendation row: {exc.errors()[0]['msg']} "
+                         f"(fields: {sorted(row)})") from exc

@@ -1,0 +1,110 @@
+"""The MLflow pyfunc model: a bundle that answers recommendations (``mlflow models serve``).
+
+Only MLflow users import this module, so it imports mlflow at its top level.
+
+Input: a data frame, one row per logged step, columns ``step`` (required) and
+any of ``train_loss``, ``val_metric``, ``lr`` (missing cells: NaN or absent).
+Params: ``total_steps`` (required), ``step`` (the current step; -1, the
+default, means the last row's), ``current`` (the schedule the run follows now,
+as JSON ``{"step": [...], "lr": [...]}``; "" for none).
+Output: a one-row data frame, the columns of
+:func:`tracker_sched.serving.recommendation_to_row` (``schedule`` a JSON string)
+and ``ready_step``, the first step at which the run's window is ready (the
+step from which a client should ask for a plan rather than the warm-up).
+Until the run covers the bundle's context window the answer is the warm-up
+plan (``status="warmup"``), so a remote client needs no copy of the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.pyfunc.model import PythonModel
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+from tracker_sched.errors import InputError
+
+BUNDLE_ARTIFACT = "bundle"
+
+
+def model_signature() -> ModelSignature:
+    """The explicit signature: MLflow silently drops any input column it does not declare."""
+    inputs = Schema([
+        ColSpec("long", "step"),
+        ColSpec("double", "train_loss", required=False),
+        ColSpec("double", "val_metric", required=False),
+        ColSpec("double", "lr", required=False),
+    ])
+    outputs = Schema([
+        ColSpec("string", "status"), ColSpec("string", "reason"), ColSpec("long", "step"),
+        ColSpec("double", "lr_now"), ColSpec("string", "schedule"),
+        ColSpec("double", "predicted_final", required=False),
+        ColSpec("double", "predicted_spread", required=False),
+        ColSpec("long", "samples_accepted"), ColSpec("long", "samples_drawn"),
+        ColSpec("string", "model_version", required=False),
+        ColSpec("long", "ready_step"),
+    ])
+    params = ParamSchema([
+        ParamSpec("total_steps", "long", None),
+        ParamSpec("step", "long", -1),
+        ParamSpec("current", "string", ""),
+    ])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def input_example() -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A request as MLflow stores it with the model (``serving_input_example.json``)."""
+    rows = pd.DataFrame({"step": [0, 50, 100], "train_loss": [2.3, 1.1, 0.8],
+                         "val_metric": [float("nan"), float("nan"), 0.71],
+                         "lr": [0.01, 0.05, 0.1]})
+    return rows, {"total_steps": 1000, "step": -1, "current": ""}
+
+
+class TrackerSchedModel(PythonModel):
+    """Loads the bundle artifact once; each ``predict`` is one stateless answer.
+
+    The planner follows the bundle's kind: a control-mode bundle plans in control mode.
+    """
+
+    def load_context(self, context: Any) -> None:
+        from tracker_sched.bundle import Bundle
+        from tracker_sched.control_planner import make_planner
+
+        self.bundle = Bundle.load(context.artifacts[BUNDLE_ARTIFACT])
+        self.planner = make_planner(self.bundle)  # the bundle's kind picks the mode
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        from tracker_sched.serving import (
+            answer,
+            observations_from_records,
+            parse_request,
+            ready_step,
+            recommendation_to_row,
+        )
+
+        params = params or {}
+        if params.get("total_steps") is None:
+            raise InputError("the param total_steps (the run's planned budget) is required")
+        step = params.get("step")
+        current = params.get("current") or ""
+        try:
+            schedule = json.loads(current) if current else None
+        except json.JSONDecodeError as exc:
+            raise InputError(f"the param current is not JSON ({exc}); send "
+                             '{"step": [...], "lr": [...]} or ""') from exc
+        request = parse_request({
+            "observations": observations_from_records(
+                pd.DataFrame(model_input).to_dict(orient="records")),
+            "total_steps": params["total_steps"],
+            "step": None if step is None or int(step) < 0 else int(step),
+            "current": schedule,
+        })
+        rec = answer(self.bundle, request, planner=self.planner)
+        row = recommendation_to_row(rec)
+        row["ready_step"] = ready_step(self.bundle, request.total_steps)
+        return pd.DataFrame([row])
