@@ -1,0 +1,398 @@
+"""The ``mlflow deployments`` target ``tracker-sched``: recommendations from a registered bundle.
+
+MLflow discovers it through the ``mlflow.deployments`` entry point::
+
+    mlflow deployments create -t tracker-sched --name cnn -m models:/cnn-sched@champion
+    mlflow deployments predict -t tracker-sched --name cnn --input-path window.json
+    mlflow deployments list -t tracker-sched
+    mlflow deployments delete -t tracker-sched --name cnn
+
+A deployment is local: its name, model URI and a downloaded copy of the bundle
+are recorded in ``$TRACKER_SCHED_HOME/deployments.json`` (default
+``~/.tracker_sched``); predictions run in the calling process, no server
+needed. ``predict`` takes either a metrics window (the serving format of
+:mod:`tracker_sched.serving`: rows with ``step``, ``train_loss``,
+``val_metric``, ``lr``, plus ``total_steps``) or a run (``{"run_id": ...,
+"total_steps": ...}``: the run's metric histories are read from MLflow and,
+with ``log_back``, the recommendation is written back to that run). It
+returns the :class:`~tracker_sched.schema.Recommendation` as a dict.
+
+MLflow imports its plugins while importing itself, so this module imports
+mlflow only inside functions; the client class, which must subclass MLflow's
+``BaseDeploymentClient``, is built on first access (PEP 562 ``__getattr__``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tracker_sched.errors import InputError, TrackerSchedError
+
+TARGET = "tracker-sched"
+FLAVOR = "tracker_sched"
+_FLAVORS = (None, "", FLAVOR, TARGET, "python_function", "pyfunc")
+REGISTRY_FILE = "deployments.json"
+ENV_HOME = "TRACKER_SCHED_HOME"
+_TRUE = ("1", "true", "yes", "on")
+
+
+def home() -> Path:
+    """Where local state lives: ``$TRACKER_SCHED_HOME``, else ``~/.tracker_sched``."""
+    return Path(os.environ.get(ENV_HOME) or Path.home() / ".tracker_sched")
+
+
+@functools.cache
+def _error_class() -> type[InputError]:
+    import click
+
+    class DeploymentError(InputError, click.ClickException):
+        """A tracker-sched deployment error; the ``mlflow`` CLI prints it as one line."""
+
+        def __init__(self, message: str) -> None:
+            InputError.__init__(self, message)
+            click.ClickException.__init__(self, message)
+
+    DeploymentError.__module__ = __name__
+    return DeploymentError
+
+
+def _fail(message: str) -> NoReturn:
+    raise _error_class()(message)
+
+
+# ---------------------------------------------------------------------------- the registry
+def _registry_path() -> Path:
+    return home() / REGISTRY_FILE
+
+
+def _read_registry() -> dict[str, dict[str, Any]]:
+    path = _registry_path()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        _fail(f"cannot read the deployments registry {path}: {exc}; delete it to start afresh")
+    if not isinstance(data, dict):
+        _fail(f"the deployments registry {path} is not a JSON object; delete it to start afresh")
+    return data
+
+
+def _write_registry(data: Mapping[str, Mapping[str, Any]]) -> None:
+    path = _registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".deployments-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def _entry(name: str) -> dict[str, Any]:
+    registry = _read_registry()
+    if name not in registry:
+        known = ", ".join(sorted(registry)) or "none"
+        _fail(f"no tracker-sched deployment named {name!r} (known: {known}); create it with "
+              f"`mlflow deployments create -t {TARGET} --name {name} -m models:/MODEL@ALIAS`")
+    return registry[name]
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str | None) -> Iterator[None]:
+    if not uri:
+        yield
+        return
+    # MLflow's own helper restores the unset state too (set_tracking_uri would pin a value).
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(uri):
+        yield
+
+
+def _cache_bundle(name: str, model_uri: str, tracking_uri: str | None) -> dict[str, Any]:
+    """Download (or copy) the bundle into the deployment's own folder; return its record."""
+    from tracker_sched.bundle import Bundle
+    from tracker_sched.stores import bundle_path
+
+    if not model_uri:
+        _fail("a model URI is required: -m models:/NAME@ALIAS (or runs:/, or a bundle folder)")
+    # MLflow's own URI forms go to the MLflow store; anything else is any bundle URI.
+    is_mlflow = model_uri.split(":", 1)[0] in ("models", "runs")
+    uri = "mlflow:" + model_uri if is_mlflow else model_uri
+    folder = home() / "deployments" / name
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_ensure(home() / "deployments")))
+    try:
+        with _tracking_uri(tracking_uri):
+            local = bundle_path(uri, dst=staging / "download")
+        manifest = Bundle.load(local).manifest  # never record a bundle that does not load
+        shutil.copytree(local, staging / "bundle")
+        if folder.exists():
+            shutil.rmtree(folder)
+        (staging / "bundle").rename(folder)
+    except TrackerSchedError as exc:
+        _fail(f"cannot deploy {model_uri}: {exc}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"name": name, "model_uri": model_uri, "flavor": FLAVOR,
+            "bundle_path": str(folder), "bundle_version": manifest.created_at,
+            "tracking_uri": tracking_uri}
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _check_flavor(flavor: str | None) -> None:
+    if flavor not in _FLAVORS:
+        _fail(f"flavor {flavor!r} is not served by the {TARGET} target; leave it out "
+              f"(or use {FLAVOR!r})")
+
+
+# ---------------------------------------------------------------------------- predictions
+def _records(inputs: Any) -> list[dict[str, Any]]:
+    """A data frame, one dict, or a list of dicts -> rows."""
+    if hasattr(inputs, "to_dict") and hasattr(inputs, "columns"):
+        return [dict(r) for r in inputs.to_dict(orient="records")]
+    if isinstance(inputs, Mapping):
+        return [dict(inputs)]
+    if (isinstance(inputs, Sequence) and not isinstance(inputs, str | bytes)
+            and all(isinstance(r, Mapping) for r in inputs)):
+        return [dict(r) for r in inputs]
+    _fail("inputs must be a metrics window (rows with step, train_loss, val_metric, lr and "
+          "total_steps) or {'run_id': ..., 'total_steps': ...}; got "
+          f"{type(inputs).__name__}")
+
+
+def _first(rows: Sequence[Mapping[str, Any]], key: str) -> Any:
+    for row in rows:
+        value = row.get(key)
+        if value is None or value == "" or (isinstance(value, float) and value != value):
+            continue
+        return value
+    return None
+
+
+def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
+    kind = "a positive" if minimum > 0 else "a non-negative"
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        _fail(f"{what} must be {kind} integer, got {value!r}")
+    if not f.is_integer() or f < minimum:
+        _fail(f"{what} must be {kind} integer, got {value!r}")
+    return int(f)
+
+
+def _run_observations(client: Any, run_id: str, bundle: Any) -> tuple[list[Any], dict[str, Any]]:
+    """A run's logged histories as observations (roles by the bundle's keys, else defaults)."""
+    from mlflow.exceptions import MlflowException
+
+    from tracker_sched.integrations.mlflow.callback import map_roles, role_keys
+    from tracker_sched.schema import MetricMap
+    from tracker_sched.serving import Observation
+    from tracker_sched.sources.mlflow_source import clean_history, parse_param
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        _fail(f"run {run_id!r} not found in {client.tracking_uri}: {exc.message}")
+    keys = sorted(run.data.metrics)
+    roles = map_roles(keys, role_keys(bundle), MetricMap())
+    if "lr" not in roles and "train_loss" not in roles:
+        _fail(f"run {run_id} has no metric usable by the advisor; it logged: "
+              f"{', '.join(keys) or 'nothing'}")
+    rows: dict[int, dict[str, float]] = {}
+    for role, key in roles.items():
+        points = [(int(m.step), int(m.timestamp), float(m.value))
+                  for m in client.get_metric_history(run_id, key)]
+        steps, values, _ = clean_history(points)
+        for s, v in zip(steps, values, strict=True):
+            rows.setdefault(s, {})[role] = v
+    params = {k: parse_param(v) for k, v in run.data.params.items()}
+    return [Observation(step=s, **rows[s]) for s in sorted(rows)], params
+
+
+def predict_recommendation(entry: Mapping[str, Any], inputs: Any,
+                           params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The work of ``predict`` for one deployment record; see the module docstring."""
+    from tracker_sched.bundle import Bundle
+    from tracker_sched.serving import answer, observations_from_records, parse_request
+
+    params = dict(params or {})
+    rows = _records(inputs)
+    if not rows:
+        _fail("inputs are empty: send the run's logged steps or {'run_id': ...}")
+    bundle = Bundle.load(entry["bundle_path"])
+    total = params.get("total_steps", _first(rows, "total_steps"))
+    log_back = str(params.get("log_back", _first(rows, "log_back")) or "").lower() in _TRUE
+    run_id = params.get("run_id", _first(rows, "run_id"))
+    try:
+        if run_id is not None:
+            return _predict_run(entry, bundle, str(run_id), total, log_back, params)
+        if log_back:
+            _fail("log_back needs a run_id: with a metrics window there is no run to write to")
+        if "observations" in rows[0]:
+            request = parse_request({**rows[0], **({"total_steps": total} if total else {})})
+        else:
+            if total is None:
+                _fail("total_steps is missing: add it as a column (or params['total_steps'])")
+            payload: dict[str, Any] = {
+                "observations": observations_from_records(rows),
+                "total_steps": _positive_int(total, "total_steps"),
+            }
+            if params.get("step") is not None:
+                payload["step"] = _positive_int(params["step"], "step", minimum=0)
+            request = parse_request(payload)
+        rec = answer(bundle, request)
+    except TrackerSchedError as exc:
+        if isinstance(exc, _error_class()):
+            raise
+        _fail(str(exc))
+    return rec.model_dump(mode="json")
+
+
+def _predict_run(entry: Mapping[str, Any], bundle: Any, run_id: str, total: Any,
+                 log_back: bool, params: Mapping[str, Any]) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    from tracker_sched.integrations.mlflow.callback import log_recommendation
+    from tracker_sched.serving import RecommendRequest, answer
+    from tracker_sched.sources.mlflow_source import TOTAL_STEPS_PARAMS
+
+    client = MlflowClient(tracking_uri=params.get("tracking_uri") or entry.get("tracking_uri"))
+    observations, run_params = _run_observations(client, run_id, bundle)
+    if total is None:
+        total = next((run_params[k] for k in TOTAL_STEPS_PARAMS if k in run_params), None)
+    if total is None:
+        _fail(f"total_steps is missing: pass it, or log one of the params "
+              f"{', '.join(TOTAL_STEPS_PARAMS)} on run {run_id}")
+    if not observations:
+        _fail(f"run {run_id} has logged no steps yet")
+    rec = answer(bundle, RecommendRequest(observations=observations,
+                                             total_steps=_positive_int(total, "total_steps")))
+    if log_back:
+        log_recommendation(client, run_id, rec, bundle_version=entry.get("bundle_version"))
+    return rec.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------- MLflow's interface
+def _build_client() -> type:
+    from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
+
+    class TrackerSchedDeploymentClient(BaseDeploymentClient):
+        """Deployments of tracker-sched bundles, recorded locally (see the module docstring).
+
+        >>> # from mlflow.deployments import get_deploy_client
+        >>> # client = get_deploy_client("tracker-sched")
+        >>> # client.create_deployment("cnn", "models:/cnn-sched@champion")
+        >>> # client.predict("cnn", {"run_id": run_id, "total_steps": 840},
+        >>> #                params={"log_back": True})["lr_now"]
+        """
+
+        def create_deployment(self, name: str, model_uri: str, flavor: str | None = None,
+                              config: Mapping[str, Any] | None = None,
+                              endpoint: str | None = None) -> dict[str, Any]:
+            _check_flavor(flavor)
+            if name in _read_registry():
+                _fail(f"deployment {name!r} exists; use `mlflow deployments update` "
+                      "or delete it first")
+            record = _cache_bundle(name, model_uri, (config or {}).get("tracking_uri"))
+            registry = _read_registry()
+            registry[name] = record
+            _write_registry(registry)
+            return record
+
+        def update_deployment(self, name: str, model_uri: str | None = None,
+                              flavor: str | None = None,
+                              config: Mapping[str, Any] | None = None,
+                              endpoint: str | None = None) -> dict[str, Any]:
+            _check_flavor(flavor)
+            old = _entry(name)
+            tracking_uri = (config or {}).get("tracking_uri", old.get("tracking_uri"))
+            record = _cache_bundle(name, model_uri or old["model_uri"], tracking_uri)
+            registry = _read_registry()
+            registry[name] = record
+            _write_registry(registry)
+            return record
+
+        def delete_deployment(self, name: str, config: Mapping[str, Any] | None = None,
+                              endpoint: str | None = None) -> None:
+            record = _entry(name)
+            registry = _read_registry()
+            registry.pop(name, None)
+            _write_registry(registry)
+            shutil.rmtree(record["bundle_path"], ignore_errors=True)
+
+        def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+            return [dict(v) for _, v in sorted(_read_registry().items())]
+
+        def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
+            return dict(_entry(name))
+
+        def predict(self, deployment_name: str | None = None, inputs: Any = None,
+                    endpoint: str | None = None,
+                    params: Mapping[str, Any] | None = None) -> Any:
+            if not deployment_name:
+                _fail("name the deployment to predict with (--name)")
+            rec = predict_recommendation(_entry(deployment_name), inputs, params)
+            # A dict (the Recommendation) that MLflow's CLI can print with .to_json().
+            return PredictionsResponse(rec)
+
+    TrackerSchedDeploymentClient.__module__ = __name__
+    return TrackerSchedDeploymentClient
+
+
+def run_local(name: str, model_uri: str, flavor: str | None = None,
+              config: Mapping[str, Any] | None = None) -> None:
+    """Deployments of this target are local already: record (or refresh) the deployment."""
+    _check_flavor(flavor)
+    registry = _read_registry()
+    registry[name] = _cache_bundle(name, model_uri, (config or {}).get("tracking_uri"))
+    _write_registry(registry)
+
+
+def target_help() -> str:
+    return f"""\
+tracker-sched: learning-rate recommendations from a registered tracker-sched bundle.
+
+Deployments are local (no server): the model is downloaded once into
+$TRACKER_SCHED_HOME/deployments/NAME (default ~/.tracker_sched) and recorded
+in deployments.json; predict runs in the calling process.
+
+  mlflow deployments create  -t {TARGET} --name NAME -m models:/MODEL@ALIAS
+  mlflow deployments predict -t {TARGET} --name NAME --input-path INPUT.json
+  mlflow deployments get|list|update|delete -t {TARGET} [--name NAME]
+
+INPUT.json, one of:
+  a metrics window, rows of the run's logged steps plus its budget:
+    [{{"step": 0, "train_loss": 2.3, "lr": 0.001, "total_steps": 840}}, ...]
+    (val_metric where logged; missing values may be null)
+  a run to read from MLflow (MLFLOW_TRACKING_URI), optionally writing back:
+    [{{"run_id": "RUN_ID", "total_steps": 840, "log_back": true}}]
+    (total_steps defaults to the run's total_steps/max_steps param)
+
+The answer is the Recommendation as JSON: status, reason, step, lr_now,
+schedule (future steps and lrs), predicted_final, model_version.
+With log_back the run gets metric tracker_sched.lr, artifact
+tracker_sched/plan-step<N>.json and tags tracker_sched.status/reason.
+"""
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TrackerSchedDeploymentClient":
+        cls = _build_client()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "TrackerSchedDeploymentClient"])
