@@ -23,8 +23,16 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert ci_lines == [test_cmd]
 
 
-def test_readme_main_command_runs_the_benchmark_module() -> None:
+def test_readme_main_command_runs_the_demo() -> None:
+    from tracker_sched.cli import build_parser
+
     blocks = _bash_blocks((ROOT / "README.md").read_text())
-    main_cmd = next(b for b in blocks if "benchmarks.fit_mnist1d" in b)
+    main_cmd = next(b for b in blocks if b.endswith("tracker-sched demo"))
     assert main_cmd.startswith("python3 -m venv .venv")
-    assert (ROOT / "benchmarks" / "fit_mnist1d.py").is_file()
+    assert '-e ".[demo]"' in main_cmd
+    pyproject = (ROOT / "pyproject.toml").read_text()  # no tomllib before Python 3.11
+    demo = re.search(r"^demo = \[(.*)\]$", pyproject, flags=re.M)
+    assert demo is not None, "pyproject.toml has no demo extra"
+    assert all(dep in demo.group(1) for dep in ("mnist1d", "mlflow", "plots"))
+    assert '"tracker_sched.tasks"' in pyproject
+    assert build_parser().parse_args(["demo"]).command == "demo"
