@@ -22,6 +22,7 @@ from tracker_sched.sources.files import read_sweep
 
 if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
     from tracker_sched.bundle import BundleManifest
+    from tracker_sched.control import ControlChecks
     from tracker_sched.report import FitReport
 
 SOURCES = ("files", "mlflow", "wandb", "wandb-offline")
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", help="JSON file with FitConfig fields (flags win)")
     fit.add_argument("--no-plots", action="store_true", help="skip the forecast plot")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fit.add_argument("--mode", choices=("generative", "control"), default="generative",
+                     help="generative (default): the paper's model, lr decoded; control: the lr "
+                     "as an input of the dynamics, a bootstrap ensemble with lr-response checks "
+                     "(docs/control.md); --config then holds ControlFitConfig fields")
     fit.add_argument("--register", metavar="NAME",
                      help="also store the bundle in a tracker under NAME (MLflow: a registered "
                      "pyfunc model; W&B: an artifact)")
@@ -92,16 +97,44 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("recommend", help="one recommendation for a run from its metrics file")
     rec.add_argument("--bundle", required=True,
                      help="bundle: a folder, mlflow:models:/NAME@ALIAS or wandb:E/P/NAME:ALIAS")
+    rec.add_argument("--tracking-uri", help="for mlflow: bundle URIs (default: MLflow's own "
+                     "resolution, MLFLOW_TRACKING_URI else ./mlflow.db)")
     rec.add_argument("--history", required=True,
                      help="the run's metrics: CSV with a header, or JSON Lines, with columns "
                      "step, train_loss, val_metric, lr (empty cells allowed)")
     rec.add_argument("--total-steps", type=int, required=True, help="the run's planned budget")
     rec.add_argument("--step", type=int, help="the current step (default: the last logged)")
+    rec.add_argument("--mode", choices=("generative", "control"),
+                     help="planner mode (default: the bundle's kind: control for a "
+                     "control-mode bundle, else generative)")
 
     ins = sub.add_parser("inspect", help="summarise a bundle and its fit report")
     ins.add_argument("bundle", help="bundle: a folder, mlflow:models:/NAME@ALIAS or "
                      "wandb:E/P/NAME:ALIAS")
+    ins.add_argument("--tracking-uri", help="for mlflow: bundle URIs")
     ins.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    sug = sub.add_parser("suggest-runs", help="say how confounded a sweep is and which "
+                         "randomised-schedule runs to add to make it learnable")
+    _source_args(sug)
+    sug.add_argument("--n", type=int, default=12, help="runs to suggest (default 12)")
+    sug.add_argument("--seed", type=int, default=0, help="seed of the random schedules")
+    sug.add_argument("--format", choices=("wandb", "mlflow", "files"), default="wandb",
+                     help="wandb: a sweep config (JSON, readable as YAML); mlflow: JSON Lines "
+                     "of params; files: tracker-sched planned runs (default: wandb)")
+    sug.add_argument("--program", help="wandb: the training script the sweep runs")
+    sug.add_argument("--out", help="file to write (default: standard output)")
+
+    demo = sub.add_parser("demo", help="the whole loop on MLflow's embedded sqlite store: "
+                          "sweep, fit, register, advisor vs best schedule (a few minutes)")
+    demo.add_argument("--dir", default="tracker-sched-demo",
+                      help="folder for mlflow.db, artifacts and plots: new, empty or a previous "
+                      "demo's (default: tracker-sched-demo)")
+    demo.add_argument("--quick", action="store_true",
+                      help="toy sizes, under a minute: checks the loop, shows nothing")
+    demo.add_argument("--seeds", type=int, help="comparison seeds per arm (default 3; quick 1)")
+    demo.add_argument("--workers", type=int, default=2, help="training processes (default 2)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -181,6 +214,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             raise InputError(f"cannot read --config {args.config}: {exc}") from exc
         if not isinstance(base, dict):
             raise InputError(f"--config {args.config} must hold a JSON object of FitConfig fields")
+    if args.mode == "control":
+        return _fit_control(args, base)
     flags = {
         "max_iterations": args.iterations, "ensemble": args.ensemble, "seed": args.seed,
         "grid_points": args.grid_points, "window": args.window,
@@ -239,6 +274,62 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_control(args: argparse.Namespace, base: dict[str, object]) -> int:
+    """``fit --mode control``: a control-mode bundle, its checks, and the sweep's confounding."""
+    from tracker_sched.confounding import confounding
+    from tracker_sched.control import ControlChecks, ControlFitConfig, fit_control
+
+    if args.solver or args.holdout is not None:
+        raise InputError("--solver and --holdout are options of the generative fit; the control "
+                         "fit takes ControlFitConfig fields in --config")
+    flags = {"iterations": args.iterations, "members": args.ensemble, "seed": args.seed,
+             "grid_points": args.grid_points, "window": args.window}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        config = ControlFitConfig.model_validate(base)
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise InputError(f"invalid control fit options: {errors}") from exc
+    result = _read(args)
+    print(f"read {len(result.runs)} runs from {args.source}", file=sys.stderr)
+    conf = confounding(result.runs)
+    print(f"sweep design: {conf.summary()}")
+    bundle = fit_control(result.runs, config, _metric_map(args), workers=args.workers,
+                         source_issues=result.issues)
+    control = dict(bundle.manifest.control or {})
+    control["confounding"] = conf.model_dump(mode="json")
+    bundle.manifest = bundle.manifest.model_copy(update={"control": control})
+    out = bundle.save(args.out)
+    report = bundle.manifest.report
+    (out / "report.json").write_text(report.model_dump_json(indent=2))
+    checks = ControlChecks.model_validate(control)
+    print(f"{report.runs_used} usable runs of {report.runs_total}; {bundle.manifest.members} "
+          f"bootstrap members; {len(report.issues)} issues; {report.wall_s:.1f} s")
+    if report.issues:
+        print("runs excluded or changed:\n" + _issue_table(report.issues))
+    print(_control_checks_text(checks))
+    if not conf.learnable:
+        print("  the lr's effect is confounded with the configuration in this sweep: "
+              "`tracker-sched suggest-runs` proposes runs that break the tie")
+    print(f"bundle written to {out}")
+    if args.register:
+        print(f"registered {_register(args, out, report)}")
+    return 0
+
+
+def _control_checks_text(checks: ControlChecks) -> str:
+    lines = []
+    if checks.ranking is not None and checks.ranking.mean is not None:
+        lines.append(f"counterfactual ranking (shared context at tau "
+                     f"{checks.ranking.context_tau:.2f}): mean Spearman {checks.ranking.mean:.2f}, "
+                     f"worst {checks.ranking.worst:.2f}")
+    lines.append("control planner: " + ("usable" if checks.usable else
+                 "REFUSED (falls back to the warm-up plan): " + "; ".join(checks.flags)))
+    return "\n".join(lines)
+
+
 def _register(args: argparse.Namespace, out: Path, report: FitReport) -> str:
     """Store the bundle in a tracker; returns the URI to load it by."""
     store = args.store or ("wandb" if args.source.startswith("wandb") else "mlflow")
@@ -277,6 +368,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if result.issues:
         print("not exported:\n" + _issue_table(result.issues))
     return 0
+
+
+def _with_tracking_uri(args: argparse.Namespace, uri: str) -> str:
+    """Point MLflow at ``--tracking-uri`` for an ``mlflow:`` bundle URI; returns the URI."""
+    import os
+
+    if getattr(args, "tracking_uri", None):
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    return uri
 
 
 def read_history(path: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -322,23 +422,45 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from tracker_sched.serving import Observation, RecommendRequest, recommend
     from tracker_sched.stores import load_bundle
 
-    bundle = load_bundle(args.bundle)
+    bundle = load_bundle(_with_tracking_uri(args, args.bundle))
     cols = read_history(args.history)
     rows: dict[int, dict[str, float]] = {}
     for key, (steps, values) in cols.items():
         for st, v in zip(steps, values, strict=True):
             rows.setdefault(st, {})[key] = v
     obs = [Observation(step=st, **vals) for st, vals in sorted(rows.items())]
+    from tracker_sched.control_planner import PlannerMode, make_planner
+
+    mode: PlannerMode = args.mode or (
+        "control" if bundle.manifest.kind == "control_ode" else "generative")
     rec = recommend(bundle, RecommendRequest(observations=obs, total_steps=args.total_steps,
-                                             step=args.step))
+                                             step=args.step), planner=make_planner(bundle, mode))
     print(rec.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tracker_sched.demo import DemoConfig, format_comparison, run_demo
+
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    make = DemoConfig.quick if args.quick else DemoConfig.full
+    seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
+    cfg = make(args.dir, seeds=seeds, workers=args.workers)
+    result = run_demo(cfg, progress=not args.no_progress, say=print)
+    total = sum(result.stage_s.values())
+    print("\n" + format_comparison(result))
+    print("\nplots: " + ", ".join(str(p) for p in result.plots))
+    print(f"done in {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s"
+                                               for k, v in result.stage_s.items()) + ")")
+    print(f"see it all in MLflow:\n  mlflow ui --backend-store-uri {result.tracking_uri}")
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from tracker_sched.stores import load_bundle
 
-    bundle = load_bundle(args.bundle)
+    bundle = load_bundle(_with_tracking_uri(args, args.bundle))
     m = bundle.manifest
     if args.json:
         print(m.model_dump_json(indent=2))
@@ -352,6 +474,38 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"lr explored {s.lr_min:.2e} .. {s.lr_max:.2e}")
     if m.report.holdout is not None:
         print(_forecast_table(m))
+    if m.control:
+        from tracker_sched.control import ControlChecks
+
+        print(_control_checks_text(ControlChecks.model_validate(m.control)))
+        if "confounding" in m.control:
+            from tracker_sched.confounding import ConfoundingReport
+
+            conf = ConfoundingReport.model_validate(m.control["confounding"])
+            print(f"sweep design: {conf.summary()}")
+    return 0
+
+
+def cmd_suggest_runs(args: argparse.Namespace) -> int:
+    from tracker_sched.suggest import suggest_for_sweep
+
+    result = _read(args)
+    made = suggest_for_sweep(result.runs, n=args.n, seed=args.seed, fmt=args.format,
+                             metric_map=_metric_map(args), direction=args.val_direction,
+                             program=args.program)
+    report = made.report
+    info = sys.stdout if args.out else sys.stderr
+    print(report.summary(), file=info)
+    for reason in report.reasons:
+        print(f"  {reason}", file=info)
+    if args.out:
+        try:
+            Path(args.out).write_text(made.text, encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write --out {args.out}: {exc}") from exc
+        print(f"wrote {len(made.suggestions)} suggested runs ({args.format}) to {args.out}")
+    else:
+        sys.stdout.write(made.text)
     return 0
 
 
@@ -367,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     handlers = {"fit": cmd_fit, "validate": cmd_validate, "export": cmd_export,
-                "inspect": cmd_inspect, "recommend": cmd_recommend}
+                "inspect": cmd_inspect, "recommend": cmd_recommend, "demo": cmd_demo,
+                "suggest-runs": cmd_suggest_runs}
     try:
         return handlers[args.command](args)
     except TrackerSchedError as exc:

@@ -29,11 +29,11 @@ from sweep_helpers import (
     summary_of,
 )
 from tiny import tiny_config
-from tracker_sched.integrations.wandb import STATUS_CODES, SweepCallback
 
 from tracker_sched.bundle import Bundle
 from tracker_sched.cli import main
 from tracker_sched.errors import InputError
+from tracker_sched.integrations.wandb import STATUS_CODES, SweepCallback
 from tracker_sched.planner import PlannerConfig
 from tracker_sched.schema import MetricMap
 from tracker_sched.sources.files import read_sweep

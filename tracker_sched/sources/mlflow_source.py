@@ -358,14 +358,21 @@ class MlflowSource:
         return by_run
 
     def _full_get(self, session: requests.Session, uri: str, key: str,
-                  run_ids: list[str]) -> dict[str, list[Point]]:
+                  run_ids: list[str], first: int = 10) -> dict[str, list[Point]]:
         """Exact histories through the 25,000-point bulk endpoint, chunked by size."""
         out: dict[str, list[Point]] = {}
-        per_run = BULK_MAX_RUNS
-        for i in range(0, len(run_ids), per_run):
+        # Start small (a full response is a wasted request) and grow from what comes back.
+        per_run, i = min(BULK_MAX_RUNS, max(1, first)), 0
+        while i < len(run_ids):
             part = run_ids[i:i + per_run]
+            n_points = 0
             for rid, points in self._bulk_get(session, uri, key, part):
                 out[rid] = points
+                n_points += len(points)
+            i += len(part)
+            if n_points:  # size the next requests by what this one held
+                per_run = max(1, min(BULK_MAX_RUNS,
+                                     int(0.8 * BULK_MAX_POINTS * len(part) / n_points)))
         return out
 
     def _read_bulk(self, uri: str, keys: dict[str, list[str]], bar: Any,
@@ -390,7 +397,8 @@ class MlflowSource:
             if self.sample_points is None:
                 cut = [rid for rid, pts in got.items() if len(pts) >= INTERVAL_MAX_POINTS]
                 if cut:  # possibly sampled: read these exactly
-                    got.update(self._full_get(session, uri, key, cut))
+                    first = int(0.8 * BULK_MAX_POINTS / INTERVAL_MAX_POINTS)
+                    got.update(self._full_get(session, uri, key, cut, first))
             return key, got
 
         try:
