@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tracker_sched.stores.mlflow")
 
+DEFAULT_EXPERIMENT_ID = "0"  # every MLflow store's "Default" experiment
 MODEL_NAME = "bundle"  # the logged model's name: runs:/RUN_ID/bundle addresses it
 _MODELS_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)/?$")
 _MODELS_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
@@ -91,7 +92,23 @@ def _pip_requirements() -> list[str]:
 
 def _experiment_id(client: MlflowClient, experiment: str | None) -> str | None:
     if experiment is None:
-        return None
+        mlflow = _mlflow()
+        if mlflow.active_run() is not None:
+            return None  # nested in the caller's run, in its experiment
+        # MLflow's active experiment is process-global and outlives a change of tracking
+        # URI: an id set against another store would fail here. Use it only if this
+        # store has it, else the store's default experiment.
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking.fluent import _get_experiment_id
+
+        active = _get_experiment_id()
+        try:
+            if active is not None and client.get_experiment(active) is not None:
+                return None
+        except MlflowException:
+            log.warning("MLflow's active experiment %s is not in %s; using its default "
+                        "experiment", active, mlflow.get_tracking_uri())
+        return DEFAULT_EXPERIMENT_ID
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return str(found.experiment_id)
