@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suggested", type=Path,
                     help="arm (e)'s suggested runs (default runs/<model>_suggested.jsonl, "
                     "made by benchmarks.suggested_runs)")
+    ap.add_argument("--control-e",
+                    help="JSON ControlPlannerConfig fields for arm (e) (default: --control's, "
+                    "the same setting as arm (d))")
     ap.add_argument("--control-bundle-e", type=Path,
                     help="arm (e)'s control bundle (default: fit sweep + suggested runs, "
                     "cached in runs/bundle_<model>_control_suggested)")
@@ -255,12 +258,13 @@ def main(argv: list[str] | None = None) -> int:
                         workers=ns.workers).save(cdir)
             print(f"({carm}) control fit: {time.perf_counter() - t_fit:.0f} s")
         cm = Bundle.load(cdir).manifest
+        settings = json.loads(ns.control_e if carm == "e" and ns.control_e else ns.control)
         control[carm] = (str(cdir), {"replan_every": ns.replan_every,
                                      "max_replans": ns.max_replans or None,
-                                     "planner": json.loads(ns.control)})
+                                     "planner": settings})
         control_infos[carm] = {"bundle": str(cdir), "checks": cm.control,
                                "fit_wall_s": cm.report.wall_s, "runs_fit": cm.report.runs_fit,
-                               "planner": json.loads(ns.control)}
+                               "planner": settings}
         print(f"({carm}) control checks: flags "
               f"{cm.control.get('flags') if cm.control else None}; "
               "shared-context rank correlation "

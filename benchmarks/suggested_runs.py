@@ -111,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trained {len(results)} suggested runs in {train_wall:.0f} s -> {out_path}")
         for f in finals:
             print(f"  {f['run_id']}: {f['state']} val {f['val']:.3f} test {f['test']:.3f}")
-    base_val = {r.run_id: r.val_metric.value[-1] for r in sweep  # type: ignore[union-attr]
-                if r.val_metric is not None}
+    base_val = {r.run_id: r.val_metric.value[-1] for r in sweep if r.val_metric is not None}
 
     before, after = confounding(sweep), confounding([*sweep, *suggested])
     print(f"confounding before: {before.summary()}")
