@@ -26,8 +26,11 @@ from tracker_sched.control import (
     RankingCheck,
     ResponseCheck,
     ResponseCheckConfig,
+    exploit_scale,
     fit_control,
     interp_input,
+    pooled_seed_sd,
+    recheck,
     response_flags,
 )
 from tracker_sched.control_planner import ControlPlanner, ControlPlannerConfig, make_planner
@@ -184,6 +187,83 @@ def test_response_flags() -> None:
                           worst=-0.2)
     flags = response_flags(ok_peaked, ranked, 1.0, ResponseCheckConfig(min_rank_corr=0.3))
     assert len(flags) == 1 and "ranking" in flags[0]
+
+
+def test_pooled_seed_sd_and_the_exploit_scale() -> None:
+    # pairs (a+d, a-d): sd d*sqrt(2) each; a single seed or a NaN adds no degree of freedom
+    s = pooled_seed_sd([[0.9, 0.92], [0.5, 0.48, float("nan")], [0.7]])
+    assert s == pytest.approx(0.01 * np.sqrt(2))
+    assert pooled_seed_sd([[0.9], [0.8]]) is None
+    assert exploit_scale(0.003, 0.008) == 0.008  # close configurations: the noise floor
+    assert exploit_scale(0.012, 0.005) == 0.012  # spread configurations: their spread
+    assert exploit_scale(0.003, None) == 0.003
+
+
+def with_finals(runs: list[RunRecord], finals: dict[str, float]) -> list[RunRecord]:
+    """The runs with their last validation value replaced (the early context is untouched,
+    so a control model's predictions from it do not change)."""
+    out = []
+    for r in runs:
+        assert r.val_metric is not None
+        v = list(r.val_metric.value)
+        v[-1] = finals[r.run_id]
+        out.append(r.model_copy(update={"val_metric": Series(step=r.val_metric.step, value=v)}))
+    return out
+
+
+def test_the_seed_noise_floor_flags_only_predictions_beyond_the_noise(
+    tiny_bundle: Bundle, sweep: SyntheticSweep
+) -> None:
+    """Through ``recheck`` (the real checks on a fitted model, no refit): the five leading
+    configurations are made nearly equal (spread 0.0001) with seeds 0.01 apart in sd, and
+    placed at 1 or 5 seed sds below what the model predicts for the best run's schedule.
+    The old scale (their spread) flags both; the floor flags only the far one."""
+    base = ControlChecks.model_validate(recheck(tiny_bundle, sweep.runs).manifest.control)
+    assert base.response is not None and base.ranking is not None
+    top = max(max(base.response.predicted), base.response.hold_low_predicted)
+    by_cfg: dict[str, list[RunRecord]] = {}
+    for r in sweep.runs:
+        by_cfg.setdefault(repr(sorted((k, v) for k, v in r.config.items() if k != "seed")),
+                          []).append(r)
+    assert all(len(v) == 2 for v in by_cfg.values())
+    # the leading configurations in their order (one context run each), kept in that order
+    # so that the best run, the probe's context, stays the same
+    lead = [next(k for k, v in by_cfg.items() if any(r.run_id == rid for r in v))
+            for rid in base.ranking.context_runs]
+    assert len(set(lead)) == 5
+    seed_sd, d = 0.01, 0.01 / np.sqrt(2)
+    for below, flagged in [(1.0, False), (5.0, True)]:
+        x = top - below * seed_sd
+        finals = {r.run_id: x - 0.2 for r in sweep.runs}
+        for i, k in enumerate(lead):
+            a, b = by_cfg[k]
+            finals[a.run_id], finals[b.run_id] = x - 1e-4 * i + d, x - 1e-4 * i - d
+        runs = with_finals(list(sweep.runs), finals)
+        new = ControlChecks.model_validate(recheck(tiny_bundle, runs).manifest.control)
+        old = ControlChecks.model_validate(recheck(
+            tiny_bundle, runs, ResponseCheckConfig(seed_noise_floor=False)).manifest.control)
+        assert new.response is not None and old.response is not None
+        assert new.response.context_run == base.response.context_run
+        assert max(max(new.response.predicted), new.response.hold_low_predicted) == \
+            pytest.approx(top, abs=1e-5)
+        assert new.response.seed_sd == pytest.approx(seed_sd, rel=1e-3)
+        assert new.response.leading_sd is not None and new.response.leading_sd < 2e-4
+        assert new.response.final_sd == new.response.seed_sd
+        assert any("exploitable" in f for f in old.flags)  # the shrunken scale flags both
+        assert old.response.seed_sd is None
+        assert any("exploitable" in f for f in new.flags) is flagged
+
+
+def test_old_bundle_checks_load_without_the_new_fields(tiny_bundle: Bundle) -> None:
+    """Bundles fitted before the floor have no ``leading_sd``/``seed_sd``; they still load,
+    and the planner keeps reading their ``final_sd``."""
+    raw = dict(tiny_bundle.manifest.control or {})
+    resp = {k: v for k, v in raw["response"].items() if k not in ("leading_sd", "seed_sd")}
+    checks = ControlChecks.model_validate({**raw, "response": resp})
+    assert checks.response is not None and checks.response.seed_sd is None
+    old_fit = {k: v for k, v in tiny_bundle.manifest.fit["checks"].items()
+               if k != "seed_noise_floor"}
+    assert ResponseCheckConfig.model_validate(old_fit).seed_noise_floor
 
 
 # --------------------------------------------------------------------------- planner

@@ -256,7 +256,14 @@ class ResponseCheckConfig(BaseModel):
         default=2.0, ge=0,
         description="flag a prediction above the best observed final by more than this many "
         "sds of the leading configurations' finals (the best ``contexts`` of them: the "
-        "spread of the whole sweep, failed configurations included, would excuse anything)",
+        "spread of the whole sweep, failed configurations included, would excuse anything), "
+        "that sd floored at the seed noise (``seed_noise_floor``)",
+    )
+    seed_noise_floor: bool = Field(
+        default=True,
+        description="floor the exploit scale at the pooled seed-to-seed sd of one leading "
+        "configuration's final (see :func:`exploit_scale`); False reproduces the checks of "
+        "bundles fitted before the floor",
     )
     hold_low_dex: float = Field(
         default=1.5, gt=0, description="'hold low': the best peak lr divided by 10**this",
@@ -411,8 +418,16 @@ class ResponseCheck(BaseModel):
     sweep_final: list[float] = Field(description="their mean final metric")
     hold_low_predicted: float
     best_observed: float
-    final_sd: float = Field(description="sd of the leading configurations' mean finals")
+    final_sd: float = Field(description="the exploit scale: the larger of ``leading_sd`` and "
+                            "``seed_sd`` (bundles fitted before the floor: ``leading_sd``); "
+                            "the planner's exploit guard reads it too")
     exploit_threshold: float
+    leading_sd: float | None = Field(
+        default=None, description="sd of the leading configurations' mean finals "
+        "(None in bundles fitted before the floor, where it is ``final_sd``)")
+    seed_sd: float | None = Field(
+        default=None, description="pooled seed-to-seed sd of the leading configurations' "
+        "finals; None when none has two complete seeds, or the floor is off")
 
 
 class ControlChecks(BaseModel):
@@ -435,6 +450,44 @@ def _untransform_val(norm: Normalisation, v: np.ndarray) -> np.ndarray:
 
 def _config_key(cfg: dict[str, Any]) -> str:
     return repr(sorted((k, v) for k, v in cfg.items() if k not in ("seed",)))
+
+
+def pooled_seed_sd(finals_by_config: Sequence[Sequence[float] | np.ndarray]) -> float | None:
+    """Pooled within-configuration sd of the final metric (ddof 1), over configurations
+    with at least two seeds; None when there is none. It is the seed-to-seed noise of a
+    single run's final, whatever the configurations' means are."""
+    ss, dof = 0.0, 0
+    for v in finals_by_config:
+        a = np.asarray(v, dtype=np.float64)
+        a = a[np.isfinite(a)]
+        if a.size >= 2:
+            ss += float(((a - a.mean()) ** 2).sum())
+            dof += a.size - 1
+    return math.sqrt(ss / dof) if dof else None
+
+
+def exploit_scale(leading_sd: float, seed_sd: float | None) -> float:
+    """The sd unit of the exploit threshold: the leading configurations' spread, floored
+    at the seed noise of those configurations.
+
+    "Exploitable" means the model predicts a schedule beyond what the evidence can
+    explain. The probe predicts one run's final from that run's own early context, so
+    even a model that has learned the lr response exactly predicts a single seed's
+    outcome, and a single seed's final scatters around its configuration's mean by the
+    seed-to-seed sd. A prediction within a few of those sds of the best observed mean is
+    what one seed of a leading configuration could deliver; it is not evidence of an
+    exploited model. The leading configurations' spread alone measures how *different*
+    the top configurations are: it shrinks towards 0 when they are close (0.33 points
+    on the MNIST-1D CNN sweep plus suggested runs, against a seed sd of 0.80 points
+    there), and then flags any model that is a seed's noise optimistic. The floor keeps
+    the unit from falling below the noise; above it, a wide spread still widens it.
+
+    ``seed_sd`` is pooled over the *leading* configurations (the same ones as
+    ``leading_sd``), not the whole sweep: a configuration that diverges on one seed and
+    not the other is not seed noise near the best, and pooled over the whole CNN sweep
+    such configurations inflate the sd to 9.9 points, a threshold nothing can reach.
+    """
+    return max(leading_sd, seed_sd) if seed_sd is not None else leading_sd
 
 
 def run_checks(
@@ -504,13 +557,18 @@ def run_checks(
     resp = _untransform_val(norm, ensemble.final(h0b, u, xb, lb).mean(dim=0).numpy())
     best_obs = float(actual[order[0]])
     lead = actual[order[: config.contexts]]
-    spread = float(np.std(lead)) if lead.size > 1 else 0.0
+    lead_sd = float(np.std(lead)) if lead.size > 1 else 0.0
+    seed_sd = (pooled_seed_sd([_untransform_val(norm, finals_t[groups[keys[j]]])
+                               for j in order[: config.contexts]])
+               if config.seed_noise_floor else None)
+    spread = exploit_scale(lead_sd, seed_sd)
     threshold = best_obs + sign * config.exploit_margin * spread
     response = ResponseCheck(
         family=family, context_run=prep.runs[best].run_id, context_tau=end / (g - 1),
         peak_dex=[float(d) for d in dex], predicted=[float(v) for v in resp[:-1]],
         sweep_dex=sweep_dex, sweep_final=sweep_final, hold_low_predicted=float(resp[-1]),
         best_observed=best_obs, final_sd=spread, exploit_threshold=threshold,
+        leading_sd=lead_sd, seed_sd=seed_sd,
     )
     return ControlChecks(ranking=ranking, response=response,
                          flags=response_flags(response, ranking, sign, config))
@@ -530,7 +588,8 @@ def response_flags(
       of the explored peak range whose observed final is not the sweep's best
       there (the confounded model of the pre-study preferred ever lower lrs);
     * exploitable: some probed schedule (including "warm up, hold low") is
-      predicted above the best observed final by more than the margin.
+      predicted above the best observed final by more than the margin times
+      ``final_sd`` (:func:`exploit_scale`: at least the seed noise, when known).
     """
     flags = []
     pred = sign * np.asarray(resp.predicted)
@@ -559,7 +618,8 @@ def response_flags(
         flags.append(
             f"exploitable lr response: {what} is predicted at "
             f"{sign * top:.4g}, above anything observed (best {resp.best_observed:.4g}, "
-            f"threshold {resp.exploit_threshold:.4g})"
+            f"threshold {resp.exploit_threshold:.4g} = best + {config.exploit_margin:g} x "
+            f"sd {resp.final_sd:.3g})"
         )
     if (config.min_rank_corr is not None and ranking is not None and ranking.mean is not None
             and ranking.mean < config.min_rank_corr):
@@ -648,6 +708,6 @@ ControlMode = Literal["generative", "control"]
 
 __all__ = [
     "KIND", "ControlChecks", "ControlEnsemble", "ControlFitConfig", "ControlMode", "ControlODE",
-    "RankingCheck", "ResponseCheck", "ResponseCheckConfig", "fit_control", "interp_input",
-    "recheck", "run_checks", "train_control_member",
+    "RankingCheck", "ResponseCheck", "ResponseCheckConfig", "exploit_scale", "fit_control",
+    "interp_input", "pooled_seed_sd", "recheck", "run_checks", "train_control_member",
 ]
