@@ -19,18 +19,14 @@ from tests.synthetic import SyntheticSweep, make_sweep, schedule, simulate
 from tests.tiny import tiny_config
 from tracker_sched.advisor import Advisor
 from tracker_sched.bundle import Bundle, BundleManifest
-from tracker_sched.control import (
+from tracker_sched.control import ControlFitConfig, ControlODE, fit_control, interp_input, recheck
+from tracker_sched.control_checks import (
     ControlChecks,
-    ControlFitConfig,
-    ControlODE,
     RankingCheck,
     ResponseCheck,
     ResponseCheckConfig,
     exploit_scale,
-    fit_control,
-    interp_input,
     pooled_seed_sd,
-    recheck,
     response_flags,
 )
 from tracker_sched.control_planner import ControlPlanner, ControlPlannerConfig, make_planner

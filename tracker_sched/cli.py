@@ -22,7 +22,7 @@ from tracker_sched.sources.files import read_sweep
 
 if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
     from tracker_sched.bundle import BundleManifest
-    from tracker_sched.control import ControlChecks
+    from tracker_sched.control_checks import ControlChecks
     from tracker_sched.report import FitReport
 
 SOURCES = ("files", "mlflow", "wandb", "wandb-offline")
@@ -277,7 +277,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _fit_control(args: argparse.Namespace, base: dict[str, object]) -> int:
     """``fit --mode control``: a control-mode bundle, its checks, and the sweep's confounding."""
     from tracker_sched.confounding import confounding
-    from tracker_sched.control import ControlChecks, ControlFitConfig, fit_control
+    from tracker_sched.control import ControlFitConfig, fit_control
+    from tracker_sched.control_checks import ControlChecks
 
     if args.solver or args.holdout is not None:
         raise InputError("--solver and --holdout are options of the generative fit; the control "
@@ -475,7 +476,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if m.report.holdout is not None:
         print(_forecast_table(m))
     if m.control:
-        from tracker_sched.control import ControlChecks
+        from tracker_sched.control_checks import ControlChecks
 
         print(_control_checks_text(ControlChecks.model_validate(m.control)))
         if "confounding" in m.control:

@@ -36,7 +36,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from tracker_sched.bundle import Bundle
-from tracker_sched.control import KIND, ControlChecks, ControlEnsemble
+from tracker_sched.control import KIND, ControlEnsemble
+from tracker_sched.control_checks import ControlChecks
 from tracker_sched.dataset import VAL_METRIC, context_batch
 from tracker_sched.errors import InputError
 from tracker_sched.planner import GenerativePlanner, LiveHistory, PlannerConfig
