@@ -441,7 +441,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tracker_sched.demo import DemoConfig, format_comparison, run_demo
+    from tracker_sched.demo import DemoConfig, run_demo
+    from tracker_sched.demo_report import format_comparison
 
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
