@@ -11,7 +11,9 @@ get-history-bulk endpoint alone, and per-(run, metric) ``get_metric_history`` ca
 lossy row accepts the server's even sampling to 250 points per run and metric, and
 reports what that changes on the fit's 100-point progress grid. Prints
 medians and the ratio per-metric / default; writes
-``benchmarks/results/ingest_mlflow.json``. Goal: ratio >= 2x.
+``benchmarks/results/ingest_mlflow.json``. Goal: ratio >= 2x. It runs once per server
+configuration, on the same store: one worker (what the tests start) and four
+(``mlflow server``'s own default).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,64 +78,81 @@ def _grid_deviation(exact: list[RunRecord], sampled: list[RunRecord]) -> dict[st
     return out
 
 
+def _measure(uri: str, parent: str, repeats: int) -> dict[str, Any]:
+    """All four read paths against one server, interleaved ``repeats`` times."""
+    times: dict[str, list[float]] = {"bulk": [], "bulk-full": [], "per-metric": [], "sampled": []}
+    records: dict[str, list[RunRecord]] = {}
+    for _ in range(repeats):
+        for name, bulk in (("bulk", True), ("bulk-full", True), ("per-metric", False),
+                           ("sampled", True)):
+            src = MlflowSource("ingest", parent_run_id=parent, tracking_uri=uri,
+                               use_bulk=bulk, progress=False,
+                               bulk_endpoint="full" if name == "bulk-full" else "interval",
+                               sample_points=SAMPLED if name == "sampled" else None)
+            t0 = time.perf_counter()
+            res = src.read()
+            times[name].append(time.perf_counter() - t0)
+            records[name] = res.runs
+            assert src.history_path == ("bulk" if bulk else "client"), src.history_path
+    sampled = records.pop("sampled")
+    dumps = {k: [r.model_dump_json() for r in v] for k, v in records.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"times_s": times, "median_s": med, "ratio": med["per-metric"] / med["bulk"],
+            "identical": dumps["bulk"] == dumps["per-metric"] == dumps["bulk-full"],
+            "sampled_ratio": med["per-metric"] / med["sampled"],
+            "sampled_grid_max_abs_diff": _grid_deviation(records["bulk"], sampled),
+            "runs_read": len(records["bulk"])}
+
+
+def _print(workers: int, r: dict[str, Any]) -> None:
+    times, med, dev = r["times_s"], r["median_s"], r["sampled_grid_max_abs_diff"]
+    print(f"\nserver with {workers} worker(s)")
+    print(f"{'path':<32} {'median s':>9}  all")
+    for key, label in (("bulk", "bulk-interval (default, exact)"),
+                       ("bulk-full", "get-history-bulk only"),
+                       ("per-metric", "get_metric_history x8 threads"),
+                       ("sampled", f"interval, sampled to {SAMPLED} pts")):
+        print(f"{label:<32} {med[key]:>9.2f}  " + ", ".join(f"{t:.2f}" for t in times[key]))
+    print(f"sampled (lossy): {r['sampled_ratio']:.1f}x; on the fit's {GRID}-point grid, max "
+          f"|diff| log loss {dev['train_loss']:.4f}, val {dev['val_metric']:.4f}, "
+          f"log lr {dev['lr']:.4f}")
+    print(f"ratio per-metric / default {r['ratio']:.1f}x (goal >= 2x: "
+          f"{'ok' if r['ratio'] >= 2 else 'MISS'}); identical records: {r['identical']}; "
+          f"{r['runs_read']} runs read")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--server-workers", type=int, nargs="+", default=[1, 4],
+                    help="server configurations, one after the other on the same store "
+                    "(1: the tests' server; 4: mlflow server's own default)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest_mlflow.json"))
     ns = ap.parse_args(argv)
 
     sweep = synthetic_sweep(ns.runs, ns.steps)
-    with tempfile.TemporaryDirectory() as tmp, local_mlflow_server(Path(tmp)) as uri:
-        t0 = time.perf_counter()
-        parent = log_sweep(sweep, "ingest", tracking_uri=uri)
-        log_s = time.perf_counter() - t0
-        print(f"logged {ns.runs} runs x 3 metrics x {ns.steps} steps in {log_s:.1f} s")
-        times: dict[str, list[float]] = {"bulk": [], "bulk-full": [], "per-metric": [],
-                                         "sampled": []}
-        records: dict[str, list[RunRecord]] = {}
-        for _ in range(ns.repeats):
-            for name, bulk in (("bulk", True), ("bulk-full", True), ("per-metric", False),
-                               ("sampled", True)):
-                src = MlflowSource("ingest", parent_run_id=parent, tracking_uri=uri,
-                                   use_bulk=bulk, progress=False,
-                                   bulk_endpoint="full" if name == "bulk-full" else "interval",
-                                   sample_points=SAMPLED if name == "sampled" else None)
-                t0 = time.perf_counter()
-                res = src.read()
-                times[name].append(time.perf_counter() - t0)
-                records[name] = res.runs
-                assert src.history_path == ("bulk" if bulk else "client"), src.history_path
-    sampled = records.pop("sampled")
-    grid_dev = _grid_deviation(records["bulk"], sampled)
-    dumps = {k: [r.model_dump_json() for r in v] for k, v in records.items()}
-    same = dumps["bulk"] == dumps["per-metric"] == dumps["bulk-full"]
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = med["per-metric"] / med["bulk"]
-    print(f"{'path':<28} {'median s':>9}  all")
-    print(f"{'bulk-interval (default)':<28} {med['bulk']:>9.2f}  "
-          + ", ".join(f"{t:.2f}" for t in times["bulk"]))
-    print(f"{'get-history-bulk only':<28} {med['bulk-full']:>9.2f}  "
-          + ", ".join(f"{t:.2f}" for t in times["bulk-full"]))
-    print(f"{'get_metric_history x8 threads':<28} {med['per-metric']:>9.2f}  "
-          + ", ".join(f"{t:.2f}" for t in times["per-metric"]))
-    print(f"{f'interval, sampled to {SAMPLED} pts':<28} {med['sampled']:>9.2f}  "
-          + ", ".join(f"{t:.2f}" for t in times["sampled"])
-          + f"  (lossy: {med['per-metric'] / med['sampled']:.1f}x; on the fit's "
-          f"{GRID}-point grid, max |diff| log loss {grid_dev['train_loss']:.4f}, "
-          f"val {grid_dev['val_metric']:.4f}, log lr {grid_dev['lr']:.4f})")
-    print(f"ratio {ratio:.1f}x (goal >= 2x: {'ok' if ratio >= 2 else 'MISS'}); "
-          f"identical records: {same}; {len(records['bulk'])} runs read")
+    results: dict[str, Any] = {}
+    log_s = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        parent = ""
+        for workers in ns.server_workers:
+            with local_mlflow_server(Path(tmp), workers=workers) as uri:
+                if not parent:
+                    t0 = time.perf_counter()
+                    parent = log_sweep(sweep, "ingest", tracking_uri=uri)
+                    log_s = time.perf_counter() - t0
+                    print(f"logged {ns.runs} runs x 3 metrics x {ns.steps} steps in "
+                          f"{log_s:.1f} s")
+                results[str(workers)] = _measure(uri, parent, ns.repeats)
+            _print(workers, results[str(workers)])
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     ns.out.write_text(json.dumps({"runs": ns.runs, "steps": ns.steps, "metrics": 3,
-                                  "log_s": log_s, "times_s": times, "median_s": med,
-                                  "ratio": ratio, "identical": same,
-                                  "sampled_points": SAMPLED,
-                                  "sampled_ratio": med["per-metric"] / med["sampled"],
-                                  "sampled_grid_max_abs_diff": grid_dev}, indent=2))
+                                  "log_s": log_s, "sampled_points": SAMPLED,
+                                  "by_server_workers": results}, indent=2))
     print(f"wrote {ns.out}")
-    return 0 if same else 1
+    return 0 if all(r["identical"] for r in results.values()) else 1
 
 
 if __name__ == "__main__":

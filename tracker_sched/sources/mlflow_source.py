@@ -12,9 +12,10 @@ metric a run logged (latest values only). Full histories then come from:
   histories evenly, so those (run, key) pairs are read again, exactly, through
   ``GET /ajax-api/2.0/mlflow/metrics/get-history-bulk`` (up to 25,000 points a
   request; chunks adapt so none is truncated), unless ``sample_points`` accepts
-  the sampling. On a local server the interval endpoint is the faster one: it
-  selects columns where the other builds an ORM object per point (measured in
-  ``benchmarks/ingest_mlflow.py``);
+  the sampling. The interval endpoint selects columns where the other builds
+  an ORM object per point, and takes 100 runs a request whatever their length;
+  most of the gain over per-metric calls comes from the requests in flight
+  (measured in ``benchmarks/ingest_mlflow.py``);
 - anything else (the embedded ``sqlite:///`` default, a server without the
   endpoint, an auth scheme that needs MLflow's own transport):
   ``MlflowClient.get_metric_history``, one call per (run, key), in a thread pool.
