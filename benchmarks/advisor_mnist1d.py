@@ -53,7 +53,23 @@ from tracker_sched.sources.files import read_sweep
 
 FIRST_SEED = 100
 # Two-sided 97.5% t quantiles, for 95% intervals of paired differences.
-T975 = {9: 2.262, 19: 2.093, 29: 2.045, 39: 2.023, 59: 2.001}
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131,
+        16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074,
+        23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045,
+        30: 2.042}
+
+
+def t975(df: int) -> float:
+    """Two-sided 95% t quantile: the table up to 30 degrees of freedom, beyond it the
+    Cornish-Fisher expansion (within 0.001 of the exact value from 30 on)."""
+    if df in T975:
+        return T975[df]
+    if df < 1:
+        raise ValueError(f"no t quantile for {df} degrees of freedom")
+    z = 1.959963984540054
+    return (z + (z**3 + z) / (4 * df)
+            + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2))
 
 _BUNDLE: Any = None
 
@@ -154,7 +170,7 @@ def _paired(diffs: list[float]) -> dict[str, float]:
     n = len(diffs)
     mean = statistics.fmean(diffs)
     sd = statistics.stdev(diffs) if n > 1 else 0.0
-    t = T975.get(n - 1, 1.96)
+    t = t975(n - 1) if n > 1 else math.nan
     half = t * sd / math.sqrt(n) if n > 1 else math.nan
     return {
         "n": n, "mean": mean, "lo": mean - half, "hi": mean + half,
@@ -273,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = Bundle.load(bundle_dir).manifest.sweep
     best = summary.best_config
-    family, best_peak = str(best["schedule"]), float(best["peak_lr"])  # type: ignore[arg-type]
+    family, best_peak = str(best["schedule"]), float(best["peak_lr"])
     peaks = sorted({float(r.config["peak_lr"]) for r in sweep})  # type: ignore[arg-type]
     print(f"(a) sweep best: {family} at {best_peak:g} "
           f"(mean final val {summary.best_config_mean_final_val:.4f})")
@@ -311,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     conf_seeds = [] if ns.validation_only else list(
         range(ns.confirmation_first_seed, ns.confirmation_first_seed + ns.seeds))
     seeds = val_seeds + conf_seeds
+    if set(val_seeds) & set(conf_seeds):
+        ap.error(f"the validation block {val_seeds[0]}..{val_seeds[-1]} and the confirmation "
+                 f"block {conf_seeds[0]}..{conf_seeds[-1]} overlap: lower --seeds or move "
+                 "--confirmation-first-seed")
     advisor_kw = {"replan_every": ns.replan_every, "max_replans": ns.max_replans or None,
                   "planner": json.loads(ns.planner)}
     jobs: list[dict[str, Any]] = []

@@ -105,6 +105,7 @@ def test_the_advisor_run_carries_the_recommended_lr(demo: dict[str, Any]) -> Non
     assert all(m.value > 0 for m in lrs)
     assert advisor.data.tags["tracker_sched.bundle"] == f"mlflow:models:/{MODEL_NAME}@{ALIAS}"
     assert advisor.data.tags["tracker_sched.status"] in {"planned", "warmup", "fallback"}
+    assert "advisor error" not in advisor.data.tags.get("tracker_sched.reason", "")
     plans = [a.path for a in client.list_artifacts(advisor.info.run_id, "tracker_sched")]
     assert plans and all(p.endswith(".json") for p in plans)
     assert "tracker_sched.lr" not in parametric.data.metrics

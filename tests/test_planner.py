@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from tracker_sched.advisor import Advisor
+from tracker_sched.advisor import MAX_FAILURES, Advisor
 from tracker_sched.bundle import Bundle
 from tracker_sched.errors import InputError
 from tracker_sched.fit import FitConfig, fit_sweep
 from tracker_sched.model import ModelConfig, solve_stacked
 from tracker_sched.planner import GenerativePlanner, LiveHistory, PlannerConfig
 from tracker_sched.scheduler import AdvisorLR
-from tracker_sched.schema import RunRecord, Schedule, Series
+from tracker_sched.schema import Recommendation, RunRecord, Schedule, Series
 from tracker_sched.sources.files import read_sweep
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
@@ -205,6 +206,33 @@ def test_advisor_never_raises(bundle: Bundle, caplog: pytest.LogCaptureFixture) 
         assert "planner exploded" in rec.reason
     assert sum("planner exploded" in r.getMessage() for r in caplog.records) == 1  # logged once
     assert adv.lr(10**9) > 0
+    # A failed replan does not use up the plans; after MAX_FAILURES the advisor stops trying.
+    assert adv.replans == 0 and adv.failures == MAX_FAILURES
+    # A step that is no number at all still never raises.
+    for bad in (None, float("nan"), "x"):
+        assert adv.observe(bad, train_loss=1.0).status == "fallback"  # type: ignore[arg-type]
+
+
+def test_a_failed_replan_is_retried(bundle: Bundle, runs: list[RunRecord]) -> None:
+    adv = Advisor(bundle, total_steps=runs[0].total_steps or 840, replan_every=5)
+    real, calls = adv.planner.plan, []
+
+    def flaky(*args: Any, **kwargs: Any) -> Recommendation:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("transient")
+        return real(*args, **kwargs)
+
+    adv.planner.plan = flaky  # type: ignore[method-assign]
+    run = runs[0]
+    assert run.train_loss and run.val_metric and run.lr
+    val = dict(zip(run.val_metric.step, run.val_metric.value, strict=True))
+    for i, step in enumerate(run.train_loss.step):
+        adv.observe(step, train_loss=run.train_loss.value[i], val_metric=val.get(step),
+                    lr=run.lr.value[i])
+    assert len(calls) == 2 and adv.failures == 1 and adv.replans == 1
+    assert adv.plan.status in ("planned", "fallback")
+    assert "transient" not in adv.plan.reason
 
 
 # --------------------------------------------------------------------------- LRScheduler
@@ -266,3 +294,8 @@ def test_recommend_cli(bundle: Bundle, runs: list[RunRecord], tmp_path: Path,
                str(tmp_path / "bad.csv"), "--total-steps", "840"])
     assert rc == 1
     assert "integer 'step'" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text('{"step": 1, "train_loss": 1.0}\n[1, 2]\n')
+    rc = main(["recommend", "--bundle", str(tmp_path / "b"), "--history",
+               str(tmp_path / "bad.jsonl"), "--total-steps", "840"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "row 2: a JSON object per line" in err and "Traceback" not in err

@@ -279,6 +279,10 @@ def test_planned_runs_file_round_trips(sweep: list[RunRecord], tmp_path: Path) -
         read_planned_runs(broken)
     with pytest.raises(InputError, match="cannot read"):
         read_planned_runs(tmp_path / "missing.jsonl")
+    null_header = tmp_path / "null.jsonl"
+    null_header.write_text('{"tracker_sched_planned_runs": null}\n')
+    with pytest.raises(InputError, match="not a planned run"):
+        read_planned_runs(null_header)
 
 
 # ------------------------------------------------------------------ CLI

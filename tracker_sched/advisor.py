@@ -21,6 +21,8 @@ from tracker_sched.schema import Recommendation, Schedule
 
 log = logging.getLogger("tracker_sched.advisor")
 
+MAX_FAILURES = 3  # replans that may raise before the advisor keeps its current plan for good
+
 
 class Advisor:
     """Observe metrics, get the lr to use now; replans every ``replan_every`` observations.
@@ -57,7 +59,8 @@ class Advisor:
         self.total_steps = int(total_steps)
         self.replan_every = max(1, replan_every)
         self.max_replans = max_replans
-        self.replans = 0
+        self.replans = 0  # plans made (a failed attempt does not count)
+        self.failures = 0  # replans that raised; the advisor stops trying after MAX_FAILURES
         self.planner = make_planner(bundle, mode, config=config, control=control)
         self.mode = mode_for(bundle) if mode is None else mode
         self._obs: dict[str, tuple[list[int], list[float]]] = {
@@ -113,10 +116,17 @@ class Advisor:
                 values.append(float(value))
             self._since_plan += 1
             due = self._since_plan >= self.replan_every and self._window_ready(step)
-            if due and (self.max_replans is None or self.replans < self.max_replans):
+            if (due and (self.max_replans is None or self.replans < self.max_replans)
+                    and self.failures < MAX_FAILURES):
                 self._since_plan = 0
+                try:
+                    self._replan(step)
+                except Exception:
+                    # A failed replan does not use up the run's plans: try again at the
+                    # next due point, up to MAX_FAILURES times in all.
+                    self.failures += 1
+                    raise
                 self.replans += 1
-                self._replan(step)
         except Exception as exc:  # the training loop must never die because of us
             self._fallback(step, f"advisor error: {type(exc).__name__}: {exc}")
         return self._plan
@@ -154,10 +164,14 @@ class Advisor:
                                              "lr_now": self.lr(step)})
         self._plan = rec
 
-    def _fallback(self, step: int, reason: str) -> None:
+    def _fallback(self, step: object, reason: str) -> None:
         self._warn_once(reason)
+        try:
+            at = int(step)  # type: ignore[call-overload]
+        except (TypeError, ValueError, OverflowError):
+            at = self._plan.step  # a step that is no integer: keep the plan's own
         self._plan = self._plan.model_copy(update={"status": "fallback", "reason": reason,
-                                                   "step": int(step)})
+                                                   "step": at})
 
     def _warn_once(self, reason: str) -> None:
         key = reason.split(";")[0][:80]

@@ -400,6 +400,10 @@ def read_history(path: str) -> dict[str, tuple[list[int], list[float]]]:
             rows = [json.loads(ln) for ln in lines]
         except json.JSONDecodeError as exc:
             raise InputError(f"--history {path}: line is not JSON ({exc})") from exc
+        for n, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise InputError(f"--history {path}, row {n}: a JSON object per line, "
+                                 f"like {{\"step\": 10, \"train_loss\": 0.5}}")
     else:
         rows = list(csv.DictReader(lines))
     for n, row in enumerate(rows, start=1):

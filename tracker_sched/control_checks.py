@@ -273,7 +273,7 @@ def response_flags(
                 f"{at_dex:+.2f} decades from the best peak, where the sweep is worse "
                 f"(its best is at {obs_best_dex:+.2f}); the model is confounded"
             )
-    top = max(sign * np.asarray(resp.predicted).max(), sign * resp.hold_low_predicted)
+    top = max(float((sign * np.asarray(resp.predicted)).max()), sign * resp.hold_low_predicted)
     if top > sign * resp.exploit_threshold:
         what = ("'warm up, then hold a low lr'"
                 if sign * resp.hold_low_predicted >= sign * max(resp.predicted, key=lambda v:

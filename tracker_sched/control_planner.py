@@ -204,6 +204,7 @@ class ControlPlanner(GenerativePlanner):
             lr = np.array([np.nan if v is None else v for v in r.log_lr], dtype=np.float64)
             if np.isfinite(lr[end:]).all():
                 starts.append(lr[end:])
+        starts = starts[: cc.population]  # a small population keeps the first (best) starts
         at_knots = np.stack([np.interp(knot_tau.numpy(), tau.numpy(), s) for s in starts])
         start_knots = torch.as_tensor(at_knots, dtype=torch.float32)
         # The reference is the current plan itself (what a fallback keeps), not its knot fit.

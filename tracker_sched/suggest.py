@@ -430,7 +430,7 @@ def read_planned_runs(path: str | os.PathLike[str]) -> list[SuggestedRun]:
                                      f"tracker-sched reads up to {PLANNED_VERSION}: upgrade it")
                 continue
             out.append(SuggestedRun.model_validate(obj))
-        except (json.JSONDecodeError, ValidationError, ValueError) as exc:
+        except (json.JSONDecodeError, ValidationError, ValueError, TypeError) as exc:
             if isinstance(exc, InputError):
                 raise
             raise InputError(f"{path}:{n}: not a planned run ({exc})") from exc
