@@ -35,7 +35,9 @@ class Advisor:
     Before the live run covers a full context window it follows the warm-up
     plan: the schedule of the sweep's best run, stored in the bundle, stretched
     to ``total_steps``. Any error becomes a fallback recommendation (the current
-    plan kept, with the reason), logged once per distinct reason.
+    plan kept, with the reason), logged once per distinct reason. A replan that
+    raises does not count as the run's plan: it is tried again at the next due point,
+    up to ``MAX_FAILURES`` times.
 
     ``mode="control"`` plans with :class:`~tracker_sched.control_planner.ControlPlanner`
     from a control-mode bundle (``control`` holds its settings); the default stays
