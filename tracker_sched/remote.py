@@ -60,6 +60,13 @@ class RemoteAdvisor:
     ``initial_lr``) and asks again every ``replan_every`` observations; without
     ``initial_lr`` the constructor raises :class:`ServerError` instead, before
     the training loop starts, since there is no lr to run at.
+
+    :meth:`observe` sends its HTTP request synchronously, on the calling (training)
+    thread, at each due replan: that step can take up to ``timeout`` x
+    (``retries`` + 1) plus the backoff delays when the server is slow or down. With
+    the default ``max_replans=1`` that happens once per run (one plan once the
+    window is ready), plus one retry every ``replan_every`` observations while
+    the server is failing.
     """
 
     def __init__(
@@ -144,7 +151,8 @@ class RemoteAdvisor:
             if self._due(int(step)):
                 self._ask(int(step))
         except Exception as exc:  # the training loop must never die because of us
-            self._fallback(int(step), f"remote advisor error: {type(exc).__name__}: {exc}")
+            self._fallback(self._safe_step(step),
+                           f"remote advisor error: {type(exc).__name__}: {exc}")
         return self._plan
 
     def lr(self, step: int) -> float:
@@ -236,6 +244,13 @@ class RemoteAdvisor:
                 self._ready_step = ready
             return rec
         raise ServerError(f"{reason} ({self.retries + 1} attempts)")
+
+    def _safe_step(self, step: Any) -> int:
+        """``step`` as an int, else the plan's own: the error path must not raise again."""
+        try:
+            return int(step)
+        except (TypeError, ValueError, OverflowError):  # None, "x", nan, inf
+            return self._plan.step
 
     def _fallback(self, step: int, reason: str) -> None:
         """Keep the plan we follow, marked as a fallback with the reason."""

@@ -48,7 +48,12 @@ class RecommendRequest(BaseModel):
 
 
 def observations_from_records(records: Iterable[Mapping[str, Any]]) -> list[Observation]:
-    """Rows (dicts, data-frame records) -> observations; NaN and "" count as missing."""
+    """Rows (dicts, data-frame records) -> observations.
+
+    NaN, +-inf (a diverged step) and "" count as missing values; the step must be a
+    finite, non-negative integer (1.7 is refused, not truncated), else InputError
+    naming the row.
+    """
     out = []
     for n, row in enumerate(records, start=1):
         clean: dict[str, Any] = {}
@@ -59,14 +64,21 @@ def observations_from_records(records: Iterable[Mapping[str, Any]]) -> list[Obse
                 continue
             try:
                 f = float(value)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:  # Overflow: a huge int
                 raise InputError(f"observation {n}: {key}={value!r} is not a number") from exc
-            if np.isnan(f):
-                continue
-            clean[key] = int(f) if key == "step" else f
+            if key == "step":
+                if not (np.isfinite(f) and f >= 0 and f.is_integer()):
+                    raise InputError(f"observation {n}: step={value!r} is not a "
+                                     "non-negative integer")
+                clean[key] = int(f)
+            elif np.isfinite(f):
+                clean[key] = f
         if "step" not in clean:
             raise InputError(f"observation {n} has no 'step'")
-        out.append(Observation(**clean))
+        try:
+            out.append(Observation(**clean))
+        except ValidationError as exc:
+            raise InputError(f"observation {n}: {exc.errors()[0]['msg']}") from exc
     return out
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -67,6 +68,16 @@ def _fast_failing_http(monkeypatch: pytest.MonkeyPatch) -> None:
     # A dead server fails at once instead of after MLflow's ~4 minutes of retries.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+
+
+@pytest.fixture(autouse=True)
+def _no_callback_left_open() -> Iterator[None]:
+    """A callback left open tags every later run: fail the test that leaked it, only it."""
+    yield
+    with context._lock:
+        left = dict(context._open)
+        context._open.clear()
+    assert not left, f"callbacks left open: {left}"
 
 
 def tracking(uri: str) -> contextlib.AbstractContextManager[None]:
@@ -168,10 +179,13 @@ def test_callback_writes_lr_plans_and_tags_and_drives_the_optimizer(
 
 def test_callback_on_the_active_run_of_a_server(bundle: Bundle, mlflow_server: str) -> None:
     """The default run is the active one; scripts that log themselves call on_step."""
+    client = MlflowClient(mlflow_server)
+    # An explicit experiment, not set_experiment: that one is process-wide (and sets
+    # MLFLOW_EXPERIMENT_ID) and would leak into later tests and their subprocesses.
+    exp = client.create_experiment("live-active")
     with tracking(mlflow_server):
-        mlflow.set_experiment("live-active")
-        with mlflow.start_run() as run:
-            cb = MlflowAdvisorCallback(bundle, TOTAL)
+        with mlflow.start_run(experiment_id=exp) as run, \
+                MlflowAdvisorCallback(bundle, TOTAL) as cb:
             assert context.enabled()
             for step in range(0, TOTAL, 4):
                 lr = cb.on_step(step, train_loss=2.0 - step / TOTAL, lr=0.01,
@@ -179,7 +193,6 @@ def test_callback_on_the_active_run_of_a_server(bundle: Bundle, mlflow_server: s
                 assert lr == pytest.approx(cb.advisor.lr(step))
             assert cb.close(timeout_s=10)
         assert not context.enabled()
-    client = MlflowClient(mlflow_server)
     history = client.get_metric_history(run.info.run_id, LR_METRIC)
     assert len(history) == TOTAL // 4
     assert client.get_run(run.info.run_id).data.tags[TAG_STATUS] == cb.plan.status
@@ -255,9 +268,9 @@ def test_over_a_remote_advisor_whose_model_server_is_down(sqlite_uri: str) -> No
     client = MlflowClient(sqlite_uri)
     run_id = client.create_run(client.create_experiment("remote")).info.run_id
     with MlflowAdvisorCallback(remote, run_id=run_id, tracking_uri=sqlite_uri) as cb:
-        lrs = [cb.log_metrics({"loss": 1.0 - s / 200, "learning_rate": 0.02}, s)
+        lrs = [cb.log_metrics({"loss": 1.0 - s / 200, "learning_rate": 0.03}, s)
                for s in range(0, 40, 2)]
-    assert lrs == [pytest.approx(0.02)] * len(lrs)
+    assert lrs == [pytest.approx(0.03)] * len(lrs)  # the run's logged lr, not initial_lr
     tags = client.get_run(run_id).data.tags
     assert tags[TAG_STATUS] == "fallback"
     assert tags[TAG_REASON].startswith("server:")
@@ -291,10 +304,13 @@ def test_server_going_away_mid_run_never_stops_training(bundle: Bundle, tmp_path
         run_id = client.create_run(client.create_experiment("outage")).info.run_id
         cb = MlflowAdvisorCallback(bundle, TOTAL, run_id=run_id, tracking_uri=uri,
                                    optimizer=opt, fallback_dir=spool)
-        start = time.perf_counter()
-        seen = train(cb, opt, kill_at=(20, _server_pid(uri)))
-        elapsed = time.perf_counter() - start
-        assert cb.close(timeout_s=20)
+        try:
+            start = time.perf_counter()
+            seen = train(cb, opt, kill_at=(20, _server_pid(uri)))
+            elapsed = time.perf_counter() - start
+            assert cb.close(timeout_s=20)
+        finally:
+            cb.close(timeout_s=0)  # unregisters it even when the test failed
     assert len(seen) == TOTAL // LOG_EVERY  # every step trained
     assert all(opt_lr == pytest.approx(lr) for _, lr, opt_lr in seen)
     assert cb.plan.status == "planned"  # the advisor is local: it kept planning
@@ -311,21 +327,24 @@ def test_a_hung_tracker_never_blocks_training(bundle: Bundle,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A socket that accepts connections and never answers stands for a hung server."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "6")  # each request hangs 6 s
-    hung = socket.socket()
-    hung.bind(("127.0.0.1", 0))
-    hung.listen(64)
-    uri = f"http://127.0.0.1:{hung.getsockname()[1]}"
-    cb = MlflowAdvisorCallback(bundle, TOTAL, run_id="0" * 32, tracking_uri=uri,
-                               queue_size=2, replan_every=1, max_replans=None)
-    start = time.perf_counter()
-    for step in range(0, TOTAL, 2):
-        cb.on_step(step, train_loss=1.0 - step / 300, lr=0.01,
-                   val_metric=0.5 + step / 500 if step % 10 == 0 else None)
-    elapsed = time.perf_counter() - start
-    assert cb.advisor.replans > 5  # many plans, each one a write
-    assert cb.dropped > 0  # more than the queue holds: dropped, not waited for
-    assert elapsed < 3, "training waited on the tracker"
-    assert cb.close(timeout_s=0.2) is False  # close waits only as long as told
-    hung.close()  # now every request fails at once
-    assert cb.close(timeout_s=20) is True
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)
+        uri = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        cb = MlflowAdvisorCallback(bundle, TOTAL, run_id="0" * 32, tracking_uri=uri,
+                                   queue_size=2, replan_every=1, max_replans=None)
+        try:
+            start = time.perf_counter()
+            for step in range(0, TOTAL, 2):
+                cb.on_step(step, train_loss=1.0 - step / 300, lr=0.01,
+                           val_metric=0.5 + step / 500 if step % 10 == 0 else None)
+            elapsed = time.perf_counter() - start
+            assert cb.advisor.replans > 5  # many plans, each one a write
+            assert cb.dropped > 0  # more than the queue holds: dropped, not waited for
+            assert elapsed < 3, "training waited on the tracker"
+            assert cb.close(timeout_s=0.2) is False  # close waits only as long as told
+        finally:
+            hung.close()  # now every request fails at once
+            closed = cb.close(timeout_s=20)
+    assert closed is True
     assert cb.tracker_errors > 0

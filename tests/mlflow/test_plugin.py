@@ -232,7 +232,7 @@ def test_predict_by_window_as_frame_records_and_request(store: dict[str, Any], c
     assert records["lr_now"] == pytest.approx(want.lr_now)
     request = client.predict("w", {"observations": observations_from_records(rows)[:5],
                                    "total_steps": 840})
-    assert request["status"] in ("warmup", "fallback", "planned")
+    assert request["status"] == "warmup"  # 5 observations: the window is not ready yet
 
 
 @pytest.mark.parametrize(("inputs", "params", "message"), [

@@ -177,12 +177,13 @@ def test_server_rejects_bad_input_with_its_reason(served: Served) -> None:
     # The client turns a refusal into a fallback with the server's reason, no retries.
     remote = RemoteAdvisor(served.url, 100, initial_lr=0.05, timeout=10.0, retries=2)
     assert remote.requests_sent == 1 and remote.plan.status == "warmup"
+    warmup = remote.plan.schedule
     for step in range(150, 160):  # past the budget: the server refuses to plan
         rec = remote.observe(step, train_loss=1.0, lr=0.05)
     assert remote.requests_sent == 2
     assert rec.status == "fallback" and "HTTP 400" in rec.reason
     assert "outside the budget" in rec.reason
-    assert rec.schedule == remote.plan.schedule and rec.schedule.step  # warm-up plan kept
+    assert rec.schedule == warmup and warmup.step  # warm-up plan kept
 
 
 class Stub(http.server.BaseHTTPRequestHandler):
@@ -308,3 +309,16 @@ def test_server_going_away_mid_run(served: Served, sweep_records: list[RunRecord
     last_step = rows[-1][0]
     want = 10 ** float(np.interp(last_step, kept.step, np.log10(kept.lr)))
     assert math.isclose(remote.lr(last_step), want)
+
+
+@pytest.mark.parametrize("step", [None, float("nan"), float("inf"), "x"])
+def test_a_bad_step_never_reaches_the_training_loop(step: object) -> None:
+    """observe() catches its own errors; the error path must not fail on the step again."""
+    remote = RemoteAdvisor(f"http://127.0.0.1:{free_port()}", 100, initial_lr=0.05,
+                           timeout=0.5, retries=0)  # nothing listens: down at start
+    rec = remote.observe(step, train_loss=1.0, lr=0.07)  # type: ignore[arg-type]
+    assert rec.status == "fallback" and "remote advisor error" in rec.reason
+    assert rec.step == 0  # the plan's own step, the bad one has no integer value
+    assert remote.lr(5) == 0.05  # nothing recorded from the bad row
+    assert remote.observe(6, train_loss=1.0, lr=0.07).status == "fallback"
+    assert remote.lr(6) == 0.07  # and the advisor goes on

@@ -215,6 +215,19 @@ def test_embedded_sqlite_default_and_version_uri(
     assert str(MlflowClient().get_model_version_by_alias("local-sched", "champion").version) == "2"
 
 
+def test_a_stale_active_experiment_falls_back_to_the_default(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MLFLOW_EXPERIMENT_ID naming an experiment this store lacks (set for another store,
+    or left over): the fit run lands in the store's Default experiment instead of failing."""
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "424242")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ref = register_bundle(bundle_dir, name="stale-sched", tracking_uri=uri)
+    assert ref == "mlflow:models:/stale-sched/1"
+    run_id = MlflowClient(uri).get_model_version("stale-sched", "1").run_id
+    assert MlflowClient(uri).get_run(run_id).info.experiment_id == "0"
+
+
 @pytest.mark.slow
 def test_cli_fit_register_end_to_end(
     mlflow_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -101,13 +101,14 @@ def _experiment_id(client: MlflowClient, experiment: str | None) -> str | None:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking.fluent import _get_experiment_id
 
-        active = _get_experiment_id()
         try:
+            # Inside the try: MLFLOW_EXPERIMENT_ID naming an id this store lacks raises here.
+            active = _get_experiment_id()
             if active is not None and client.get_experiment(active) is not None:
                 return None
-        except MlflowException:
-            log.warning("MLflow's active experiment %s is not in %s; using its default "
-                        "experiment", active, mlflow.get_tracking_uri())
+        except MlflowException as exc:
+            log.warning("MLflow's active experiment is not in %s (%s); using its default "
+                        "experiment", mlflow.get_tracking_uri(), exc)
         return DEFAULT_EXPERIMENT_ID
     found = client.get_experiment_by_name(experiment)
     if found is not None:
