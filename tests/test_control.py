@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.synthetic import SyntheticSweep, make_sweep, schedule, simulate
-from tests.tiny import tiny_config
+from tests.tiny import history_until, tiny_config
 from tracker_sched.advisor import Advisor
 from tracker_sched.bundle import Bundle, BundleManifest
 from tracker_sched.control import ControlFitConfig, ControlODE, fit_control, interp_input, recheck
@@ -67,16 +67,6 @@ def tiny_bundle(sweep: SyntheticSweep) -> Bundle:
     cfg = ControlFitConfig(grid_points=GRID, window=WINDOW, iterations=15, batch_size=16,
                            members=3, model=SMALL)
     return fit_control(sweep.runs, cfg, workers=1)
-
-
-def cut(run: RunRecord, upto: int) -> LiveHistory:
-    def part(s: Series | None) -> tuple[np.ndarray, np.ndarray]:
-        assert s is not None
-        st, v = np.asarray(s.step), np.asarray(s.value)
-        return st[st <= upto], v[st <= upto]
-
-    return LiveHistory(train_loss=part(run.train_loss), lr=part(run.lr),
-                       val_metric=part(run.val_metric))
 
 
 def plan_step(total: int) -> int:
@@ -282,7 +272,8 @@ def test_plans_stay_inside_the_trust_region(tiny_bundle: Bundle, sweep: Syntheti
     planner = ControlPlanner(tiny_bundle, cfg)
     total = sweep.total_steps
     step = plan_step(total)
-    rec = planner.plan(cut(sweep.run("step", 3e-3, 5), step), step=step, total_steps=total)
+    live = history_until(sweep.run("step", 3e-3, 5), step)
+    rec = planner.plan(live, step=step, total_steps=total)
     assert rec.status == "planned", rec.reason  # a fallback would pass trivially
     inc = incumbent_band(planner, rec.schedule.step, total)
     dev = np.log10(rec.schedule.lr) - inc
@@ -294,7 +285,7 @@ def test_pessimism_prefers_what_the_members_agree_on(tiny_bundle: Bundle,
                                                      sweep: SyntheticSweep) -> None:
     total = sweep.total_steps
     step = plan_step(total)
-    hist = cut(sweep.run("cosine", 1e-2, 5), step)
+    hist = history_until(sweep.run("cosine", 1e-2, 5), step)
     recs = {}
     for k in (0.0, 20.0):
         cfg = ControlPlannerConfig(pessimism=k, require_checks=False, trust_region_dex=0.5,
@@ -316,7 +307,7 @@ def test_a_flagged_model_is_refused_with_the_reason(tiny_bundle: Bundle,
     bad = Bundle(manifest, tiny_bundle.models)
     total = sweep.total_steps
     step = plan_step(total)
-    hist = cut(sweep.run("cosine", 1e-2, 5), step)
+    hist = history_until(sweep.run("cosine", 1e-2, 5), step)
     rec = ControlPlanner(bad).plan(hist, step=step, total_steps=total)
     assert rec.status == "fallback"
     assert "refused" in rec.reason and "exploitable" in rec.reason
@@ -333,7 +324,7 @@ def test_a_flagged_model_is_refused_with_the_reason(tiny_bundle: Bundle,
 def test_fallbacks_and_mode_errors(tiny_bundle: Bundle, sweep: SyntheticSweep) -> None:
     total = sweep.total_steps
     step = plan_step(total)
-    hist = cut(sweep.run("cosine", 1e-2, 5), step)
+    hist = history_until(sweep.run("cosine", 1e-2, 5), step)
     rec = ControlPlanner(tiny_bundle, ControlPlannerConfig(
         require_checks=False, min_gain=10.0)).plan(hist, step=step, total_steps=total)
     assert rec.status == "fallback" and "no schedule beats the current plan" in rec.reason
@@ -464,7 +455,7 @@ def recovery(bundle: Bundle, sw: SyntheticSweep, cfg: ControlPlannerConfig,
     gains, reasons = [], []
     for seed in seeds:
         live = simulate(sw.task, family, peak, seed, total_steps=total, lr_fn=random_lr)
-        rec = planner.plan(cut(live, step), step=step, total_steps=total)
+        rec = planner.plan(history_until(live, step), step=step, total_steps=total)
         planned = np.interp(steps, rec.schedule.step, np.log10(rec.schedule.lr))
         gains.append(sw.task.final(10 ** np.where(steps >= step, planned, inc)) - base)
         reasons.append(f"{rec.status}: {rec.reason}")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny import history_until
 from tracker_sched.advisor import MAX_FAILURES, Advisor
 from tracker_sched.bundle import Bundle
 from tracker_sched.errors import InputError
@@ -17,7 +18,7 @@ from tracker_sched.fit import FitConfig, fit_sweep
 from tracker_sched.model import ModelConfig, solve_stacked
 from tracker_sched.planner import GenerativePlanner, LiveHistory, PlannerConfig
 from tracker_sched.scheduler import AdvisorLR
-from tracker_sched.schema import Recommendation, RunRecord, Schedule, Series
+from tracker_sched.schema import Recommendation, RunRecord, Schedule
 from tracker_sched.sources.files import read_sweep
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
@@ -38,16 +39,6 @@ def bundle(runs: list[RunRecord]) -> Bundle:
     return fit_sweep(runs, cfg, workers=1, progress=False).bundle
 
 
-def history(run: RunRecord, upto: int) -> LiveHistory:
-    def cut(s: Series | None) -> tuple[np.ndarray, np.ndarray]:
-        assert s is not None
-        st, v = np.asarray(s.step), np.asarray(s.value)
-        return st[st <= upto], v[st <= upto]
-
-    return LiveHistory(train_loss=cut(run.train_loss), lr=cut(run.lr),
-                       val_metric=cut(run.val_metric))
-
-
 def a_run(runs: list[RunRecord], rid: str = "cnn-onecycle-3e-02-s0") -> RunRecord:
     return next(r for r in runs if r.run_id == rid)
 
@@ -57,7 +48,7 @@ def test_plan_is_a_valid_schedule_to_the_end_of_the_budget(
 ) -> None:
     run = a_run(runs)
     planner = GenerativePlanner(bundle)
-    rec = planner.plan(history(run, 300), step=300, total_steps=840)
+    rec = planner.plan(history_until(run, 300), step=300, total_steps=840)
     assert rec.status in ("planned", "fallback")
     steps, lrs = np.asarray(rec.schedule.step), np.asarray(rec.schedule.lr)
     assert steps[-1] == 840 and np.all(np.diff(steps) > 0) and steps[0] <= 300
@@ -70,7 +61,7 @@ def test_plan_is_a_valid_schedule_to_the_end_of_the_budget(
 def test_plans_are_seeded_and_leave_global_rng_alone(
     bundle: Bundle, runs: list[RunRecord]
 ) -> None:
-    h = history(a_run(runs), 300)
+    h = history_until(a_run(runs), 300)
     before = torch.get_rng_state()
     a = GenerativePlanner(bundle, PlannerConfig(seed=3)).plan(h, step=300, total_steps=840)
     b = GenerativePlanner(bundle, PlannerConfig(seed=3)).plan(h, step=300, total_steps=840)
@@ -80,14 +71,14 @@ def test_plans_are_seeded_and_leave_global_rng_alone(
 
 def test_lr_cap_guard(bundle: Bundle, runs: list[RunRecord]) -> None:
     cfg = PlannerConfig(lr_cap=0.05)
-    rec = GenerativePlanner(bundle, cfg).plan(history(a_run(runs), 300), step=300,
+    rec = GenerativePlanner(bundle, cfg).plan(history_until(a_run(runs), 300), step=300,
                                              total_steps=840)
     assert max(rec.schedule.lr) <= 0.05 * bundle.manifest.sweep.best_peak_lr * (1 + 1e-9)
 
 
 def test_no_rise_late_in_training(bundle: Bundle, runs: list[RunRecord]) -> None:
     cfg = PlannerConfig(no_rise_after_tau=0.0)  # never rise, from now on
-    rec = GenerativePlanner(bundle, cfg).plan(history(a_run(runs), 300), step=300,
+    rec = GenerativePlanner(bundle, cfg).plan(history_until(a_run(runs), 300), step=300,
                                              total_steps=840)
     assert np.all(np.diff(np.asarray(rec.schedule.lr)) <= 1e-15)
 
@@ -96,7 +87,7 @@ def test_change_per_replan_is_limited(bundle: Bundle, runs: list[RunRecord]) -> 
     current = Schedule(step=[0, 840], lr=[1e-3, 1e-3])
     cfg = PlannerConfig(max_change_dex=0.1, no_rise_after_tau=1.0, lr_cap=1e6,
                         trust_region_dex=None)
-    rec = GenerativePlanner(bundle, cfg).plan(history(a_run(runs), 300), step=300,
+    rec = GenerativePlanner(bundle, cfg).plan(history_until(a_run(runs), 300), step=300,
                                              total_steps=840, current=current)
     log_lr = np.log10(rec.schedule.lr)
     assert np.all(np.abs(log_lr + 3) <= 0.1 + 1e-9)
@@ -105,7 +96,7 @@ def test_change_per_replan_is_limited(bundle: Bundle, runs: list[RunRecord]) -> 
 def test_trust_region_around_the_incumbent(bundle: Bundle, runs: list[RunRecord]) -> None:
     cfg = PlannerConfig(trust_region_dex=0.05, lr_cap=1e6, no_rise_after_tau=1.0)
     planner = GenerativePlanner(bundle, cfg)
-    rec = planner.plan(history(a_run(runs), 300), step=300, total_steps=840)
+    rec = planner.plan(history_until(a_run(runs), 300), step=300, total_steps=840)
     inc = planner.incumbent(np.asarray(rec.schedule.step), 840)
     assert np.all(np.abs(np.log10(rec.schedule.lr) - inc) <= 0.05 + 1e-9)
     # the incumbent is the sweep's best run's schedule stretched to the run's budget
@@ -131,7 +122,7 @@ def test_fallback_when_nothing_matches_the_live_phase(
 ) -> None:
     current = Schedule(step=[0, 840], lr=[2e-3, 2e-3])
     cfg = PlannerConfig(tolerance=1e-9, min_tolerance=1e-9, noise_sigma=1.0)
-    rec = GenerativePlanner(bundle, cfg).plan(history(a_run(runs), 300), step=300,
+    rec = GenerativePlanner(bundle, cfg).plan(history_until(a_run(runs), 300), step=300,
                                              total_steps=840, current=current)
     assert rec.status == "fallback"
     assert "phase alignment" in rec.reason
@@ -142,7 +133,7 @@ def test_fallback_when_no_candidate_beats_the_current_course(
     bundle: Bundle, runs: list[RunRecord]
 ) -> None:
     rec = GenerativePlanner(bundle, PlannerConfig(min_gain=1e9)).plan(
-        history(a_run(runs), 300), step=300, total_steps=840
+        history_until(a_run(runs), 300), step=300, total_steps=840
     )
     assert rec.status == "fallback"
     assert "beats the current course" in rec.reason
@@ -151,7 +142,7 @@ def test_fallback_when_no_candidate_beats_the_current_course(
 def test_bad_input_raises_input_error(bundle: Bundle, runs: list[RunRecord]) -> None:
     planner = GenerativePlanner(bundle)
     with pytest.raises(InputError, match="outside the budget"):
-        planner.plan(history(a_run(runs), 300), step=900, total_steps=840)
+        planner.plan(history_until(a_run(runs), 300), step=900, total_steps=840)
     empty = LiveHistory(*(3 * [(np.zeros(0, dtype=np.int64), np.zeros(0))]))
     with pytest.raises(InputError, match="no point"):
         planner.plan(empty, step=10, total_steps=840)

@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from synthetic import SyntheticSweep, make_sweep
-from tiny import tiny_config
 
+from tests.synthetic import SyntheticSweep, make_sweep
+from tests.tiny import history_until, tiny_config
 from tracker_sched.bundle import Bundle
 from tracker_sched.errors import InputError
 from tracker_sched.fit import fit_sweep
 from tracker_sched.model import LatentODE, solve_stacked
 from tracker_sched.planner import GenerativePlanner, LiveHistory, PlannerConfig
-from tracker_sched.schema import Recommendation, RunRecord, Schedule, Series
+from tracker_sched.schema import Recommendation, Schedule
 
 TOL_DEX = 0.25
 NOW_TAU = 0.3  # replan point: the advisor's first plan after a 10-point window on a 40-point grid
@@ -58,23 +58,13 @@ def bundle(sweep: SyntheticSweep) -> Bundle:
     return fit(sweep)
 
 
-def history(run: RunRecord, upto: int) -> LiveHistory:
-    def cut(s: Series | None) -> tuple[np.ndarray, np.ndarray]:
-        assert s is not None
-        st, v = np.asarray(s.step), np.asarray(s.value)
-        return st[st <= upto], v[st <= upto]
-
-    return LiveHistory(train_loss=cut(run.train_loss), lr=cut(run.lr),
-                       val_metric=cut(run.val_metric))
-
-
 def plan_from(sweep: SyntheticSweep, bundle: Bundle, family: str, peak: float,
               tau: float = NOW_TAU, current: Schedule | None = None,
               **config: object) -> tuple[Recommendation, int]:
     now = int(tau * sweep.total_steps)
     run = sweep.run(family, peak, LIVE_SEED)
     planner = GenerativePlanner(bundle, PlannerConfig(**config))  # type: ignore[arg-type]
-    return planner.plan(history(run, now), step=now, total_steps=sweep.total_steps,
+    return planner.plan(history_until(run, now), step=now, total_steps=sweep.total_steps,
                         current=current), now
 
 
@@ -251,7 +241,7 @@ def test_unusable_live_points_are_dropped_and_all_bad_is_an_input_error(
 ) -> None:
     planner = GenerativePlanner(bundle)
     run = sweep.run("cosine", 1e-2, LIVE_SEED)
-    h = history(run, 120)
+    h = history_until(run, 120)
     steps, lrs = h.lr
     bad_lr = LiveHistory(train_loss=h.train_loss, val_metric=h.val_metric,
                          lr=(steps, np.where(steps > 60, -1.0, lrs)))  # zero/negative lr

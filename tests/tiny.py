@@ -1,9 +1,14 @@
-"""The smallest fit that still exercises every code path (seconds, not minutes)."""
+"""Small shared test tools: the smallest fit that still exercises every code path (seconds,
+not minutes), and a logged run cut at a step as a live history."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from tracker_sched.fit import FitConfig
 from tracker_sched.model import ModelConfig
+from tracker_sched.planner import LiveHistory
+from tracker_sched.schema import RunRecord, Series
 
 
 def tiny_config(**overrides: object) -> FitConfig:
@@ -15,3 +20,14 @@ def tiny_config(**overrides: object) -> FitConfig:
     }
     base.update(overrides)
     return FitConfig(**base)  # type: ignore[arg-type]
+
+
+def history_until(run: RunRecord, upto: int) -> LiveHistory:
+    """What a live run following ``run`` has logged by step ``upto``."""
+    def part(s: Series | None) -> tuple[np.ndarray, np.ndarray]:
+        assert s is not None
+        st, v = np.asarray(s.step), np.asarray(s.value)
+        return st[st <= upto], v[st <= upto]
+
+    return LiveHistory(train_loss=part(run.train_loss), lr=part(run.lr),
+                       val_metric=part(run.val_metric))

@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Literal
 
 import numpy as np
 
 from tracker_sched.bundle import Bundle
 from tracker_sched.control_planner import ControlPlannerConfig, make_planner, mode_for
+from tracker_sched.following import PlanFollower
 from tracker_sched.planner import LiveHistory, PlannerConfig
 from tracker_sched.schema import Recommendation, Schedule
 
@@ -24,7 +24,7 @@ log = logging.getLogger("tracker_sched.advisor")
 MAX_FAILURES = 3  # replans that may raise before the advisor keeps its current plan for good
 
 
-class Advisor:
+class Advisor(PlanFollower):
     """Observe metrics, get the lr to use now; replans every ``replan_every`` observations.
 
     By default (``max_replans=1``) it makes one open-loop plan once a full
@@ -57,6 +57,7 @@ class Advisor:
     ) -> None:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
+        super().__init__(log)
         self.bundle = bundle
         self.total_steps = int(total_steps)
         self.replan_every = max(1, replan_every)
@@ -69,33 +70,14 @@ class Advisor:
             "train_loss": ([], []), "lr": ([], []), "val_metric": ([], []),
         }
         self._since_plan = 0
-        self._warned: set[str] = set()
         sweep = bundle.manifest.sweep
         steps = [round(t * self.total_steps) for t in sweep.warmup_tau]
-        self._sched_steps = np.zeros(0)
-        self._sched_log_lr = np.zeros(0)
         self._plan = Recommendation(
             status="warmup", reason="following the sweep's best run until a full window exists",
             step=0, lr_now=sweep.warmup_lr[0],
             schedule=Schedule(step=steps, lr=list(sweep.warmup_lr)),
             model_version=bundle.manifest.created_at,
         )
-
-    @property
-    def plan(self) -> Recommendation:
-        return self._plan
-
-    @property
-    def _plan(self) -> Recommendation:
-        return self.__plan
-
-    @_plan.setter
-    def _plan(self, rec: Recommendation) -> None:
-        # lr() runs at every training step: convert the schedule once per plan, not per call.
-        self.__plan = rec
-        self._sched_steps = np.asarray(rec.schedule.step, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self._sched_log_lr = np.log10(np.asarray(rec.schedule.lr, dtype=np.float64))
 
     def observe(
         self,
@@ -135,13 +117,8 @@ class Advisor:
 
     def lr(self, step: int) -> float:
         """The lr to use at ``step`` (log-linear between planned points). Never raises."""
-        try:
-            out = float(10 ** np.interp(step, self._sched_steps, self._sched_log_lr))
-            if math.isfinite(out) and out > 0:
-                return out
-        except Exception as exc:
-            self._warn_once(f"lr lookup failed: {exc}")
-        return self._plan.lr_now
+        out = self._scheduled_lr(step)
+        return self._plan.lr_now if out is None else out
 
     # ------------------------------------------------------------------ internals
     def _window_ready(self, step: int) -> bool:
@@ -168,15 +145,5 @@ class Advisor:
 
     def _fallback(self, step: object, reason: str) -> None:
         self._warn_once(reason)
-        try:
-            at = int(step)  # type: ignore[call-overload]
-        except (TypeError, ValueError, OverflowError):
-            at = self._plan.step  # a step that is no integer: keep the plan's own
         self._plan = self._plan.model_copy(update={"status": "fallback", "reason": reason,
-                                                   "step": at})
-
-    def _warn_once(self, reason: str) -> None:
-        key = reason.split(";")[0][:80]
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("tracker-sched: %s", reason)
+                                                   "step": self._safe_step(step)})

@@ -139,13 +139,7 @@ class ControlPlanner(GenerativePlanner):
         """One replan. Raises :class:`InputError` on unusable input; the advisor catches it."""
         cc = self.control
         g = self.grid_points
-        if total_steps <= 0 or not 0 <= step <= total_steps:
-            raise InputError(f"step {step} is outside the budget [0, {total_steps}]")
-        live = self.live_tensors(history, total_steps)
-        observed = live.mask[0].all(dim=1)
-        if not bool(observed.any()):
-            raise InputError("the live window has no point with train loss, lr and val metric")
-        end = min(int(torch.nonzero(observed).max()), g - 2)
+        live, end = self.live_window(history, step, total_steps)
         future_steps = np.rint(np.linspace(0, 1, g)[end:] * total_steps).astype(np.int64)
         future_steps[0] = min(int(future_steps[0]), step)
         incumbent = self.incumbent(future_steps, total_steps)

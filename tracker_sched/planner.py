@@ -173,6 +173,21 @@ class GenerativePlanner:
         return SweepTensors(values=torch.as_tensor(z, dtype=torch.float32),
                             mask=torch.as_tensor(mask))
 
+    def live_window(self, history: LiveHistory, step: int,
+                    total_steps: int) -> tuple[SweepTensors, int]:
+        """The live run on the grid and its last fully observed grid point ("now").
+
+        Raises :class:`InputError` when the step is outside the budget or no grid point has
+        train loss, lr and the validation metric together.
+        """
+        if total_steps <= 0 or not 0 <= step <= total_steps:
+            raise InputError(f"step {step} is outside the budget [0, {total_steps}]")
+        live = self.live_tensors(history, total_steps)
+        observed = live.mask[0].all(dim=1)
+        if not bool(observed.any()):
+            raise InputError("the live window has no point with train loss, lr and val metric")
+        return live, min(int(torch.nonzero(observed).max()), self.grid_points - 2)
+
     # ------------------------------------------------------------------ planning
     @torch.inference_mode()
     def plan(
@@ -186,13 +201,7 @@ class GenerativePlanner:
         """One replan. Raises :class:`InputError` on unusable input; the advisor catches it."""
         cfg = self.config
         g = self.grid_points
-        if total_steps <= 0 or not 0 <= step <= total_steps:
-            raise InputError(f"step {step} is outside the budget [0, {total_steps}]")
-        live = self.live_tensors(history, total_steps)
-        observed = live.mask[0].all(dim=1)
-        if not bool(observed.any()):
-            raise InputError("the live window has no point with train loss, lr and val metric")
-        end = min(int(torch.nonzero(observed).max()), g - 2)
+        live, end = self.live_window(history, step, total_steps)
         k_len = g - end
         offsets = torch.arange(k_len, dtype=torch.float32) / (g - 1)
         # The live window and the regimes' windows ending at the same grid point: one batch,

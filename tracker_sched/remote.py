@@ -20,10 +20,10 @@ import math
 import time
 from typing import Any
 
-import numpy as np
 import requests
 
 from tracker_sched.errors import TrackerSchedError
+from tracker_sched.following import PlanFollower
 from tracker_sched.schema import Recommendation, Schedule
 from tracker_sched.serving import CHANNELS, recommendation_from_row
 
@@ -36,7 +36,7 @@ class ServerError(TrackerSchedError):
     """The served model did not answer usefully; the message says why (never leaves the advisor)."""
 
 
-class RemoteAdvisor:
+class RemoteAdvisor(PlanFollower):
     """Observe metrics, get the lr to use now, from a served tracker-sched model.
 
     Args:
@@ -85,6 +85,7 @@ class RemoteAdvisor:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
         if initial_lr is not None and not (math.isfinite(initial_lr) and initial_lr > 0):
             raise ValueError(f"initial_lr must be a positive number, got {initial_lr}")
+        super().__init__(log)
         self.url = url.rstrip("/") + "/invocations"
         self.total_steps = int(total_steps)
         self.timeout = timeout
@@ -101,9 +102,6 @@ class RemoteAdvisor:
         self._since_try = 0
         self._failing = False
         self._ready_step: int | None = None
-        self._warned: set[str] = set()
-        self._sched_steps = np.zeros(0)
-        self._sched_log_lr = np.zeros(0)
         try:
             first = self._request(0)
         except ServerError as exc:
@@ -119,22 +117,6 @@ class RemoteAdvisor:
         self._plan = first
 
     # ------------------------------------------------------------------ the advisor interface
-    @property
-    def plan(self) -> Recommendation:
-        return self._plan
-
-    @property
-    def _plan(self) -> Recommendation:
-        return self.__plan
-
-    @_plan.setter
-    def _plan(self, rec: Recommendation) -> None:
-        # lr() runs at every training step: convert the schedule once per plan, not per call.
-        self.__plan = rec
-        self._sched_steps = np.asarray(rec.schedule.step, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self._sched_log_lr = np.log10(np.asarray(rec.schedule.lr, dtype=np.float64))
-
     def observe(
         self,
         step: int,
@@ -157,13 +139,9 @@ class RemoteAdvisor:
 
     def lr(self, step: int) -> float:
         """The lr to use at ``step`` (log-linear between planned points). Never raises."""
-        if self._sched_steps.size:
-            try:
-                out = float(10 ** np.interp(step, self._sched_steps, self._sched_log_lr))
-                if math.isfinite(out) and out > 0:
-                    return out
-            except Exception as exc:
-                self._warn_once(f"lr lookup failed: {exc}")
+        out = self._scheduled_lr(step)
+        if out is not None:
+            return out
         # No schedule from the server yet: the run's own lr.
         return self._run_lr if self._run_lr is not None else self._plan.lr_now
 
@@ -245,24 +223,11 @@ class RemoteAdvisor:
             return rec
         raise ServerError(f"{reason} ({self.retries + 1} attempts)")
 
-    def _safe_step(self, step: Any) -> int:
-        """``step`` as an int, else the plan's own: the error path must not raise again."""
-        try:
-            return int(step)
-        except (TypeError, ValueError, OverflowError):  # None, "x", nan, inf
-            return self._plan.step
-
     def _fallback(self, step: int, reason: str) -> None:
         """Keep the plan we follow, marked as a fallback with the reason."""
         self._warn_once(reason)
         self._plan = self._plan.model_copy(update={"status": "fallback", "reason": reason,
                                                    "step": int(step), "lr_now": self.lr(step)})
-
-    def _warn_once(self, reason: str) -> None:
-        key = reason.split(";")[0][:80]
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("tracker-sched: %s", reason)
 
 
 def _server_message(resp: requests.Response) -> str:

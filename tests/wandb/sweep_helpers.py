@@ -28,7 +28,9 @@ SWEEP_PARAMS = ("schedule", "peak_lr", "seed")
 WANDB_KEYS = {"train_loss": "train/loss", "lr": "lr", "val_metric": "val/acc"}
 
 
-def _env(mp: pytest.MonkeyPatch, root: Path) -> None:
+def offline_env(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """wandb in offline mode, every folder it writes under ``root``, no sweep or server
+    variables leaking in from the caller's environment."""
     mp.setenv("WANDB_MODE", "offline")
     mp.setenv("WANDB_DIR", str(root))
     mp.setenv("WANDB_SILENT", "true")
@@ -57,7 +59,7 @@ def agent_run(
     ``WANDB_SWEEP_PARAM_PATH`` names); ``config`` the script's own defaults.
     """
     with pytest.MonkeyPatch.context() as mp:
-        _env(mp, root)
+        offline_env(mp, root)
         if sweep_id is not None:
             param_file = root / f"sweep-params-{len(list(root.glob('sweep-params-*')))}.yaml"
             param_file.write_text(json.dumps({k: {"value": v} for k, v in params.items()}),

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.wandb.sweep_helpers import offline_env
 from tracker_sched.errors import InputError, MissingDependencyError, SourceError
 from tracker_sched.fit import FitConfig, fit_sweep
 from tracker_sched.model import ModelConfig
@@ -36,20 +37,6 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.js
 ROWS = 50
 
 
-def _env(mp: pytest.MonkeyPatch, root: Path) -> None:
-    mp.setenv("WANDB_MODE", "offline")
-    mp.setenv("WANDB_DIR", str(root))
-    mp.setenv("WANDB_SILENT", "true")
-    mp.setenv("WANDB_ERROR_REPORTING", "false")
-    mp.setenv("WANDB_DISABLE_GIT", "true")
-    mp.setenv("WANDB_CONSOLE", "off")
-    for var in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
-        mp.setenv(var, str(root / ".wandb-home"))
-    for var in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RUN_ID", "WANDB_PROJECT",
-                "WANDB_ENTITY", "WANDB_API_KEY", "WANDB_BASE_URL"):
-        mp.delenv(var, raising=False)
-
-
 def log_run(
     root: Path,
     rows: list[tuple[int, dict[str, Any]]],
@@ -62,7 +49,7 @@ def log_run(
 ) -> Path:
     """Log ``rows`` (step, values) as one real offline run; return its ``.wandb`` file."""
     with pytest.MonkeyPatch.context() as mp:
-        _env(mp, root)
+        offline_env(mp, root)
         if sweep is not None:
             mp.setenv("WANDB_SWEEP_ID", sweep[0])
             mp.setenv("WANDB_SWEEP_PARAM_PATH", str(sweep[1]))

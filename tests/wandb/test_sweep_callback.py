@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 import torch
-from sweep_helpers import (
+
+from tests.tiny import tiny_config
+from tests.wandb.sweep_helpers import (
     FIXTURE,
     agent_run,
     history_rows,
@@ -28,8 +30,6 @@ from sweep_helpers import (
     run_log,
     summary_of,
 )
-from tiny import tiny_config
-
 from tracker_sched.bundle import Bundle
 from tracker_sched.cli import main
 from tracker_sched.errors import InputError

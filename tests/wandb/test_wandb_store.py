@@ -31,6 +31,7 @@ wandb = pytest.importorskip("wandb")
 
 from tests.tiny import tiny_config  # noqa: E402
 from tests.wandb.graphql_stub import GraphQLStub, StubArtifact  # noqa: E402
+from tests.wandb.sweep_helpers import offline_env  # noqa: E402
 from tracker_sched.bundle import MANIFEST, SCHEMA_VERSION, WEIGHTS, Bundle  # noqa: E402
 from tracker_sched.cli import main  # noqa: E402
 from tracker_sched.errors import BundleError, InputError  # noqa: E402
@@ -62,17 +63,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[FitResult, Path]:
 @pytest.fixture
 def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """wandb in offline mode, every folder it writes inside ``tmp_path``."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
-    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    monkeypatch.setenv("WANDB_CONSOLE", "off")
-    for var in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / ".wandb-home"))
-    for var in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RUN_ID", "WANDB_PROJECT",
-                "WANDB_ENTITY", "WANDB_API_KEY", "WANDB_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
+    offline_env(monkeypatch, tmp_path)
     wandb.teardown()
     yield tmp_path
     if wandb.run is not None:

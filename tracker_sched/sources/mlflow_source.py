@@ -129,6 +129,18 @@ def _progress(total: int, enabled: bool | None, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="run", disable=disable, leave=False)
 
 
+def _by_run(metrics: list[dict[str, Any]], run_ids: list[str]) -> dict[str, list[Point]]:
+    """A bulk response's points per run. Protobuf JSON may send int64 fields as strings."""
+    by_run: dict[str, list[Point]] = {rid: [] for rid in run_ids}
+    try:
+        for m in metrics:
+            by_run.setdefault(m["run_id"], []).append(
+                (int(m.get("step", 0)), int(m.get("timestamp", 0)), float(m["value"])))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise _BulkUnavailable(f"unexpected metric in a bulk response: {exc}") from exc
+    return by_run
+
+
 class MlflowSource:
     """``--source mlflow --project EXPERIMENT [--sweep PARENT_RUN_ID] [--filter F]``.
 
@@ -294,27 +306,33 @@ class MlflowSource:
             session.headers.setdefault(WORKSPACE_HEADER_NAME, workspace)
         return session
 
-    def _bulk_get(
-        self, session: requests.Session, uri: str, key: str, run_ids: list[str],
-    ) -> Iterator[tuple[str, list[Point]]]:
-        """Histories of ``key`` for ``run_ids``; a chunk that comes back full is split."""
+    def _get_metrics(self, session: requests.Session, url: str,
+                     params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """One bulk request: its ``metrics`` list; any failure is _BulkUnavailable."""
         import requests
 
         try:
-            resp = session.get(
-                uri.rstrip("/") + BULK_ENDPOINT,
-                params=[*(("run_id", rid) for rid in run_ids), ("metric_key", key),
-                        ("max_results", str(BULK_MAX_POINTS))],
-                timeout=self.timeout_s,
-            )
+            resp = session.get(url, params=params, timeout=self.timeout_s)
         except requests.RequestException as exc:
             raise _BulkUnavailable(f"request failed: {exc}") from exc
         if resp.status_code != 200:
             raise _BulkUnavailable(f"HTTP {resp.status_code}: {resp.text[:200]}")
         try:
-            metrics = resp.json()["metrics"] if resp.content.strip() else []
-        except (ValueError, KeyError, TypeError) as exc:
+            body = resp.json() if resp.content.strip() else {}
+            metrics = body.get("metrics", [])
+            if not isinstance(metrics, list):
+                raise TypeError("metrics is not a list")
+        except (ValueError, TypeError, AttributeError) as exc:
             raise _BulkUnavailable(f"unexpected response: {resp.text[:200]}") from exc
+        return metrics
+
+    def _bulk_get(
+        self, session: requests.Session, uri: str, key: str, run_ids: list[str],
+    ) -> Iterator[tuple[str, list[Point]]]:
+        """Histories of ``key`` for ``run_ids``; a chunk that comes back full is split."""
+        metrics = self._get_metrics(session, uri.rstrip("/") + BULK_ENDPOINT, [
+            *(("run_id", rid) for rid in run_ids), ("metric_key", key),
+            ("max_results", str(BULK_MAX_POINTS))])
         if len(metrics) >= BULK_MAX_POINTS:
             if len(run_ids) == 1:  # one run alone fills a response: page it with the client
                 raise _BulkUnavailable(f"run {run_ids[0]} has over {BULK_MAX_POINTS} points")
@@ -322,38 +340,16 @@ class MlflowSource:
             yield from self._bulk_get(session, uri, key, run_ids[:half])
             yield from self._bulk_get(session, uri, key, run_ids[half:])
             return
-        by_run: dict[str, list[Point]] = {rid: [] for rid in run_ids}
-        for m in metrics:
-            by_run.setdefault(m["run_id"], []).append(
-                (int(m["step"]), int(m["timestamp"]), float(m["value"])))
-        yield from by_run.items()
+        yield from _by_run(metrics, run_ids).items()
 
     def _interval_get(
         self, session: requests.Session, uri: str, key: str, run_ids: list[str],
     ) -> dict[str, list[Point]]:
         """Histories of ``key`` for up to 100 runs, at most 2,500 points per run."""
-        import requests
-
         n = self.sample_points or INTERVAL_MAX_POINTS
-        try:
-            resp = session.get(
-                uri.rstrip("/") + INTERVAL_ENDPOINT,
-                params=[*(("run_ids", rid) for rid in run_ids), ("metric_key", key),
-                        ("max_results", str(n))],
-                timeout=self.timeout_s,
-            )
-        except requests.RequestException as exc:
-            raise _BulkUnavailable(f"request failed: {exc}") from exc
-        if resp.status_code != 200:
-            raise _BulkUnavailable(f"HTTP {resp.status_code}: {resp.text[:200]}")
-        try:
-            metrics = resp.json().get("metrics", []) if resp.content.strip() else []
-            by_run: dict[str, list[Point]] = {rid: [] for rid in run_ids}
-            for m in metrics:  # protobuf JSON may send int64 fields as strings: int() both
-                by_run.setdefault(m["run_id"], []).append(
-                    (int(m.get("step", 0)), int(m.get("timestamp", 0)), float(m["value"])))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise _BulkUnavailable(f"unexpected response: {resp.text[:200]}") from exc
+        metrics = self._get_metrics(session, uri.rstrip("/") + INTERVAL_ENDPOINT, [
+            *(("run_ids", rid) for rid in run_ids), ("metric_key", key), ("max_results", str(n))])
+        by_run = _by_run(metrics, run_ids)
         for points in by_run.values():
             points.sort(key=lambda p: (p[1], p[0], p[2]))  # the order get_metric_history uses
         return by_run
