@@ -103,7 +103,7 @@ def test_save_refuses_a_folder_that_is_not_a_bundle(fitted: FitResult, tmp_path:
     dest = tmp_path / "mine"
     dest.mkdir()
     (dest / "notes.txt").write_text("keep me")
-    with pytest.raises(BundleError, match="not a bundle; refusing to overwrite"):
+    with pytest.raises(BundleError, match="is not a bundle"):
         fitted.bundle.save(dest)
     assert (dest / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # temp folder cleaned up

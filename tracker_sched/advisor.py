@@ -15,13 +15,16 @@ import numpy as np
 
 from tracker_sched.bundle import Bundle
 from tracker_sched.control_planner import ControlPlannerConfig, make_planner, mode_for
+from tracker_sched.errors import InputError
 from tracker_sched.following import PlanFollower
 from tracker_sched.planner import LiveHistory, PlannerConfig
 from tracker_sched.schema import Recommendation, Schedule
+from tracker_sched.serving import whole_steps, window_ready
 
 log = logging.getLogger("tracker_sched.advisor")
 
 MAX_FAILURES = 3  # replans that may raise before the advisor keeps its current plan for good
+HEAL_AFTER = 3  # observations behind the newest step that make the newest one the outlier
 
 
 class Advisor(PlanFollower):
@@ -55,11 +58,9 @@ class Advisor(PlanFollower):
         mode: Literal["generative", "control"] | None = None,
         control: ControlPlannerConfig | None = None,
     ) -> None:
-        if total_steps <= 0:
-            raise ValueError(f"total_steps must be positive, got {total_steps}")
         super().__init__(log)
         self.bundle = bundle
-        self.total_steps = int(total_steps)
+        self.total_steps = whole_steps(total_steps, "total_steps", minimum=1)
         self.replan_every = max(1, replan_every)
         self.max_replans = max_replans
         self.replans = 0  # plans made (a failed attempt does not count)
@@ -70,6 +71,9 @@ class Advisor(PlanFollower):
             "train_loss": ([], []), "lr": ([], []), "val_metric": ([], []),
         }
         self._since_plan = 0
+        self._accepted: list[int] = []  # the step of each accepted observation
+        self._behind: list[tuple[int, dict[str, float]]] = []  # set aside, see _take
+        self._undo: tuple[int, Recommendation, int] | None = None  # (made at, before, replans)
         sweep = bundle.manifest.sweep
         steps = [round(t * self.total_steps) for t in sweep.warmup_tau]
         self._plan = Recommendation(
@@ -87,30 +91,29 @@ class Advisor(PlanFollower):
         val_metric: float | None = None,
         lr: float | None = None,
     ) -> Recommendation:
-        """Record what the run logged at ``step``; replan when due. Never raises."""
+        """Record what the run logged at ``step``; replan when due. Never raises.
+
+        A step that is no whole number in ``[0, total_steps]`` is refused (logged once) and
+        changes nothing. Each series takes only steps after its last one (a late validation
+        metric for an earlier step than the last loss is fine). An observation behind every
+        series it carries is set aside; if the run goes on behind ``HEAL_AFTER`` times in a
+        row, the newer points were the outliers (a step in another unit): they are dropped,
+        with any plan made from them, and the set-aside observations are kept.
+        """
         try:
-            for key, value in (("train_loss", train_loss), ("val_metric", val_metric),
-                               ("lr", lr)):
-                if value is None:
-                    continue
-                steps, values = self._obs[key]
-                if steps and step <= steps[-1]:
-                    continue  # repeated or out-of-order step: ignore, keep the series clean
-                steps.append(int(step))
-                values.append(float(value))
-            self._since_plan += 1
-            due = self._since_plan >= self.replan_every and self._window_ready(step)
-            if (due and (self.max_replans is None or self.replans < self.max_replans)
-                    and self.failures < MAX_FAILURES):
-                self._since_plan = 0
-                try:
-                    self._replan(step)
-                except Exception:
-                    # A failed replan does not use up the run's plans: try again at the
-                    # next due point, up to MAX_FAILURES times in all.
-                    self.failures += 1
-                    raise
-                self.replans += 1
+            values = {key: float(v) for key, v in (("train_loss", train_loss),
+                                                    ("val_metric", val_metric), ("lr", lr))
+                      if v is not None}
+            at = self._valid_step(step)
+            if at is None:
+                return self._plan
+            lasts = [self._obs[key][0][-1] for key in values if self._obs[key][0]]
+            if values and len(lasts) == len(values) and all(at < last for last in lasts):
+                self._take_behind(at, values)  # behind every series it would extend
+            else:
+                self._behind.clear()  # stragglers: the run is back on course
+                self._record(at, values)
+            self._maybe_replan(at)
         except Exception as exc:  # the training loop must never die because of us
             self._fallback(step, f"advisor error: {type(exc).__name__}: {exc}")
         return self._plan
@@ -121,9 +124,67 @@ class Advisor(PlanFollower):
         return self._plan.lr_now if out is None else out
 
     # ------------------------------------------------------------------ internals
-    def _window_ready(self, step: int) -> bool:
-        g = self.bundle.manifest.grid_points
-        return step / self.total_steps * (g - 1) >= self.bundle.manifest.window - 1
+    def _valid_step(self, step: object) -> int | None:
+        try:
+            at = whole_steps(step, "step")
+        except InputError as exc:
+            self._warn_once(f"observation refused: {exc}")
+            return None
+        if at > self.total_steps:
+            self._warn_once(f"observation refused: step {at} is past total_steps="
+                            f"{self.total_steps} (a step in another unit?)")
+            return None
+        return at
+
+    def _record(self, step: int, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            steps, vals = self._obs[key]
+            if steps and step <= steps[-1]:
+                continue  # a repeated step of this series: the first value stands
+            steps.append(step)
+            vals.append(value)
+        self._accepted.append(step)
+        self._since_plan += 1
+
+    def _take_behind(self, step: int, values: dict[str, float]) -> None:
+        if self._behind and step < self._behind[-1][0]:
+            self._behind.clear()
+        self._behind.append((step, values))
+        if len(self._behind) < HEAL_AFTER:
+            return
+        cut = self._behind[0][0]
+        dropped = sorted({s for s in self._accepted if s > cut})
+        for steps, vals in self._obs.values():
+            keep = [i for i, s in enumerate(steps) if s <= cut]
+            steps[:], vals[:] = [steps[i] for i in keep], [vals[i] for i in keep]
+        self._since_plan = max(0, self._since_plan - sum(s > cut for s in self._accepted))
+        self._accepted = [s for s in self._accepted if s <= cut]
+        self._warn_once(f"dropped the observation at step {', '.join(map(str, dropped))}: the "
+                        f"run's next {HEAL_AFTER} steps came before it (a step in another unit?)")
+        if self._undo is not None and self._undo[0] > cut:
+            _, self._plan, self.replans = self._undo  # that plan was made from the outlier
+            self._undo = None
+        behind, self._behind = self._behind, []
+        for at, vals_at in behind:
+            self._record(at, vals_at)
+
+    def _maybe_replan(self, step: int) -> None:
+        first = min((s[0] for s, _ in self._obs.values() if s), default=None)
+        due = (self._since_plan >= self.replan_every and first is not None
+               and window_ready(self.bundle, step, self.total_steps, first))
+        if (due and (self.max_replans is None or self.replans < self.max_replans)
+                and self.failures < MAX_FAILURES):
+            self._since_plan = 0
+            before = (self._plan, self.replans)
+            try:
+                self._replan(step)
+            except Exception:
+                # A failed replan does not use up the run's plans: try again at the
+                # next due point, up to MAX_FAILURES times in all.
+                self.failures += 1
+                raise
+            self.replans += 1
+            self._undo = (step, *before)
 
     def _history(self) -> LiveHistory:
         def arr(key: str) -> tuple[np.ndarray, np.ndarray]:

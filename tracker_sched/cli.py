@@ -7,25 +7,57 @@ bad usage exits with 2 (argparse).
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
 
 from tracker_sched.errors import InputError, TrackerSchedError
+from tracker_sched.limits import MAX_STEPS
 from tracker_sched.schema import MetricMap, RunIssue
 from tracker_sched.sources.base import SourceResult
 from tracker_sched.sources.files import read_sweep
+from tracker_sched.term import escape
 
 if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
     from tracker_sched.bundle import BundleManifest
     from tracker_sched.control_checks import ControlChecks
     from tracker_sched.report import FitReport
+    from tracker_sched.serving import Observation
 
 SOURCES = ("files", "mlflow", "wandb", "wandb-offline")
+
+
+def print(*parts: object, file: TextIO | None = None, sep: str = " ", end: str = "\n") -> None:
+    """Every line this module prints (it shadows the builtin on purpose, so that no output
+    path is missed): run ids, names and reasons come from trackers, and their control and
+    bidi characters are shown escaped, never sent to the terminal (tracker_sched.term)."""
+    text = escape(sep.join(str(p) for p in parts), lines=True)
+    builtins.print(text, file=file if file is not None else sys.stdout, end=end)
+
+
+def _json(obj: Any) -> str:
+    """JSON for the terminal: ASCII only, so bidi characters arrive as \\u escapes."""
+    return json.dumps(obj, indent=2, ensure_ascii=True)
+
+
+def _steps_arg(minimum: int) -> Any:
+    """An argparse type: a whole number of steps in [minimum, MAX_STEPS] (``8.4e2`` is 840)."""
+    def parse(text: str) -> int:
+        from tracker_sched.serving import whole_steps
+
+        try:
+            return whole_steps(text, "value", minimum=minimum)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number of steps in [{minimum}, {MAX_STEPS:.0e}]"
+            ) from exc
+    parse.__name__ = "steps"
+    return parse
 
 
 def _metric_map_args(p: argparse.ArgumentParser) -> None:
@@ -102,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--history", required=True,
                      help="the run's metrics: CSV with a header, or JSON Lines, with columns "
                      "step, train_loss, val_metric, lr (empty cells allowed)")
-    rec.add_argument("--total-steps", type=int, required=True, help="the run's planned budget")
-    rec.add_argument("--step", type=int, help="the current step (default: the last logged)")
+    rec.add_argument("--total-steps", type=_steps_arg(1), required=True,
+                     help="the run's planned budget")
+    rec.add_argument("--step", type=_steps_arg(0),
+                     help="the current step (default: the last logged)")
     rec.add_argument("--mode", choices=("generative", "control"),
                      help="planner mode (default: the bundle's kind: control for a "
                      "control-mode bundle, else generative)")
@@ -183,8 +217,8 @@ def _read(args: argparse.Namespace) -> SourceResult:
 
 def _issue_table(issues: Sequence[RunIssue]) -> str:
     lines = []
-    for i in issues:
-        lines.append(f"  {i.action:<9} {i.run_id}: {i.reason}")
+    for i in issues:  # one line per issue, whatever a run id holds
+        lines.append(f"  {i.action:<9} {escape(i.run_id)}: {escape(i.reason)}")
     return "\n".join(lines)
 
 
@@ -202,8 +236,13 @@ def _forecast_table(manifest: BundleManifest) -> str:
 def cmd_fit(args: argparse.Namespace) -> int:
     import torch
 
+    from tracker_sched.bundle import MANIFEST
     from tracker_sched.fit import FitConfig, fit_sweep
+    from tracker_sched.folders import check_target
     from tracker_sched.model import ModelConfig
+
+    # Before reading or training: a target the save would refuse must not cost a whole fit.
+    check_target(args.out, marker=MANIFEST, what="--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     base: dict[str, object] = {}
@@ -252,7 +291,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
           f"{len(report.issues)} issues; {report.wall_s:.1f} s")
     if report.issues:
         print("runs excluded or changed:\n" + _issue_table(report.issues))
-    print(f"sweep best: {s.best_run_id} (config mean final {report.val_key} "
+    print(f"sweep best: {escape(s.best_run_id)} (config mean final {report.val_key} "
           f"{s.best_config_mean_final_val:.4f} over {s.best_config_runs} runs); "
           f"lr explored {s.lr_min:.2e} .. {s.lr_max:.2e}")
     if report.holdout is not None:
@@ -380,13 +419,13 @@ def _with_tracking_uri(args: argparse.Namespace, uri: str) -> str:
     return uri
 
 
-def read_history(path: str) -> dict[str, tuple[list[int], list[float]]]:
-    """A metrics file (CSV with a header, or JSON Lines) -> per-column (steps, values)."""
+def read_history(path: str) -> list[Observation]:
+    """A metrics file (CSV with a header, or JSON Lines) -> the run's observations, checked
+    as a served request is (:func:`tracker_sched.serving.observations_from_records`)."""
     import csv
 
-    cols: dict[str, tuple[list[int], list[float]]] = {
-        k: ([], []) for k in ("train_loss", "val_metric", "lr")
-    }
+    from tracker_sched.serving import observations_from_records
+
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -407,40 +446,31 @@ def read_history(path: str) -> dict[str, tuple[list[int], list[float]]]:
     else:
         rows = list(csv.DictReader(lines))
     for n, row in enumerate(rows, start=1):
-        try:
-            step = int(float(str(row["step"])))
-        except (KeyError, ValueError) as exc:
-            raise InputError(f"--history {path}, row {n}: needs an integer 'step'") from exc
-        for key, (steps, values) in cols.items():
-            v = row.get(key)
-            if v is None or v == "":
-                continue
-            try:
-                values.append(float(str(v)))
-            except ValueError as exc:
-                raise InputError(f"--history {path}, row {n}: {key}={v!r} is not a number") from exc
-            steps.append(step)
-    return cols
+        if row.get("step") in (None, ""):
+            raise InputError(f"--history {path}, row {n}: needs an integer 'step'")
+    try:
+        return observations_from_records(rows)
+    except InputError as exc:  # "observation N" is row N
+        raise InputError(f"--history {path}: {exc} (an integer 'step' in [0, "
+                         f"{MAX_STEPS:.0e}] and numbers, or empty cells)") from exc
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from tracker_sched.serving import Observation, RecommendRequest, recommend
+    from tracker_sched.control_planner import PlannerMode, make_planner
+    from tracker_sched.serving import RecommendRequest, answer
     from tracker_sched.stores import load_bundle
 
+    observations = read_history(args.history)  # before the bundle: a bad file fails fast
+    if args.step is not None and args.step > args.total_steps:
+        raise InputError(f"--step {args.step} is past --total-steps {args.total_steps}")
     bundle = load_bundle(_with_tracking_uri(args, args.bundle))
-    cols = read_history(args.history)
-    rows: dict[int, dict[str, float]] = {}
-    for key, (steps, values) in cols.items():
-        for st, v in zip(steps, values, strict=True):
-            rows.setdefault(st, {})[key] = v
-    obs = [Observation(step=st, **vals) for st, vals in sorted(rows.items())]
-    from tracker_sched.control_planner import PlannerMode, make_planner
-
     mode: PlannerMode = args.mode or (
         "control" if bundle.manifest.kind == "control_ode" else "generative")
-    rec = recommend(bundle, RecommendRequest(observations=obs, total_steps=args.total_steps,
-                                             step=args.step), planner=make_planner(bundle, mode))
-    print(rec.model_dump_json(indent=2))
+    request = RecommendRequest(observations=observations, total_steps=args.total_steps,
+                               step=args.step)
+    # answer(), not recommend(): the warm-up rule of the Advisor and the served model.
+    rec = answer(bundle, request, planner=make_planner(bundle, mode))
+    print(_json(rec.model_dump(mode="json")))
     return 0
 
 
@@ -453,7 +483,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     make = DemoConfig.quick if args.quick else DemoConfig.full
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     cfg = make(args.dir, seeds=seeds, workers=args.workers)
-    result = run_demo(cfg, progress=not args.no_progress, say=print)
+    result = run_demo(cfg, progress=not args.no_progress, say=print)  # this module's print
     total = sum(result.stage_s.values())
     print("\n" + format_comparison(result))
     print("\nplots: " + ", ".join(str(p) for p in result.plots))
@@ -469,14 +499,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     bundle = load_bundle(_with_tracking_uri(args, args.bundle))
     m = bundle.manifest
     if args.json:
-        print(m.model_dump_json(indent=2))
+        print(_json(m.model_dump(mode="json")))
         return 0
     s = m.sweep
     print(f"bundle {args.bundle}: schema {m.schema_version}, {m.kind}, {m.members} member(s), "
           f"created {m.created_at}")
     print(f"metrics: train_loss={m.metrics.train_loss} lr={m.metrics.lr} "
           f"val={m.metrics.val_metric} ({m.metrics.direction})")
-    print(f"sweep: {s.runs_used} runs; best {s.best_run_id}; peak lr {s.best_peak_lr:.3g}; "
+    print(f"sweep: {s.runs_used} runs; best {escape(s.best_run_id)}; peak lr {s.best_peak_lr:.3g}; "
           f"lr explored {s.lr_min:.2e} .. {s.lr_max:.2e}")
     if m.report.holdout is not None:
         print(_forecast_table(m))
@@ -511,7 +541,7 @@ def cmd_suggest_runs(args: argparse.Namespace) -> int:
             raise InputError(f"cannot write --out {args.out}: {exc}") from exc
         print(f"wrote {len(made.suggestions)} suggested runs ({args.format}) to {args.out}")
     else:
-        sys.stdout.write(made.text)
+        print(made.text, end="")
     return 0
 
 
@@ -532,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except TrackerSchedError as exc:
-        print(f"tracker-sched: error: {exc}", file=sys.stderr)
+        print(f"tracker-sched: error: {escape(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tracker-sched: interrupted", file=sys.stderr)

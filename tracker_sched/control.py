@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing as mp
 import os
 import time
 from collections.abc import Sequence
@@ -55,10 +54,12 @@ from tracker_sched.dataset import (
 )
 from tracker_sched.errors import InputError
 from tracker_sched.fit import FitConfig, PreparedSweep, prepare
+from tracker_sched.limits import MAX_GRID_POINTS, MAX_MEMBERS
 from tracker_sched.model import LatentODE, ModelConfig, last_observation
 from tracker_sched.report import FitReport
 from tracker_sched.schema import MetricMap, RunIssue, RunRecord
 from tracker_sched.summary import summarise
+from tracker_sched.workers import spawn_pool
 
 log = logging.getLogger("tracker_sched.control")
 
@@ -243,7 +244,7 @@ class ControlFitConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    grid_points: int = Field(default=100, ge=10)
+    grid_points: int = Field(default=100, ge=10, le=MAX_GRID_POINTS)
     window: int = Field(default=30, ge=2, description="live context window, grid points")
     window_range: tuple[float, float] = (0.5, 2.0)
     min_end_tau: float = Field(default=0.05, ge=0.0, lt=1.0)
@@ -254,7 +255,7 @@ class ControlFitConfig(BaseModel):
     channel_weights: tuple[float, float] = Field(
         default=(0.5, 1.0), description="train loss, val metric"
     )
-    members: int = Field(default=5, ge=1, description="bootstrap ensemble size")
+    members: int = Field(default=5, ge=1, le=MAX_MEMBERS, description="bootstrap ensemble size")
     bootstrap: bool = Field(default=True, description="resample runs with replacement")
     seed: int = 0
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(
@@ -343,8 +344,7 @@ def train_control_ensemble(
     if workers == 1:
         out = [train_control_member(*j) for j in jobs]
         return [m for m, _ in out], [i for _, i in out]
-    ctx = mp.get_context("spawn")  # fork after torch's threads start is unsafe
-    with ctx.Pool(workers) as pool:
+    with spawn_pool(workers) as pool:  # spawn, safe from any caller (tracker_sched.workers)
         states = pool.map(_worker, jobs)
     models = []
     for sd, _ in states:

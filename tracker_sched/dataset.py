@@ -22,9 +22,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from tracker_sched.errors import InputError
+from tracker_sched.errors import FitError, InputError
 from tracker_sched.schema import Direction, Role
 from tracker_sched.validation import CleanRun
 
@@ -77,6 +77,15 @@ class Normalisation(BaseModel):
     transforms: tuple[Transform, Transform, Transform]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    @model_validator(mode="after")
+    def _usable(self) -> Normalisation:
+        # A bundle with these would load, then fail or mislead at the first plan.
+        if not all(np.isfinite(self.mean)):
+            raise ValueError(f"normalisation mean must be finite, got {self.mean}")
+        if not all(np.isfinite(s) and s > 0 for s in self.std):
+            raise ValueError(f"normalisation std must be positive and finite, got {self.std}")
+        return self
 
     def transform(self, channel: int, raw: np.ndarray) -> np.ndarray:
         if self.transforms[channel] == "log10":
@@ -165,8 +174,17 @@ def fit_normalisation(
     mean, std = [], []
     for c in range(N_CHANNELS):
         obs = grid.values[..., c][grid.mask[..., c]]
-        m = float(obs.mean())
-        sd = float(obs.std())
+        with np.errstate(over="ignore", invalid="ignore"):
+            m = float(obs.mean())
+            sd = float(obs.std())
+        if not (np.isfinite(m) and np.isfinite(sd)):
+            # Found before training: a bundle with these statistics could never load.
+            worst = int(np.nanargmax(np.where(grid.mask[..., c], np.abs(grid.values[..., c]),
+                                              -np.inf).max(axis=1)))
+            raise FitError(f"the {CHANNELS[c]} values overflow their standardisation (run "
+                           f"{grid.run_ids[worst]} reaches "
+                           f"{np.nanmax(np.abs(grid.values[worst, :, c])):.3g}); fix or "
+                           "exclude that run")
         mean.append(m)
         std.append(sd if sd > 1e-8 else 1.0)  # a constant channel stays constant, not NaN
     return Normalisation(

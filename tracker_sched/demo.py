@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -35,6 +34,7 @@ from tracker_sched.demo_report import write_plots
 from tracker_sched.errors import InputError, MissingDependencyError
 from tracker_sched.fit import FitConfig
 from tracker_sched.model import ModelConfig
+from tracker_sched.workers import spawn_pool
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -268,7 +268,7 @@ def _run_sweep(cfg: DemoConfig, client: MlflowClient, experiment_id: str, progre
             ExitStack() as stack:
         done: Iterator[TrainResult]
         if cfg.workers > 1:
-            pool = stack.enter_context(mp.get_context("spawn").Pool(
+            pool = stack.enter_context(spawn_pool(
                 cfg.workers, initializer=_init_worker, initargs=(load_splits(),)))
             done = pool.imap_unordered(_train_job, jobs)
         else:

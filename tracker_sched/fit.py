@@ -36,11 +36,13 @@ from tracker_sched.dataset import (
 )
 from tracker_sched.errors import FitError, InputError
 from tracker_sched.forecast import Forecaster
+from tracker_sched.limits import MAX_GRID_POINTS, MAX_MEMBERS
 from tracker_sched.model import LatentODE, ModelConfig, path_length_penalty
 from tracker_sched.report import FitReport, cross_fit_report, forecast_report
 from tracker_sched.schema import Direction, MetricMap, RunIssue, RunRecord, infer_direction
 from tracker_sched.summary import summarise
 from tracker_sched.validation import CleanRun, ValidatedSweep, validate_sweep
+from tracker_sched.workers import spawn_pool
 
 MIN_RUNS = 4
 
@@ -50,7 +52,8 @@ class FitConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    grid_points: int = Field(default=100, ge=10, description="points on the tau grid")
+    grid_points: int = Field(default=100, ge=10, le=MAX_GRID_POINTS,
+                             description="points on the tau grid")
     window: int = Field(default=30, ge=2, description="live context window, grid points")
     window_range: tuple[float, float] = Field(
         default=(0.5, 2.0), description="training context lengths, as multiples of window"
@@ -73,7 +76,8 @@ class FitConfig(BaseModel):
     weight_decay: float = Field(default=1e-4, ge=0)
     path_weight: float = Field(default=0.01, ge=0)
     channel_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    ensemble: int = Field(default=4, ge=1, description="fit seeds averaged in the forecast")
+    ensemble: int = Field(default=4, ge=1, le=MAX_MEMBERS,
+                          description="fit seeds averaged in the forecast")
     seed: int = 0
     report_taus: tuple[float, ...] = (0.25, 0.5, 0.75)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -83,6 +87,9 @@ class FitConfig(BaseModel):
         lo, hi = self.window_range
         if not 0 < lo <= hi:
             raise ValueError(f"window_range must satisfy 0 < lo <= hi, got {self.window_range}")
+        if self.window > self.grid_points:
+            raise ValueError(f"window ({self.window}) cannot be longer than the grid "
+                             f"({self.grid_points} points)")
         if any(not 0 < t < 1 for t in self.report_taus):
             raise ValueError(f"report_taus must lie in (0, 1), got {self.report_taus}")
         return self
@@ -360,7 +367,8 @@ def train_ensemble(
     queue = ctx.SimpleQueue()
     bar = tqdm(total=config.max_iterations * len(seeds), desc=f"fit {len(seeds)} members",
                disable=not progress)
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(queue,))
+    # Safe from any caller, a script without a __main__ guard included (tracker_sched.workers).
+    pool = spawn_pool(workers, initializer=_init_worker, initargs=(queue,))
     try:
         result = pool.map_async(
             _member_worker, [(tr, ho, config, s) for (tr, ho), s in zip(data, seeds, strict=True)]

@@ -22,8 +22,9 @@ class PlanFollower:
     def __init__(self, log: logging.Logger) -> None:
         self._log = log
         self._warned: set[str] = set()
-        self._sched_steps = np.zeros(0)
-        self._sched_log_lr = np.zeros(0)
+        # (steps, log10 lr) of the plan, one attribute: RemoteAdvisor swaps plans from its
+        # request thread while the training thread reads them, and must never see a mix.
+        self._sched: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
 
     @property
     def plan(self) -> Recommendation:
@@ -36,17 +37,23 @@ class PlanFollower:
     @_plan.setter
     def _plan(self, rec: Recommendation) -> None:
         # lr() runs at every training step: convert the schedule once per plan, not per call.
-        self.__plan = rec
-        self._sched_steps = np.asarray(rec.schedule.step, dtype=np.float64)
+        steps = np.asarray(rec.schedule.step, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
-            self._sched_log_lr = np.log10(np.asarray(rec.schedule.lr, dtype=np.float64))
+            log_lr = np.log10(np.asarray(rec.schedule.lr, dtype=np.float64))
+        self._sched = (steps, log_lr)
+        self.__plan = rec
+
+    @property
+    def _sched_steps(self) -> np.ndarray:
+        return self._sched[0]
 
     def _scheduled_lr(self, step: int) -> float | None:
         """The planned lr at ``step`` (log-linear between points); None without a usable one."""
-        if not self._sched_steps.size:
+        steps, log_lr = self._sched
+        if not steps.size:
             return None
         try:
-            out = float(10 ** np.interp(step, self._sched_steps, self._sched_log_lr))
+            out = float(10 ** np.interp(step, steps, log_lr))
         except Exception as exc:
             self._warn_once(f"lr lookup failed: {exc}")
             return None

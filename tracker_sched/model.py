@@ -23,6 +23,7 @@ from torchdiffeq import odeint
 
 from tracker_sched.dataset import N_CHANNELS, EncoderDirection
 from tracker_sched.errors import InputError
+from tracker_sched.limits import MAX_WIDTH
 
 Solver = Literal["rk4", "dopri5", "euler", "midpoint"]
 _SOLVERS: tuple[str, ...] = ("rk4", "dopri5", "euler", "midpoint")
@@ -31,16 +32,18 @@ _SOLVERS: tuple[str, ...] = ("rk4", "dopri5", "euler", "midpoint")
 class ModelConfig(BaseModel):
     """Sizes and solver of the latent ODE. Defaults suit a ~50-run sweep on a CPU."""
 
-    model_config = ConfigDict(frozen=True)
+    # Sizes are bounded (tracker_sched.limits): a bundle edited to hidden=1e6 would otherwise
+    # allocate terabytes before its weights are even read.
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
-    latent_dim: int = Field(default=16, ge=1)
-    ode_dim: int = Field(default=32, ge=1)
-    hidden: int = Field(default=64, ge=4)
-    encoder_hidden: int = Field(default=64, ge=4)
+    latent_dim: int = Field(default=16, ge=1, le=MAX_WIDTH)
+    ode_dim: int = Field(default=32, ge=1, le=MAX_WIDTH)
+    hidden: int = Field(default=64, ge=4, le=MAX_WIDTH)
+    encoder_hidden: int = Field(default=64, ge=4, le=MAX_WIDTH)
     encoder_direction: EncoderDirection = "forward"
     solver: Solver = "rk4"
     step_points: int = Field(
-        default=2, ge=1, description="fixed-step solvers: grid intervals per solver step"
+        default=2, ge=1, le=1000, description="fixed-step solvers: grid intervals per solver step"
     )
     anchor: bool = Field(
         default=True,

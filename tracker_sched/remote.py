@@ -8,24 +8,31 @@ The bundle stays on a server (``mlflow models serve -m models:/NAME@ALIAS
 >>> #     advisor.observe(step, train_loss=loss, val_metric=acc, lr=current_lr)
 >>> #     lr = advisor.lr(step)
 
-A failure of the server never reaches the training loop: the advisor keeps
-the plan it has, records a fallback recommendation with the reason (logged
-once per distinct reason) and asks again ``replan_every`` observations later.
+A failure of the server never reaches the training loop, and neither does its slowness:
+requests run on a background thread. The run follows the plan it has until an answer
+arrives; ``observe`` and ``lr`` never wait on the network. A failing server leaves the plan
+in place, recorded as a fallback with the reason (logged once per distinct reason), and is
+asked again ``replan_every`` observations later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import queue
+import threading
 import time
 from typing import Any
 
 import requests
 
-from tracker_sched.errors import TrackerSchedError
+from tracker_sched.errors import InputError, TrackerSchedError
 from tracker_sched.following import PlanFollower
+from tracker_sched.limits import CLIENT_MAX_ROWS
+from tracker_sched.redact import redact_text, redact_url
 from tracker_sched.schema import Recommendation, Schedule
-from tracker_sched.serving import CHANNELS, recommendation_from_row
+from tracker_sched.serving import CHANNELS, recommendation_from_row, whole_steps
 
 log = logging.getLogger("tracker_sched.remote")
 
@@ -40,7 +47,9 @@ class RemoteAdvisor(PlanFollower):
     """Observe metrics, get the lr to use now, from a served tracker-sched model.
 
     Args:
-        url: the server's base URL (``/invocations`` is appended).
+        url: the server's base URL (``/invocations`` is appended). Credentials in it
+            (``https://user:token@host``) are used, and never shown: logs, reasons and tags
+            get :attr:`url_shown`.
         total_steps: the run's planned budget.
         timeout: seconds per HTTP request (connect and read each).
         retries: extra attempts after a timeout, a connection error or a 5xx answer,
@@ -50,23 +59,17 @@ class RemoteAdvisor(PlanFollower):
         max_replans: plans asked for once the window is ready (1: one open-loop plan;
             None: every ``replan_every`` observations for the whole run).
         session: a ``requests.Session`` to reuse (auth, proxies, keep-alive).
-        initial_lr: the lr to run at if the server does not answer at start (e.g. the
-            optimizer's starting lr); the lr the run passes to :meth:`observe` wins.
+        initial_lr: the lr to run at until the server answers (e.g. the optimizer's
+            starting lr); the lr the run passes to :meth:`observe` wins.
 
-    The constructor asks the server once for the warm-up plan (the sweep's best
-    run's schedule) and the step from which the window is ready; from then on it
-    plans as the local advisor does. If the server is down at start, the run
-    keeps its own lr (the last ``lr`` passed to :meth:`observe`, else
-    ``initial_lr``) and asks again every ``replan_every`` observations; without
-    ``initial_lr`` the constructor raises :class:`ServerError` instead, before
-    the training loop starts, since there is no lr to run at.
+    Without ``initial_lr`` the constructor asks the server for the warm-up plan (the sweep's
+    best run's schedule) before returning, and raises :class:`ServerError` if it cannot: there
+    is no lr to run at. With ``initial_lr`` it returns at once and asks in the background.
 
-    :meth:`observe` sends its HTTP request synchronously, on the calling (training)
-    thread, at each due replan: that step can take up to ``timeout`` x
-    (``retries`` + 1) plus the backoff delays when the server is slow or down. With
-    the default ``max_replans=1`` that happens once per run (one plan once the
-    window is ready), plus one retry every ``replan_every`` observations while
-    the server is failing.
+    Requests run on one background thread, at most one at a time: a due replan while one is
+    in flight waits for it (the queue holds one request), so a slow server costs requests, not
+    training time. :meth:`wait` blocks until the server has answered what was asked (tests,
+    the end of a run); :meth:`close` stops the thread (also ``with RemoteAdvisor(...)``).
     """
 
     def __init__(
@@ -81,19 +84,20 @@ class RemoteAdvisor(PlanFollower):
         session: requests.Session | None = None,
         initial_lr: float | None = None,
     ) -> None:
-        if total_steps <= 0:
-            raise ValueError(f"total_steps must be positive, got {total_steps}")
+        total = whole_steps(total_steps, "total_steps", minimum=1)
         if initial_lr is not None and not (math.isfinite(initial_lr) and initial_lr > 0):
-            raise ValueError(f"initial_lr must be a positive number, got {initial_lr}")
+            raise InputError(f"initial_lr must be a positive number, got {initial_lr}")
         super().__init__(log)
         self.url = url.rstrip("/") + "/invocations"
-        self.total_steps = int(total_steps)
+        self.url_shown = redact_url(self.url)
+        self.total_steps = total
         self.timeout = timeout
         self.retries = max(0, retries)
         self.replan_every = max(1, replan_every)
         self.max_replans = max_replans
         self.replans = 0
         self.requests_sent = 0
+        self._own_session = session is None
         self.session = session or requests.Session()
         self._rows: dict[int, dict[str, float]] = {}
         self._last: dict[str, int] = {}
@@ -102,19 +106,26 @@ class RemoteAdvisor(PlanFollower):
         self._since_try = 0
         self._failing = False
         self._ready_step: int | None = None
-        try:
-            first = self._request(0)
-        except ServerError as exc:
-            if initial_lr is None:
+        # The request thread and the training thread share the counters and the plan: every
+        # change to them holds this lock, and none holds it across a request.
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1)
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        if initial_lr is None:
+            try:
+                first = self._request(self._payload(0))
+            except ServerError as exc:
                 raise ServerError(f"{exc}; start the server, or pass initial_lr=... to run "
                                   "at that lr until the server answers") from exc
-            self._failing = True
-            self._warn_once(f"server: {exc}")
-            first = Recommendation(
-                status="fallback", reason=f"server: {exc}; running at the run's own lr",
-                step=0, lr_now=initial_lr, schedule=Schedule(step=[], lr=[]),
-            )
-        self._plan = first
+            self._plan = first
+            return
+        self._plan = Recommendation(
+            status="warmup", reason="waiting for the server's first answer; running at the "
+            "run's own lr", step=0, lr_now=initial_lr, schedule=Schedule(step=[], lr=[]))
+        self._submit(0)
 
     # ------------------------------------------------------------------ the advisor interface
     def observe(
@@ -125,16 +136,29 @@ class RemoteAdvisor(PlanFollower):
         val_metric: float | None = None,
         lr: float | None = None,
     ) -> Recommendation:
-        """Record what the run logged at ``step``; ask the server when due. Never raises."""
+        """Record what the run logged at ``step``; ask the server when due. Never raises, never
+        waits on the network. A step that is no whole number in ``[0, total_steps]`` is
+        refused (logged once) and changes nothing, as in the local advisor."""
         try:
-            self._record(int(step), train_loss=train_loss, val_metric=val_metric, lr=lr)
-            self._since_plan += 1
-            self._since_try += 1
-            if self._due(int(step)):
-                self._ask(int(step))
+            try:
+                at = whole_steps(step, "step")
+                if at > self.total_steps:
+                    raise InputError(f"step {at} is past total_steps={self.total_steps} (a "
+                                     "step in another unit?)")
+            except InputError as exc:
+                self._warn_once(f"observation refused: {exc}")
+                return self._plan
+            with self._lock:
+                self._record(at, train_loss=train_loss, val_metric=val_metric, lr=lr)
+                self._since_plan += 1
+                self._since_try += 1
+                due = self._due(at)
+            if due:
+                self._submit(at)
         except Exception as exc:  # the training loop must never die because of us
-            self._fallback(self._safe_step(step),
-                           f"remote advisor error: {type(exc).__name__}: {exc}")
+            with self._lock:
+                self._fallback(self._safe_step(step),
+                               f"remote advisor error: {type(exc).__name__}: {exc}")
         return self._plan
 
     def lr(self, step: int) -> float:
@@ -144,6 +168,34 @@ class RemoteAdvisor(PlanFollower):
             return out
         # No schedule from the server yet: the run's own lr.
         return self._run_lr if self._run_lr is not None else self._plan.lr_now
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no request is queued or in flight; False if ``timeout`` s passed first."""
+        return self._idle.wait(timeout)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop asking: the request thread ends after the request in flight (waited for up to
+        ``timeout`` s; it is a daemon, so it never holds the process). The advisor keeps
+        answering :meth:`lr` from its last plan."""
+        self._closed = True
+        if self._thread is None:
+            return
+        while True:
+            try:
+                self._jobs.put_nowait(None)
+                break
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._jobs.get_nowait()  # the queued request is dropped: we are closing
+        self._thread.join(timeout)
+        if not self._thread.is_alive() and self._own_session:
+            self.session.close()
+
+    def __enter__(self) -> RemoteAdvisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ internals
     def _record(self, step: int, **values: float | None) -> None:
@@ -161,8 +213,18 @@ class RemoteAdvisor(PlanFollower):
             row[key] = value
             if key == "lr" and value > 0:
                 self._run_lr = value
+        if not row:
+            del self._rows[step]
+        elif len(self._rows) > CLIENT_MAX_ROWS:
+            # A long run that logs every step: thin the older half (every other row), so that
+            # a request stays within the server's row limit and this dict stays bounded.
+            old = sorted(self._rows)[: len(self._rows) // 2]
+            for s in old[1::2]:
+                del self._rows[s]
 
     def _due(self, step: int) -> bool:
+        if self._closed or not self._idle.is_set():
+            return False  # one request at a time; a due point while one is out waits for it
         if self._failing:
             return self._since_try >= self.replan_every  # leave a failing server alone a while
         if self.max_replans is not None and self.replans >= self.max_replans:
@@ -170,14 +232,49 @@ class RemoteAdvisor(PlanFollower):
         ready = self._ready_step is None or step >= self._ready_step
         return ready and self._since_plan >= self.replan_every
 
-    def _ask(self, step: int) -> None:
-        self._since_try = 0
-        try:
-            rec = self._request(step)
-        except ServerError as exc:
+    def _payload(self, step: int) -> dict[str, Any]:
+        """What is asked, frozen now: later observations do not change a request in flight."""
+        rows = [{"step": s, **row} for s, row in sorted(self._rows.items())] or [{"step": step}]
+        current = self._plan.schedule.model_dump_json() if self._sched_steps.size else ""
+        return {"dataframe_records": rows,
+                "params": {"total_steps": self.total_steps, "step": int(step),
+                           "current": current}}
+
+    def _submit(self, step: int) -> None:
+        with self._lock:
+            self._since_try = 0
+            payload = self._payload(step)
+            self._idle.clear()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="tracker-sched-remote",
+                                             daemon=True)
+            self._thread.start()
+        with contextlib.suppress(queue.Full):  # _due holds it to one at a time; never block
+            self._jobs.put_nowait(payload)
+
+    def _work(self) -> None:
+        while True:
+            payload = self._jobs.get()
+            if payload is None:
+                return
+            step = int(payload["params"]["step"])
+            try:
+                rec: Recommendation | ServerError = self._request(payload)
+            except ServerError as exc:
+                rec = exc
+            except Exception as exc:  # a bug of ours must not kill the thread silently
+                rec = ServerError(f"{type(exc).__name__}: {exc}")
+            with self._lock:
+                if not self._closed:
+                    self._apply(step, rec)
+                self._idle.set()
+
+    def _apply(self, step: int, answer: Recommendation | ServerError) -> None:
+        if isinstance(answer, ServerError):
             self._failing = True
-            self._fallback(step, f"server: {exc}; keeping the current plan")
+            self._fallback(step, f"server: {answer}; keeping the current plan")
             return
+        rec = answer
         self._failing = False
         if rec.status != "warmup":
             self.replans += 1
@@ -191,13 +288,8 @@ class RemoteAdvisor(PlanFollower):
                                              "lr_now": self.lr(step)})
         self._plan = rec
 
-    def _request(self, step: int) -> Recommendation:
-        rows = [{"step": s, **row} for s, row in sorted(self._rows.items())] or [{"step": step}]
-        current = self._plan.schedule.model_dump_json() if self._sched_steps.size else ""
-        payload: dict[str, Any] = {
-            "dataframe_records": rows,
-            "params": {"total_steps": self.total_steps, "step": int(step), "current": current},
-        }
+    def _request(self, payload: dict[str, Any]) -> Recommendation:
+        shown = self.url_shown
         reason = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -206,18 +298,18 @@ class RemoteAdvisor(PlanFollower):
             try:
                 resp = self.session.post(self.url, json=payload, timeout=self.timeout)
             except requests.Timeout:
-                reason = f"no answer from {self.url} within {self.timeout:g} s"
+                reason = f"no answer from {shown} within {self.timeout:g} s"
                 continue
             except requests.RequestException as exc:
-                reason = f"cannot reach {self.url} ({type(exc).__name__})"
+                reason = f"cannot reach {shown} ({type(exc).__name__})"
                 continue
             if resp.status_code >= 500:
-                reason = f"{self.url} answered HTTP {resp.status_code}: {_server_message(resp)}"
+                reason = f"{shown} answered HTTP {resp.status_code}: {_server_message(resp)}"
                 continue
             if resp.status_code != 200:
-                raise ServerError(f"{self.url} refused the request (HTTP {resp.status_code}): "
+                raise ServerError(f"{shown} refused the request (HTTP {resp.status_code}): "
                                   f"{_server_message(resp)}")
-            rec, ready = _parse_answer(resp, self.url)
+            rec, ready = _parse_answer(resp, shown)
             if ready is not None:
                 self._ready_step = ready
             return rec
@@ -225,6 +317,7 @@ class RemoteAdvisor(PlanFollower):
 
     def _fallback(self, step: int, reason: str) -> None:
         """Keep the plan we follow, marked as a fallback with the reason."""
+        reason = redact_text(reason)
         self._warn_once(reason)
         self._plan = self._plan.model_copy(update={"status": "fallback", "reason": reason,
                                                    "step": int(step), "lr_now": self.lr(step)})

@@ -10,6 +10,7 @@ a reason for every run it drops or truncates.
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Iterable
 from typing import Literal
@@ -211,6 +212,8 @@ class Schedule(BaseModel):
     def _same_length(self) -> Schedule:
         if len(self.step) != len(self.lr):
             raise ValueError("schedule step and lr must have the same length")
+        if any(not (math.isfinite(x) and x > 0) for x in self.lr):
+            raise ValueError("schedule lr values must be positive and finite")
         return self
 
 
@@ -222,7 +225,7 @@ class Recommendation(BaseModel):
     status: Literal["planned", "warmup", "fallback"]
     reason: str = ""
     step: int
-    lr_now: float = Field(gt=0)
+    lr_now: float = Field(gt=0, allow_inf_nan=False)
     schedule: Schedule
     predicted_final: float | None = None
     predicted_spread: float | None = None

@@ -11,13 +11,15 @@ and the schedule the run follows now. The answer is a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tracker_sched.errors import InputError
+from tracker_sched.limits import MAX_ROWS, MAX_SCHEDULE_POINTS, MAX_STEPS
 from tracker_sched.schema import Recommendation, Schedule
 
 if TYPE_CHECKING:  # torch: a thin client (RemoteAdvisor) uses this module without it
@@ -27,12 +29,29 @@ if TYPE_CHECKING:  # torch: a thin client (RemoteAdvisor) uses this module witho
 CHANNELS = ("train_loss", "val_metric", "lr")
 
 
+def whole_steps(value: Any, what: str, *, minimum: int = 0) -> int:
+    """``value`` as a whole number of steps in ``[minimum, MAX_STEPS]``; else an InputError
+    that names ``what``. ``840``, ``840.0`` and ``"8.4e2"`` are 840; ``2.5``, ``inf``, ``-5``,
+    ``1e21`` and ``True`` are refused, never truncated or overflowed."""
+    if isinstance(value, bool):
+        raise InputError(f"{what} must be a whole number of steps, got {value!r}")
+    try:
+        number = value if isinstance(value, int) else float(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InputError(f"{what} must be a whole number of steps, got {value!r}") from exc
+    if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+        raise InputError(f"{what} must be a whole number of steps, got {value!r}")
+    if not minimum <= number <= MAX_STEPS:
+        raise InputError(f"{what} must lie in [{minimum}, {MAX_STEPS:.0e}] steps, got {value!r}")
+    return int(number)
+
+
 class Observation(BaseModel):
     """What a run logged at one step; a missing value is None (or NaN in a data frame)."""
 
     model_config = ConfigDict(frozen=True)
 
-    step: int = Field(ge=0)
+    step: int = Field(ge=0, le=MAX_STEPS)
     train_loss: float | None = None
     val_metric: float | None = None
     lr: float | None = None
@@ -41,10 +60,17 @@ class Observation(BaseModel):
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    observations: list[Observation]
-    total_steps: int = Field(gt=0)
-    step: int | None = None
+    observations: list[Observation] = Field(max_length=MAX_ROWS)
+    total_steps: int = Field(gt=0, le=MAX_STEPS)
+    step: int | None = Field(default=None, ge=0, le=MAX_STEPS)
     current: Schedule | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RecommendRequest:
+        if self.current is not None and len(self.current.step) > MAX_SCHEDULE_POINTS:
+            raise ValueError(f"current has {len(self.current.step)} points; at most "
+                             f"{MAX_SCHEDULE_POINTS}")
+        return self
 
 
 def observations_from_records(records: Iterable[Mapping[str, Any]]) -> list[Observation]:
@@ -52,10 +78,15 @@ def observations_from_records(records: Iterable[Mapping[str, Any]]) -> list[Obse
 
     NaN, +-inf (a diverged step) and "" count as missing values; the step must be a
     finite, non-negative integer (1.7 is refused, not truncated), else InputError
-    naming the row.
+    naming the row. More than ``MAX_ROWS`` rows is an InputError before any is read.
     """
+    if isinstance(records, Sequence) and len(records) > MAX_ROWS:
+        raise InputError(f"{len(records)} rows in one request; at most {MAX_ROWS} (the planner "
+                         "reads a window of the run: send its recent history)")
     out = []
     for n, row in enumerate(records, start=1):
+        if n > MAX_ROWS:
+            raise InputError(f"more than {MAX_ROWS} rows in one request")
         clean: dict[str, Any] = {}
         for key, value in row.items():
             if key not in ("step", *CHANNELS):
@@ -67,9 +98,9 @@ def observations_from_records(records: Iterable[Mapping[str, Any]]) -> list[Obse
             except (TypeError, ValueError, OverflowError) as exc:  # Overflow: a huge int
                 raise InputError(f"observation {n}: {key}={value!r} is not a number") from exc
             if key == "step":
-                if not (np.isfinite(f) and f >= 0 and f.is_integer()):
+                if not (np.isfinite(f) and 0 <= f <= MAX_STEPS and f.is_integer()):
                     raise InputError(f"observation {n}: step={value!r} is not a "
-                                     "non-negative integer")
+                                     f"non-negative integer (at most {MAX_STEPS:.0e})")
                 clean[key] = int(f)
             elif np.isfinite(f):
                 clean[key] = f
@@ -133,19 +164,29 @@ def recommend(
 
 
 # ---------------------------------------------------------------------- answers over the wire
-def window_ready(bundle: Bundle, step: int, total_steps: int) -> bool:
-    """Whether a run at ``step`` covers the bundle's context window (else: warm-up)."""
+def window_ready(bundle: Bundle, step: int, total_steps: int, first_step: int = 0) -> bool:
+    """The one warm-up rule (Advisor, RemoteAdvisor's server, the deployments target,
+    ``recommend``): a run plans only once what it has logged, from ``first_step`` (its first
+    observation) to ``step``, spans the bundle's context window. Before that it follows the
+    warm-up plan. A single row, or a run joined late, is not a window."""
     g = bundle.manifest.grid_points
-    return step / total_steps * (g - 1) >= bundle.manifest.window - 1
+    return (step - first_step) / total_steps * (g - 1) >= bundle.manifest.window - 1
 
 
-def ready_step(bundle: Bundle, total_steps: int) -> int:
+def ready_step(bundle: Bundle, total_steps: int, first_step: int = 0) -> int:
     """The first step at which :func:`window_ready` holds: a remote client replans from there."""
     g, w = bundle.manifest.grid_points, bundle.manifest.window
-    step = max(0, int(np.ceil((w - 1) * total_steps / (g - 1))) - 1)
-    while step < total_steps and not window_ready(bundle, step, total_steps):  # float slack
-        step += 1
+    step = first_step + max(0, int(np.ceil((w - 1) * total_steps / (g - 1))) - 1)
+    while step < total_steps and not window_ready(bundle, step, total_steps, first_step):
+        step += 1  # float slack
     return step
+
+
+def first_logged(observations: Sequence[Observation]) -> int | None:
+    """The first step that logged a value (a row with only a step logged nothing)."""
+    steps = [o.step for o in observations
+             if any(getattr(o, key) is not None for key in CHANNELS)]
+    return min(steps) if steps else None
 
 
 def warmup_plan(bundle: Bundle, total_steps: int, step: int = 0) -> Recommendation:
@@ -176,7 +217,8 @@ def answer(
     step = request.step if request.step is not None else last
     if not 0 <= step <= request.total_steps:
         raise InputError(f"step {step} is outside the budget [0, {request.total_steps}]")
-    if not request.observations or not window_ready(bundle, step, request.total_steps):
+    first = first_logged(request.observations)
+    if first is None or not window_ready(bundle, step, request.total_steps, first):
         return warmup_plan(bundle, request.total_steps, step)
     return recommend(bundle, request, planner=planner)
 

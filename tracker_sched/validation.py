@@ -14,6 +14,7 @@ import numpy as np
 from tracker_sched.schema import ROLES, Role, RunIssue, RunRecord
 
 MIN_POINTS = 5
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,12 @@ def _validate_run(
                          "(lr is modelled on a log scale)")
         raw["lr"] = (steps[~bad_lr], lr[~bad_lr])
 
-    # Divergence: the first non-finite loss or metric ends the usable run.
+    # Divergence: the first non-finite loss or metric ends the usable run. The model computes
+    # in float32: a value beyond its range (1e308 in one step) is not finite to it either.
     diverged_at: int | None = None
     for role in ("train_loss", "val_metric"):
         steps, values = raw[role]
-        bad = ~np.isfinite(values)
+        bad = ~(np.abs(values) <= FLOAT32_MAX)
         if bad.any():
             at = int(steps[np.argmax(bad)])
             diverged_at = at if diverged_at is None else min(diverged_at, at)
@@ -129,7 +131,8 @@ def _validate_run(
             kept[role] = (steps[keep], values[keep])
         raw = kept
         note("truncated", f"diverged at step {diverged_at} of {total} (non-finite loss or "
-                          "metric): kept the points before it and marked the run diverged")
+                          "metric, or beyond float32's range): kept the points before it and "
+                          "marked the run diverged")
 
     for role, (steps, _) in raw.items():
         if steps.size < min_points:

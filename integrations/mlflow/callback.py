@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from tracker_sched.bundle import Bundle
 from tracker_sched.errors import InputError, MissingDependencyError
+from tracker_sched.redact import redact_text
 from tracker_sched.schema import ROLES, MetricMap, Recommendation
 
 if TYPE_CHECKING:
@@ -113,11 +114,15 @@ def map_roles(keys: list[str], preferred: Mapping[str, str],
 
 
 def plan_json(rec: Recommendation) -> str:
-    return json.dumps(rec.model_dump(mode="json"), indent=2)
+    """The plan artifact; its reason redacted (tracker_sched.redact) like the tag's."""
+    return json.dumps({**rec.model_dump(mode="json"), "reason": redact_text(rec.reason)},
+                      indent=2)
 
 
 def recommendation_tags(rec: Recommendation) -> dict[str, str]:
-    return {TAG_STATUS: rec.status, TAG_REASON: (rec.reason or "-")[:TAG_MAX_CHARS]}
+    """Status and reason tags. The reason may quote a server URL: credentials are masked."""
+    return {TAG_STATUS: rec.status,
+            TAG_REASON: (redact_text(rec.reason) or "-")[:TAG_MAX_CHARS]}
 
 
 def log_recommendation(client: MlflowClient, run_id: str, rec: Recommendation, *,

@@ -28,6 +28,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -68,6 +69,35 @@ def _fail(message: str) -> NoReturn:
     raise _error_class()(message)
 
 
+# ---------------------------------------------------------------------------- names and paths
+# A name becomes a folder under the home: letters, digits, '.', '_' and '-', starting with a
+# letter or digit, no '..'. Nothing else can reach outside (no '/', '\\', NUL, '..', '-rf').
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        _fail(f"deployment name {name!r} is not allowed: use 1-100 letters, digits, '.', '_' "
+              "or '-', starting with a letter or digit (it names a folder under "
+              f"{home() / 'deployments'})")
+    return name
+
+
+def _deployments_root() -> Path:
+    return home() / "deployments"
+
+
+def _inside_home(path: str | Path, name: str) -> Path:
+    """A recorded bundle folder, refused unless it lies under the home's deployments folder
+    (the registry is a JSON file anyone can edit: delete must never follow it elsewhere)."""
+    resolved = Path(path).resolve()
+    root = _deployments_root().resolve()
+    if root not in resolved.parents:
+        _fail(f"deployment {name!r} records its bundle at {path}, outside {root}; the "
+              f"registry {_registry_path()} was edited by hand: fix or remove that entry")
+    return resolved
+
+
 # ---------------------------------------------------------------------------- the registry
 def _registry_path() -> Path:
     return home() / REGISTRY_FILE
@@ -90,9 +120,14 @@ def _write_registry(data: Mapping[str, Mapping[str, Any]]) -> None:
     path = _registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".deployments-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)  # a full disk leaves no half-written file behind
+        raise
 
 
 def _entry(name: str) -> dict[str, Any]:
@@ -126,15 +161,15 @@ def _cache_bundle(name: str, model_uri: str, tracking_uri: str | None) -> dict[s
     # MLflow's own URI forms go to the MLflow store; anything else is any bundle URI.
     is_mlflow = model_uri.split(":", 1)[0] in ("models", "runs")
     uri = "mlflow:" + model_uri if is_mlflow else model_uri
-    folder = home() / "deployments" / name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_ensure(home() / "deployments")))
+    folder = _deployments_root() / _check_name(name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_ensure(_deployments_root())))
     try:
         with _tracking_uri(tracking_uri):
             local = bundle_path(uri, dst=staging / "download")
         manifest = Bundle.load(local).manifest  # never record a bundle that does not load
         shutil.copytree(local, staging / "bundle")
-        if folder.exists():
-            shutil.rmtree(folder)
+        if folder.exists() or folder.is_symlink():
+            shutil.rmtree(_inside_home(folder, name))  # a link out of the home is refused
         (staging / "bundle").rename(folder)
     except TrackerSchedError as exc:
         _fail(f"cannot deploy {model_uri}: {exc}")
@@ -230,7 +265,7 @@ def predict_recommendation(entry: Mapping[str, Any], inputs: Any,
     rows = _records(inputs)
     if not rows:
         _fail("inputs are empty: send the run's logged steps or {'run_id': ...}")
-    bundle = Bundle.load(entry["bundle_path"])
+    bundle = Bundle.load(_inside_home(entry["bundle_path"], str(entry.get("name"))))
     total = params.get("total_steps", _first(rows, "total_steps"))
     log_back = str(params.get("log_back", _first(rows, "log_back")) or "").lower() in _TRUE
     run_id = params.get("run_id", _first(rows, "run_id"))
@@ -301,13 +336,18 @@ def _build_client() -> type:
                               config: Mapping[str, Any] | None = None,
                               endpoint: str | None = None) -> dict[str, Any]:
             _check_flavor(flavor)
+            _check_name(name)
             if name in _read_registry():
                 _fail(f"deployment {name!r} exists; use `mlflow deployments update` "
                       "or delete it first")
             record = _cache_bundle(name, model_uri, (config or {}).get("tracking_uri"))
             registry = _read_registry()
             registry[name] = record
-            _write_registry(registry)
+            try:
+                _write_registry(registry)
+            except BaseException:  # not recorded: do not leave its copy behind
+                shutil.rmtree(record["bundle_path"], ignore_errors=True)
+                raise
             return record
 
         def update_deployment(self, name: str, model_uri: str | None = None,
@@ -326,10 +366,11 @@ def _build_client() -> type:
         def delete_deployment(self, name: str, config: Mapping[str, Any] | None = None,
                               endpoint: str | None = None) -> None:
             record = _entry(name)
+            folder = _inside_home(record["bundle_path"], name)  # before anything changes
             registry = _read_registry()
             registry.pop(name, None)
             _write_registry(registry)
-            shutil.rmtree(record["bundle_path"], ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
 
         def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
             return [dict(v) for _, v in sorted(_read_registry().items())]
@@ -354,6 +395,7 @@ def run_local(name: str, model_uri: str, flavor: str | None = None,
               config: Mapping[str, Any] | None = None) -> None:
     """Deployments of this target are local already: record (or refresh) the deployment."""
     _check_flavor(flavor)
+    _check_name(name)
     registry = _read_registry()
     registry[name] = _cache_bundle(name, model_uri, (config or {}).get("tracking_uri"))
     _write_registry(registry)

@@ -23,6 +23,7 @@ from tracker_sched.advisor import Advisor
 from tracker_sched.bundle import Bundle
 from tracker_sched.errors import InputError, MissingDependencyError
 from tracker_sched.planner import PlannerConfig
+from tracker_sched.redact import redact_text
 from tracker_sched.schema import ROLES, MetricMap, Recommendation, Role, infer_direction
 from tracker_sched.sources.wandb_offline import TOTAL_STEPS_KEYS
 
@@ -204,7 +205,7 @@ class SweepCallback:
             except Exception as exc:
                 self._fail("plan media", f"the plan table or chart failed at step {step}: "
                                          f"{type(exc).__name__}: {exc}")
-            self._set_summary({"status_name": rec.status, "reason": rec.reason,
+            self._set_summary({"status_name": rec.status, "reason": redact_text(rec.reason),
                                "plan_step": rec.step, "model_version": rec.model_version})
         self._log_row(row, step)
         return lr

@@ -12,11 +12,6 @@ import http.server
 import json
 import logging
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,17 +24,17 @@ import requests
 
 pytest.importorskip("mlflow")
 
+from benchmarks.mlflow_server import ServedModel as Served
 from benchmarks.mlflow_server import free_port
 from tests.tiny import tiny_config
 from tracker_sched.advisor import Advisor
 from tracker_sched.bundle import Bundle
 from tracker_sched.fit import fit_sweep
+from tracker_sched.limits import MAX_ROWS
 from tracker_sched.remote import RemoteAdvisor, ServerError
 from tracker_sched.schema import Recommendation, RunRecord, Schedule
 from tracker_sched.serving import recommendation_to_row, warmup_plan
 from tracker_sched.stores.mlflow_store import register_bundle
-
-PING_TIMEOUT_S = 90.0
 
 
 def run_rows(record: RunRecord) -> list[tuple[int, dict[str, float]]]:
@@ -51,57 +46,6 @@ def run_rows(record: RunRecord) -> list[tuple[int, dict[str, float]]]:
         for s, v in zip(series.step, series.value, strict=True):
             rows.setdefault(s, {})[role] = v
     return sorted(rows.items())
-
-
-class Served:
-    """An ``mlflow models serve`` process in its own process group, stopped by its pid."""
-
-    def __init__(self, model_uri: str, tracking_uri: str, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        bin_dir = str(Path(sys.executable).parent)  # mlflow execs uvicorn from PATH
-        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
-               "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-        self.log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", model_uri,
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(self.port)],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.log_path = log_path
-
-    def wait(self) -> None:
-        deadline = time.monotonic() + PING_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(self.url + "/ping", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.25)
-        self.stop()
-        raise RuntimeError("mlflow models serve did not answer /ping: "
-                           + self.log_path.read_text(errors="replace")[-2000:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        # The CLI process can exit before its uvicorn child stops listening: wait for the
-        # port to refuse connections, so "stopped" means no request is answered any more.
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            except OSError:
-                break
-            time.sleep(0.1)
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +81,9 @@ def test_real_loop_matches_the_local_advisor(
     assert remote.plan.schedule == warmup_plan(local_bundle, total).schedule
     statuses = []
     for step, row in run_rows(record):
-        got = remote.observe(step, **row)
+        remote.observe(step, **row)
+        assert remote.wait(30)  # the request runs off the training thread: let it land
+        got = remote.plan
         want = local.observe(step, **row)
         statuses.append(got.status)
         assert got.status == want.status, step
@@ -174,16 +120,27 @@ def test_server_rejects_bad_input_with_its_reason(served: Served) -> None:
                          json={"dataframe_records": [{"step": 0}]})
     assert resp.status_code == 400
     assert "total_steps" in resp.json()["stack_trace"].splitlines()[-1]
-    # The client turns a refusal into a fallback with the server's reason, no retries.
+    # Steps past the budget, which the server would refuse, are refused by the client
+    # itself (as the local advisor does): never sent, and the plan stands.
     remote = RemoteAdvisor(served.url, 100, initial_lr=0.05, timeout=10.0, retries=2)
+    assert remote.wait(30)
     assert remote.requests_sent == 1 and remote.plan.status == "warmup"
     warmup = remote.plan.schedule
-    for step in range(150, 160):  # past the budget: the server refuses to plan
+    for step in range(150, 160):
         rec = remote.observe(step, train_loss=1.0, lr=0.05)
-    assert remote.requests_sent == 2
-    assert rec.status == "fallback" and "HTTP 400" in rec.reason
-    assert "outside the budget" in rec.reason
-    assert rec.schedule == warmup and warmup.step  # warm-up plan kept
+    assert remote.wait(30) and remote.requests_sent == 1
+    assert rec.status == "warmup" and rec.schedule == warmup and warmup.step
+
+
+@pytest.mark.slow
+def test_item8_the_served_model_refuses_an_oversized_request(served: Served) -> None:
+    """Issue 15, item 8: a 10^6-row request took 8 s and 1.5 GB; past MAX_ROWS it is a 400
+    with the reason, before any row is converted or planned."""
+    rows = [{"step": i, "lr": 0.01} for i in range(MAX_ROWS + 1)]
+    resp = requests.post(served.url + "/invocations", timeout=120, json={
+        "dataframe_records": rows, "params": {"total_steps": 10**7}})
+    assert resp.status_code == 400
+    assert "at most 100000" in resp.json()["stack_trace"].splitlines()[-1]
 
 
 class Stub(http.server.BaseHTTPRequestHandler):
@@ -232,6 +189,9 @@ def test_timeout_falls_back_with_bounded_retries(
     caplog.set_level(logging.WARNING, logger="tracker_sched.remote")
     t0 = time.monotonic()
     remote = RemoteAdvisor(url, 200, timeout=0.2, retries=2, replan_every=5, initial_lr=0.05)
+    assert time.monotonic() - t0 < 0.2  # with initial_lr the first request is not waited for
+    assert remote.lr(0) == 0.05
+    assert remote.wait(10)
     assert stub.requests == 3  # one try and two retries, no more
     assert time.monotonic() - t0 < 3 * 0.2 + 0.2 + 0.4 + 2.0  # tries, backoff, slack
     assert remote.plan.status == "fallback"
@@ -242,6 +202,7 @@ def test_timeout_falls_back_with_bounded_retries(
         rec = remote.observe(step, train_loss=1.0, lr=0.07)
         assert rec.status == "fallback"
         assert remote.lr(step) == 0.07
+        assert remote.wait(10)
     assert stub.requests == 3 + 2 * 3
     warnings = [r for r in caplog.records if "no answer from" in r.getMessage()]
     assert len(warnings) == 1  # logged once, not per failure
@@ -259,6 +220,7 @@ def test_refusal_is_not_retried_and_reason_is_the_servers(stub: type[Stub]) -> N
     stub.body = {"error_code": "BAD_REQUEST", "message": "Encountered an unexpected error",
                  "stack_trace": "Traceback...\ntracker_sched.errors.InputError: bad thing"}
     remote = RemoteAdvisor(stub.url, 200, retries=3, initial_lr=0.01)  # type: ignore[attr-defined]
+    assert remote.wait(10)
     assert stub.requests == 1
     assert "HTTP 400" in remote.plan.reason and "InputError: bad thing" in remote.plan.reason
 
@@ -266,6 +228,7 @@ def test_refusal_is_not_retried_and_reason_is_the_servers(stub: type[Stub]) -> N
 def test_answer_that_is_no_recommendation(stub: type[Stub]) -> None:
     stub.body = {"predictions": [{"status": "planned"}]}
     remote = RemoteAdvisor(stub.url, 200, retries=0, initial_lr=0.01)  # type: ignore[attr-defined]
+    assert remote.wait(10)
     assert remote.plan.status == "fallback" and "not a recommendation" in remote.plan.reason
 
 
@@ -277,6 +240,7 @@ def test_non_finite_metrics_are_sent_as_missing(stub: type[Stub]) -> None:
     assert remote.plan == plan and stub.requests == 1
     remote.observe(1, train_loss=float("nan"), lr=0.1)
     remote.observe(2, train_loss=float("inf"), val_metric=0.5, lr=0.1)
+    assert remote.wait(10)
     assert stub.requests == 2 and remote.plan == plan and remote.replans == 1
     assert stub.last["dataframe_records"] == [{"step": 1, "lr": 0.1},
                                               {"step": 2, "val_metric": 0.5, "lr": 0.1}]
@@ -296,13 +260,16 @@ def test_server_going_away_mid_run(served: Served, sweep_records: list[RunRecord
     half = len(rows) // 2
     for step, row in rows[:half]:
         remote.observe(step, **row)
+        assert remote.wait(30)
     assert remote.plan.status in ("planned", "fallback") and remote.replans >= 1
     kept = remote.plan.schedule
     served.stop()
     lrs = []
     for step, row in rows[half:]:
-        rec = remote.observe(step, **row)  # never raises
+        remote.observe(step, **row)  # never raises
         lrs.append(remote.lr(step))
+        assert remote.wait(30)
+        rec = remote.plan
     assert rec.status == "fallback" and "cannot reach" in rec.reason
     assert rec.schedule == kept  # the current plan is kept
     assert all(math.isfinite(x) and x > 0 for x in lrs)
@@ -311,14 +278,19 @@ def test_server_going_away_mid_run(served: Served, sweep_records: list[RunRecord
     assert math.isclose(remote.lr(last_step), want)
 
 
-@pytest.mark.parametrize("step", [None, float("nan"), float("inf"), "x"])
-def test_a_bad_step_never_reaches_the_training_loop(step: object) -> None:
-    """observe() catches its own errors; the error path must not fail on the step again."""
+@pytest.mark.parametrize("step", [None, float("nan"), float("inf"), "x", -5, 2.5, 101])
+def test_a_bad_step_never_reaches_the_training_loop(
+    step: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step that is no step of this run is refused and logged; the plan stands."""
+    caplog.set_level(logging.WARNING, logger="tracker_sched.remote")
     remote = RemoteAdvisor(f"http://127.0.0.1:{free_port()}", 100, initial_lr=0.05,
                            timeout=0.5, retries=0)  # nothing listens: down at start
+    assert remote.wait(10)
+    before = remote.plan
     rec = remote.observe(step, train_loss=1.0, lr=0.07)  # type: ignore[arg-type]
-    assert rec.status == "fallback" and "remote advisor error" in rec.reason
-    assert rec.step == 0  # the plan's own step, the bad one has no integer value
+    assert rec == before and rec.status == "fallback"
+    assert any("observation refused" in r.getMessage() for r in caplog.records)
     assert remote.lr(5) == 0.05  # nothing recorded from the bad row
     assert remote.observe(6, train_loss=1.0, lr=0.07).status == "fallback"
     assert remote.lr(6) == 0.07  # and the advisor goes on

@@ -273,3 +273,22 @@ def test_staged_artifact_downloads_and_loads(
             wandb.teardown()
     assert not stub.unknown, stub.unknown
     assert any(path.endswith("/weights.pt") for path in stub.downloads)
+
+
+def test_item7_the_artifact_holds_no_secret_and_no_user_file(
+    fitted: tuple[FitResult, Path], offline: Path, tmp_path: Path
+) -> None:
+    """Issue 15, item 7: a bundle folder as an older tracker-sched saved it (a config secret
+    in bundle.json), with a user's file beside it, is logged without either."""
+    src = fitted[0].bundle.save(tmp_path / "older")
+    raw = json.loads((src / MANIFEST).read_text())
+    raw["sweep"]["best_config"]["wandb_api_key"] = "SECRETKEY7"
+    raw.pop("redacted", None)
+    (src / MANIFEST).write_text(json.dumps(raw))
+    (src / "NOTES.md").write_text("private")
+    log_bundle_artifact(src, name="lr-model", project="team/cnn")
+    [art] = records(offline)["artifact"]
+    staged = {e.path: Path(e.local_path) for e in art.manifest.contents}
+    assert set(staged) == {MANIFEST, WEIGHTS}
+    assert all(b"SECRETKEY7" not in p.read_bytes() for p in staged.values())
+    assert json.loads(staged[MANIFEST].read_text())["redacted"] == ["wandb_api_key"]

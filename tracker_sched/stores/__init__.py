@@ -13,6 +13,7 @@ neither mlflow nor wandb.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,15 @@ def bundle_path(uri: str | Path, *, dst: str | Path | None = None) -> Path:
 
 
 def load_bundle(uri: str | Path) -> Bundle:
-    """Load a bundle from any store (see the module docstring). Fails loudly, never guesses."""
+    """Load a bundle from any store (see the module docstring). Fails loudly, never guesses.
+
+    A tracker's bundle is downloaded into a temporary folder that is removed once the bundle
+    is in memory: repeated loads (a callback per run, a server per request) leave nothing
+    behind.
+    """
     from tracker_sched.bundle import Bundle
 
+    if str(uri).startswith(("mlflow:", "wandb:")):
+        with tempfile.TemporaryDirectory(prefix="tracker-sched-") as tmp:
+            return Bundle.load(bundle_path(uri, dst=Path(tmp) / "download"))
     return Bundle.load(bundle_path(uri))

@@ -18,6 +18,7 @@ plan (``status="warmup"``), so a remote client needs no copy of the bundle.
 from __future__ import annotations
 
 import json
+import numbers
 from typing import Any
 
 import pandas as pd
@@ -26,6 +27,7 @@ from mlflow.pyfunc.model import PythonModel
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from tracker_sched.errors import InputError
+from tracker_sched.limits import MAX_CURRENT_CHARS, MAX_ROWS
 
 BUNDLE_ARTIFACT = "bundle"
 
@@ -81,30 +83,44 @@ class TrackerSchedModel(PythonModel):
     ) -> pd.DataFrame:
         from tracker_sched.serving import (
             answer,
+            first_logged,
             observations_from_records,
             parse_request,
             ready_step,
             recommendation_to_row,
+            whole_steps,
         )
 
+        # Sizes first, before any row is converted (MLflow has parsed the body already: the
+        # limits bound the work done on it, see docs/reliability.md).
+        frame = pd.DataFrame(model_input)
+        if len(frame) > MAX_ROWS:
+            raise InputError(f"{len(frame)} rows in one request; at most {MAX_ROWS} (send the "
+                             "run's recent history)")
         params = params or {}
         if params.get("total_steps") is None:
             raise InputError("the param total_steps (the run's planned budget) is required")
+        total = whole_steps(params["total_steps"], "the param total_steps", minimum=1)
         step = params.get("step")
+        minus_one = (isinstance(step, numbers.Real) and not isinstance(step, bool)
+                     and float(step) == -1.0)
+        # -1 (the default) means the last row's step; anything else must be a step.
+        step = None if step is None or minus_one else whole_steps(step, "the param step")
         current = params.get("current") or ""
+        if len(current) > MAX_CURRENT_CHARS:
+            raise InputError(f"the param current is {len(current)} characters; at most "
+                             f"{MAX_CURRENT_CHARS}")
         try:
             schedule = json.loads(current) if current else None
         except json.JSONDecodeError as exc:
             raise InputError(f"the param current is not JSON ({exc}); send "
                              '{"step": [...], "lr": [...]} or ""') from exc
         request = parse_request({
-            "observations": observations_from_records(
-                pd.DataFrame(model_input).to_dict(orient="records")),
-            "total_steps": params["total_steps"],
-            "step": None if step is None or int(step) < 0 else int(step),
-            "current": schedule,
+            "observations": observations_from_records(frame.to_dict(orient="records")),
+            "total_steps": total, "step": step, "current": schedule,
         })
         rec = answer(self.bundle, request, planner=self.planner)
         row = recommendation_to_row(rec)
-        row["ready_step"] = ready_step(self.bundle, request.total_steps)
+        row["ready_step"] = ready_step(self.bundle, request.total_steps,
+                                       first_logged(request.observations) or 0)
         return pd.DataFrame([row])

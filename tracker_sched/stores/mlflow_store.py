@@ -26,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from tracker_sched.bundle import MANIFEST, Bundle
+from tracker_sched.bundle import MANIFEST, Bundle, BundleManifest, upload_copy
 from tracker_sched.errors import BundleError, MissingDependencyError
 from tracker_sched.report import FitReport
 
@@ -130,6 +130,8 @@ def register_bundle(
 
     Args:
         bundle_dir: a saved bundle folder (loaded first: a broken bundle is never registered).
+            Only the bundle's own files are stored, secrets in its configs redacted: never
+            another file that lies in the folder.
         name: the registered model's name.
         alias: set on the new version (e.g. ``champion``); without it the URI names the version.
         report: the fit report to log (default: the one in the bundle's manifest).
@@ -142,6 +144,17 @@ def register_bundle(
         ``"mlflow:models:/NAME@ALIAS"``, or ``"mlflow:models:/NAME/VERSION"`` without alias.
     """
     _mlflow()
+    root = Path(bundle_dir)
+    manifest = Bundle.load(root).manifest
+    report = report or manifest.report
+    with upload_copy(root) as staged:  # the bundle's own files, secrets redacted
+        return _register(staged, root, manifest, name=name, alias=alias, report=report,
+                         experiment=experiment, tracking_uri=tracking_uri, plots=plots)
+
+
+def _register(staged: Path, root: Path, manifest: BundleManifest, *, name: str,
+              alias: str | None, report: FitReport, experiment: str | None,
+              tracking_uri: str | None, plots: Sequence[Path]) -> str:
     import mlflow
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
@@ -154,9 +167,6 @@ def register_bundle(
         model_signature,
     )
 
-    root = Path(bundle_dir)
-    manifest = Bundle.load(root).manifest
-    report = report or manifest.report
     images = [Path(p) for p in plots]
     if (root / "forecast.png").is_file() and root / "forecast.png" not in images:
         images.append(root / "forecast.png")
@@ -181,7 +191,7 @@ def register_bundle(
                     mlflow.log_artifact(str(image), "plots")
                 info = mlflow.pyfunc.log_model(
                     name=MODEL_NAME, python_model=TrackerSchedModel(),
-                    artifacts={BUNDLE_ARTIFACT: str(root)}, signature=model_signature(),
+                    artifacts={BUNDLE_ARTIFACT: str(staged)}, signature=model_signature(),
                     input_example=input_example(),
                     registered_model_name=name, pip_requirements=_pip_requirements(),
                 )

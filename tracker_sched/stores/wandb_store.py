@@ -113,7 +113,8 @@ def log_bundle_artifact(
     """Log a bundle folder as a W&B Artifact; return the URI to load it by.
 
     Args:
-        bundle_dir: a folder written by ``Bundle.save`` (holds ``bundle.json``).
+        bundle_dir: a folder written by ``Bundle.save`` (holds ``bundle.json``). Only the
+            bundle's own files are logged, secrets in its configs redacted.
         name: the artifact name (letters, digits, ``-``, ``_``, ``.``).
         aliases: e.g. ``["champion"]``; W&B adds ``latest`` itself.
         report: the fit report whose metrics go into the metadata; None reads
@@ -147,11 +148,14 @@ def log_bundle_artifact(
     if own_run:
         active = _start_run(wandb, project, entity)
     try:
-        artifact = wandb.Artifact(name, type=ARTIFACT_TYPE,
-                                  description="tracker-sched bundle (latent-ODE sweep model)",
-                                  metadata=bundle_metadata(folder, report))
-        artifact.add_dir(str(folder))
-        active.log_artifact(artifact, aliases=alias_list)  # type: ignore[union-attr]
+        from tracker_sched.bundle import upload_copy
+
+        with upload_copy(folder) as staged:  # the bundle's own files, secrets redacted
+            artifact = wandb.Artifact(name, type=ARTIFACT_TYPE,
+                                      description="tracker-sched bundle (latent-ODE sweep model)",
+                                      metadata=bundle_metadata(staged, report))
+            artifact.add_dir(str(staged))  # copied to wandb's staging area here
+            active.log_artifact(artifact, aliases=alias_list)  # type: ignore[union-attr]
         uri_entity = (getattr(active, "entity", "") or entity
                       or os.environ.get("WANDB_ENTITY", ""))
         uri_project = getattr(active, "project", "") or (project or "").split("/")[-1]
