@@ -229,8 +229,11 @@ def _forecast_table(manifest: BundleManifest) -> str:
     report = manifest.report
     assert report.holdout is not None
     is_acc = report.direction == "max" and 0 <= manifest.sweep.best_config_mean_final_val <= 1
-    return format_forecast(report.holdout, val_scale=100 if is_acc else 1,
-                           val_unit="points" if is_acc else "metric units")
+    try:
+        return format_forecast(report.holdout, val_scale=100 if is_acc else 1,
+                               val_unit="points" if is_acc else "metric units")
+    except (KeyError, IndexError, ValueError) as exc:  # an edited bundle.json: say so, go on
+        return f"no forecast table: the bundle's fit report is incomplete ({exc!r})"
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

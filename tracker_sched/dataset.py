@@ -34,6 +34,7 @@ TRAIN_LOSS, LOG_LR, VAL_METRIC = 0, 1, 2
 N_CHANNELS = 3
 
 Transform = Literal["log10", "identity"]
+MIN_STD = 1e-10  # a smaller std (a fit uses 1.0 below 1e-8) turns every value into inf
 
 
 def resample(
@@ -83,8 +84,9 @@ class Normalisation(BaseModel):
         # A bundle with these would load, then fail or mislead at the first plan.
         if not all(np.isfinite(self.mean)):
             raise ValueError(f"normalisation mean must be finite, got {self.mean}")
-        if not all(np.isfinite(s) and s > 0 for s in self.std):
-            raise ValueError(f"normalisation std must be positive and finite, got {self.std}")
+        if not all(np.isfinite(s) and s >= MIN_STD for s in self.std):
+            raise ValueError(f"normalisation std must be finite and at least {MIN_STD:g}, got "
+                             f"{self.std}")
         return self
 
     def transform(self, channel: int, raw: np.ndarray) -> np.ndarray:

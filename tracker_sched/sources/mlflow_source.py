@@ -443,7 +443,21 @@ class MlflowSource:
     # -- records ----------------------------------------------------------------------------
 
     def read(self) -> SourceResult:
-        """Read every run of the sweep; a run that does not fit the schema becomes an issue."""
+        """Read every run of the sweep; a run that does not fit the schema becomes an issue.
+
+        A tracking server that fails mid-read (killed, unreachable) is a SourceError with
+        MLflow's reason, never MLflow's own exception (tests/faults/test_tracker_killed.py).
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._read()
+        except MlflowException as exc:
+            reason = str(exc.message).splitlines()[0][:300]
+            raise SourceError(f"MLflow failed while the sweep was read ({reason}); nothing "
+                              "was fitted: run it again once the server answers") from exc
+
+    def _read(self) -> SourceResult:
         client, uri = _client(self.tracking_uri)
         experiment_id = self._experiment_id(client, uri)
         if self.parent_run_id:
