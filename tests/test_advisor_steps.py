@@ -12,13 +12,13 @@ import math
 from pathlib import Path
 
 import pytest
+from tiny import logged_rows
 
 from tracker_sched.advisor import Advisor
 from tracker_sched.cli import main
 from tracker_sched.errors import InputError
 from tracker_sched.fit import FitResult
 from tracker_sched.remote import RemoteAdvisor
-from tracker_sched.schema import RunRecord
 from tracker_sched.serving import answer, observations_from_records, parse_request
 from tracker_sched.sources.files import read_sweep
 
@@ -26,19 +26,9 @@ FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 TOTAL = 840
 
 
-def rows_of(record: RunRecord) -> list[tuple[int, dict[str, float]]]:
-    rows: dict[int, dict[str, float]] = {}
-    for role in ("train_loss", "val_metric", "lr"):
-        series = record.series(role)  # type: ignore[arg-type]
-        assert series is not None
-        for s, v in zip(series.step, series.value, strict=True):
-            rows.setdefault(s, {})[role] = v
-    return sorted(rows.items())
-
-
 @pytest.fixture(scope="module")
 def rows() -> list[tuple[int, dict[str, float]]]:
-    return rows_of(read_sweep(FIXTURE).runs[3])
+    return logged_rows(read_sweep(FIXTURE).runs[3])
 
 
 def _feed(advisor: Advisor, rows: list[tuple[int, dict[str, float]]]) -> list[float]:
@@ -47,6 +37,17 @@ def _feed(advisor: Advisor, rows: list[tuple[int, dict[str, float]]]) -> list[fl
         advisor.observe(step, **row)
         lrs.append(advisor.lr(step))
     return lrs
+
+
+def _recommend(bundle_dir: Path, hist: Path, *args: str) -> tuple[int, str]:
+    """``tracker-sched recommend``: exit status (argparse's usage error included), stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = main(["recommend", "--bundle", str(bundle_dir), "--history", str(hist), *args])
+        except SystemExit as exc:  # argparse's usage error
+            rc = int(exc.code or 0)
+    return rc, err.getvalue()
 
 
 def _same_course(a: Advisor, b: Advisor) -> None:
@@ -123,15 +124,8 @@ def test_item4_item6_total_steps_is_bounded(tiny_fit: FitResult, tmp_path: Path,
     bundle_dir = tiny_fit.bundle.save(tmp_path / "b")
     hist = tmp_path / "h.csv"
     hist.write_text("step,train_loss,val_metric,lr\n10,1.0,0.5,0.01\n")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = main(["recommend", "--bundle", str(bundle_dir), "--history", str(hist),
-                       "--total-steps", value])
-        except SystemExit as exc:  # argparse's usage error
-            rc = int(exc.code or 0)
-    assert rc != 0
-    assert "--total-steps" in err.getvalue() and "Traceback" not in err.getvalue()
+    rc, err = _recommend(bundle_dir, hist, "--total-steps", value)
+    assert rc != 0 and "--total-steps" in err and "Traceback" not in err
 
 
 # --------------------------------------------------------------------------- item 6
@@ -170,14 +164,8 @@ def test_item6_recommend_step_is_checked(tiny_fit: FitResult, tmp_path: Path,
     bundle_dir = tiny_fit.bundle.save(tmp_path / "b")
     hist = tmp_path / "h.csv"
     hist.write_text("step,train_loss,val_metric,lr\n10,1.0,0.5,0.01\n")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = main(["recommend", "--bundle", str(bundle_dir), "--history", str(hist),
-                       "--total-steps", "840", f"--step={step}"])
-        except SystemExit as exc:
-            rc = int(exc.code or 0)
-    assert rc != 0 and "--step" in err.getvalue() and "Traceback" not in err.getvalue()
+    rc, err = _recommend(bundle_dir, hist, "--total-steps", "840", f"--step={step}")
+    assert rc != 0 and "--step" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("step", ["inf", "1e30", "-5", "nan"])
@@ -187,11 +175,8 @@ def test_item6_a_history_with_an_impossible_step_is_one_error_line(
     bundle_dir = tiny_fit.bundle.save(tmp_path / "b")
     hist = tmp_path / "h.csv"
     hist.write_text(f"step,train_loss,val_metric,lr\n{step},1.0,0.5,0.01\n")
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["recommend", "--bundle", str(bundle_dir), "--history", str(hist),
-                   "--total-steps", "840"])
-    lines = err.getvalue().strip().splitlines()
+    rc, err = _recommend(bundle_dir, hist, "--total-steps", "840")
+    lines = err.strip().splitlines()
     assert rc == 1 and len(lines) == 1 and lines[0].startswith("tracker-sched: error:")
     assert "step" in lines[0]
 

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from tiny import logged_rows
 
 from tracker_sched.advisor import Advisor
 from tracker_sched.bundle import Bundle
@@ -177,18 +178,7 @@ def bundle(tiny_fit: FitResult) -> Bundle:
     return tiny_fit.bundle
 
 
-def _real_rows(n: int) -> list[tuple[int, dict[str, float]]]:
-    record = read_sweep(FIXTURE).runs[7]
-    rows: dict[int, dict[str, float]] = {}
-    for role in ("train_loss", "val_metric", "lr"):
-        series = record.series(role)  # type: ignore[arg-type]
-        assert series is not None
-        for s, v in zip(series.step, series.value, strict=True):
-            rows.setdefault(s, {})[role] = v
-    return sorted(rows.items())[:n]
-
-
-REAL = _real_rows(94)
+REAL = logged_rows(read_sweep(FIXTURE).runs[7])
 observation = st.tuples(
     st.one_of(st.integers(-3, 900), anything_numeric, junk),
     st.fixed_dictionaries({}, optional={

@@ -110,3 +110,17 @@ def test_item9_a_real_terminal_session_sees_no_raw_escape(evil_sweep: Path) -> N
     assert proc.returncode == 0, proc.stderr
     _clean(proc.stdout + proc.stderr)
     assert "\\u202e" in proc.stdout
+
+
+
+def test_item9_warnings_the_cli_lets_through_are_escaped(evil_sweep: Path) -> None:
+    """Library warnings reach the terminal through logging's last-resort handler."""
+    code = ("import logging, sys\n"
+            "from tracker_sched.cli import main\n"
+            "assert main(['validate', '--path', sys.argv[1]]) == 0\n"
+            "logging.getLogger('tracker_sched.x').warning('run %s diverged', sys.argv[2])\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(evil_sweep), EVIL[1]],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    _clean(proc.stderr)
+    assert "txt\\u202egpj.exe diverged" in proc.stderr

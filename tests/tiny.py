@@ -31,3 +31,14 @@ def history_until(run: RunRecord, upto: int) -> LiveHistory:
 
     return LiveHistory(train_loss=part(run.train_loss), lr=part(run.lr),
                        val_metric=part(run.val_metric))
+
+
+def logged_rows(record: RunRecord) -> list[tuple[int, dict[str, float]]]:
+    """A run as its training loop logged it: (step, the metrics logged at that step), in order."""
+    rows: dict[int, dict[str, float]] = {}
+    for role in ("train_loss", "val_metric", "lr"):
+        series = record.series(role)  # type: ignore[arg-type]
+        assert series is not None
+        for s, v in zip(series.step, series.value, strict=True):
+            rows.setdefault(s, {})[role] = v
+    return sorted(rows.items())

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Literal
 
 import numpy as np
@@ -71,8 +72,9 @@ class Advisor(PlanFollower):
             "train_loss": ([], []), "lr": ([], []), "val_metric": ([], []),
         }
         self._since_plan = 0
-        self._accepted: list[int] = []  # the step of each accepted observation
-        self._behind: list[tuple[int, dict[str, float]]] = []  # set aside, see _take
+        # The steps of the latest accepted observations (bounded: a run may log millions).
+        self._accepted: deque[int] = deque(maxlen=4096)
+        self._behind: list[tuple[int, dict[str, float]]] = []  # see _take_behind
         self._undo: tuple[int, Recommendation, int] | None = None  # (made at, before, replans)
         sweep = bundle.manifest.sweep
         steps = [round(t * self.total_steps) for t in sweep.warmup_tau]
@@ -113,7 +115,7 @@ class Advisor(PlanFollower):
             else:
                 self._behind.clear()  # stragglers: the run is back on course
                 self._record(at, values)
-            self._maybe_replan(at)
+                self._maybe_replan(at)
         except Exception as exc:  # the training loop must never die because of us
             self._fallback(step, f"advisor error: {type(exc).__name__}: {exc}")
         return self._plan
@@ -158,7 +160,7 @@ class Advisor(PlanFollower):
             keep = [i for i, s in enumerate(steps) if s <= cut]
             steps[:], vals[:] = [steps[i] for i in keep], [vals[i] for i in keep]
         self._since_plan = max(0, self._since_plan - sum(s > cut for s in self._accepted))
-        self._accepted = [s for s in self._accepted if s <= cut]
+        self._accepted = deque((s for s in self._accepted if s <= cut), maxlen=4096)
         self._warn_once(f"dropped the observation at step {', '.join(map(str, dropped))}: the "
                         f"run's next {HEAL_AFTER} steps came before it (a step in another unit?)")
         if self._undo is not None and self._undo[0] > cut:
@@ -167,6 +169,7 @@ class Advisor(PlanFollower):
         behind, self._behind = self._behind, []
         for at, vals_at in behind:
             self._record(at, vals_at)
+        self._maybe_replan(step)
 
     def _maybe_replan(self, step: int) -> None:
         first = min((s[0] for s, _ in self._obs.values() if s), default=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from tracker_sched.limits import MAX_STEPS
 from tracker_sched.schema import MetricMap, RunIssue
 from tracker_sched.sources.base import SourceResult
 from tracker_sched.sources.files import read_sweep
-from tracker_sched.term import escape
+from tracker_sched.term import EscapingFilter, escape
 
 if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
     from tracker_sched.bundle import BundleManifest
@@ -559,6 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    last = logging.lastResort  # where library warnings go when nobody configured logging
+    if last is not None and not any(isinstance(f, EscapingFilter) for f in last.filters):
+        last.addFilter(EscapingFilter())
     handlers = {"fit": cmd_fit, "validate": cmd_validate, "export": cmd_export,
                 "inspect": cmd_inspect, "recommend": cmd_recommend, "demo": cmd_demo,
                 "suggest-runs": cmd_suggest_runs}

@@ -9,6 +9,7 @@ escapes (``\x1b``, ``\u202e``) instead of sending them.
 
 from __future__ import annotations
 
+import logging
 import re
 
 # C0 and C1 controls and DEL; bidi embeddings, overrides, isolates and marks; zero-width and
@@ -38,3 +39,11 @@ def escape(text: object, *, lines: bool = False) -> str:
     """
     pattern = _LINES if lines else _FIELD
     return pattern.sub(_show, str(text))
+
+
+class EscapingFilter(logging.Filter):
+    """A handler filter: log lines (warnings quote run names and server reasons) escaped too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = escape(record.getMessage(), lines=True), None
+        return True

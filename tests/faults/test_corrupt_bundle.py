@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.tiny import logged_rows
 from tracker_sched.advisor import Advisor
 from tracker_sched.bundle import MANIFEST, WEIGHTS, Bundle
 from tracker_sched.cli import main
@@ -44,14 +45,7 @@ def clean(tiny_fit: FitResult, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def live_rows() -> list[dict[str, Any]]:
-    record = read_sweep(FIXTURE).runs[2]
-    rows: dict[int, dict[str, Any]] = {}
-    for role in ("train_loss", "val_metric", "lr"):
-        series = record.series(role)  # type: ignore[arg-type]
-        assert series is not None
-        for s, v in zip(series.step, series.value, strict=True):
-            rows.setdefault(s, {"step": s})[role] = v
-    return [rows[s] for s in sorted(rows)]
+    return [{"step": s, **row} for s, row in logged_rows(read_sweep(FIXTURE).runs[2])]
 
 
 def _paths(raw: dict[str, Any]) -> Iterator[tuple[str, ...]]:

@@ -9,7 +9,8 @@ rows run in file order and share the store.
 | row | what must survive |
 |---|---|
 | killed mid-read | the process: one clear error within seconds (no hang, no traceback) |
-| killed mid-registration | the local bundle; the champion alias still names the old version |
+| killed mid-registration | the local bundle; the champion alias still names the old version,
+  no new version; cost: the fit run it had started, left RUNNING without a model |
 | killed mid-run | the training loop (no exception, finite lr, ``close()`` within its timeout)
   and the plan made after the crash (saved to ``fallback_dir``) |
 """
@@ -125,7 +126,11 @@ def test_killed_mid_registration(tracker: LocalMlflowServer, state: dict[str, An
     uri = tracker.start()  # restart on the same store
     client = MlflowClient(uri)
     assert client.get_model_version_by_alias("killed-model", "champion").version == before
-    state["uri"] = uri
+    assert len(client.search_model_versions("name='killed-model'")) == 1  # no half version
+    # What the crash costs: the fit run it had started, left unfinished, without a model.
+    fits = client.search_runs([client.get_experiment_by_name("killed").experiment_id],
+                              "tags.`tracker_sched.kind` = 'fit'", order_by=["start_time DESC"])
+    assert fits[0].info.status == "RUNNING" and len(fits) == 2
 
 
 def test_killed_mid_run(tracker: LocalMlflowServer, state: dict[str, Any],

@@ -26,7 +26,7 @@ pytest.importorskip("mlflow")
 
 from benchmarks.mlflow_server import ServedModel as Served
 from benchmarks.mlflow_server import free_port
-from tests.tiny import tiny_config
+from tests.tiny import logged_rows, tiny_config
 from tracker_sched.advisor import Advisor
 from tracker_sched.bundle import Bundle
 from tracker_sched.fit import fit_sweep
@@ -35,17 +35,6 @@ from tracker_sched.remote import RemoteAdvisor, ServerError
 from tracker_sched.schema import Recommendation, RunRecord, Schedule
 from tracker_sched.serving import recommendation_to_row, warmup_plan
 from tracker_sched.stores.mlflow_store import register_bundle
-
-
-def run_rows(record: RunRecord) -> list[tuple[int, dict[str, float]]]:
-    """A fixture run as the training loop logs it: (step, metrics at that step), in order."""
-    rows: dict[int, dict[str, float]] = {}
-    for role in ("train_loss", "val_metric", "lr"):
-        series = record.series(role)
-        assert series is not None
-        for s, v in zip(series.step, series.value, strict=True):
-            rows.setdefault(s, {})[role] = v
-    return sorted(rows.items())
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +69,7 @@ def test_real_loop_matches_the_local_advisor(
     assert remote.plan.status == "warmup" and remote.requests_sent == 1
     assert remote.plan.schedule == warmup_plan(local_bundle, total).schedule
     statuses = []
-    for step, row in run_rows(record):
+    for step, row in logged_rows(record):
         remote.observe(step, **row)
         assert remote.wait(30)  # the request runs off the training thread: let it land
         got = remote.plan
@@ -98,7 +87,7 @@ def test_real_loop_matches_the_local_advisor(
 @pytest.mark.slow
 def test_invocations_input_forms_agree(served: Served, sweep_records: list[RunRecord]) -> None:
     """Records with absent keys, records with nulls and a split frame give one answer."""
-    rows = [{"step": s, **row} for s, row in run_rows(sweep_records[2])][:40]
+    rows = [{"step": s, **row} for s, row in logged_rows(sweep_records[2])][:40]
     columns = ["step", "train_loss", "val_metric", "lr"]
     nulls = [{c: r.get(c) for c in columns} for r in rows]
     split = {"columns": columns, "data": [[r.get(c) for c in columns] for r in rows]}
@@ -256,7 +245,7 @@ def test_server_going_away_mid_run(served: Served, sweep_records: list[RunRecord
     assert total is not None
     remote = RemoteAdvisor(served.url, total, timeout=1.0, retries=1, replan_every=5,
                            max_replans=None)
-    rows = run_rows(record)
+    rows = logged_rows(record)
     half = len(rows) // 2
     for step, row in rows[:half]:
         remote.observe(step, **row)
