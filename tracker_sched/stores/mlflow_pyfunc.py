@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import os
 from typing import Any
 
 import pandas as pd
@@ -30,6 +31,7 @@ from tracker_sched.errors import InputError
 from tracker_sched.limits import MAX_CURRENT_CHARS, MAX_ROWS
 
 BUNDLE_ARTIFACT = "bundle"
+SCORING_SERVER_ENV = "__pyfunc_model_path__"  # set by `mlflow models serve` for its server
 
 
 def model_signature() -> ModelSignature:
@@ -72,8 +74,19 @@ class TrackerSchedModel(PythonModel):
     """
 
     def load_context(self, context: Any) -> None:
+        import torch
+
         from tracker_sched.bundle import Bundle
         from tracker_sched.control_planner import make_planner
+
+        # MLflow's scoring server (the only process that sets this variable) answers
+        # requests on a pool of threads, each plan a few milliseconds of small tensor ops:
+        # torch's intra-op threads on top of that only contend. On 2 busy cores, 64
+        # concurrent runs waited 1.5 s (p50) with torch's default threads
+        # (benchmarks/load_served.py). Elsewhere (a notebook loading the model) the
+        # process's threads are not ours to change.
+        if os.environ.get(SCORING_SERVER_ENV):
+            torch.set_num_threads(1)
 
         self.bundle = Bundle.load(context.artifacts[BUNDLE_ARTIFACT])
         self.planner = make_planner(self.bundle)  # the bundle's kind picks the mode
