@@ -462,3 +462,12 @@ def test_framework_step_column_without_a_declaration(tmp_path: Path) -> None:
     (rec,) = WandbOfflineSource(tmp_path).read().runs
     assert rec.metric_keys["step"] == "trainer/global_step"
     assert rec.train_loss is not None and rec.train_loss.step[-1] == 35
+
+
+def test_a_step_key_no_row_has_names_the_keys(logged: dict[str, Any]) -> None:
+    out = WandbOfflineSource(logged["logs"]["a-base"], step_key="global_step").read()
+    assert out.runs == []
+    (issue,) = out.issues
+    assert issue.action == "excluded"
+    assert "no history row has a whole-number step under 'global_step'" in issue.reason
+    assert "my/global_step" in issue.reason and "--step-key" in issue.reason

@@ -32,6 +32,7 @@ from tracker_sched.sources.wandb_history import (
     Metrics,
     as_series,
     choose_step_key,
+    missing_step_key,
     repeat_note,
     rows_to_metrics,
 )
@@ -76,10 +77,14 @@ def history_metrics(rows: Any, step_key: str = AUTO) -> tuple[Metrics, dict[str,
     changed the value, and the step key used (:mod:`~tracker_sched.sources.wandb_history`).
 
     Each key keeps the steps at which it was logged, so a loss logged every step
-    and a validation metric logged every N steps both come out whole.
+    and a validation metric logged every N steps both come out whole. A step key
+    no row has raises ValueError naming the keys logged.
     """
     flat = [_flatten(row) for row in rows]
     key = choose_step_key(flat, step_key)
+    missing = missing_step_key(flat, key)
+    if missing:
+        raise ValueError(missing)
     metrics, conflicts = rows_to_metrics(flat, key)
     return metrics, conflicts, key
 
@@ -207,6 +212,9 @@ class WandbApiSource:
             try:
                 rows = run.scan_history(keys=None, page_size=HISTORY_PAGE_SIZE)
                 metrics, repeats, step_key = history_metrics(rows, self.step_key)
+            except ValueError as exc:  # no row on the step key: named with the keys seen
+                issues.append(RunIssue(run_id=str(run.id), action="excluded", reason=str(exc)))
+                continue
             except Exception as exc:  # wandb's CommError and friends: this run only
                 log.warning("W&B run %s: history could not be read: %s", run.id, exc)
                 issues.append(RunIssue(run_id=str(run.id), action="excluded",

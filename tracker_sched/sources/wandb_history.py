@@ -70,6 +70,15 @@ def choose_step_key(rows: Sequence[Row], requested: str = AUTO,
     return "_step"
 
 
+def missing_step_key(rows: Sequence[Row], step_key: str) -> str | None:
+    """Why no row can be placed on ``step_key`` (naming the keys seen), or None."""
+    if not rows or any(whole_step(row.get(step_key)) is not None for row in rows):
+        return None
+    seen = sorted({k for row in rows for k in row})
+    return (f"no history row has a whole-number step under {step_key!r} (keys logged: "
+            f"{', '.join(seen)}); pass --step-key KEY")
+
+
 def rows_to_metrics(rows: Iterable[Row], step_key: str) -> tuple[Metrics, dict[str, int]]:
     """Per-key ``{step: value}`` series, and per key how many repeated steps changed the value.
 

@@ -45,6 +45,7 @@ from tracker_sched.sources.wandb_history import (
     AUTO,
     as_series,
     choose_step_key,
+    missing_step_key,
     repeat_note,
     rows_to_metrics,
 )
@@ -69,6 +70,10 @@ def _crc(ctype: int, data: bytes) -> int:
 
 class _NotALog(Exception):
     """The file does not start with a W&B transaction-log header."""
+
+
+class _NoStep(Exception):
+    """No history row has the step key."""
 
 
 @dataclass
@@ -310,6 +315,9 @@ def _to_record(raw: _RawRun, metric_map: MetricMap, step_key: str) -> tuple[RunR
     state = ("crashed" if raw.exit_code is None
              else "finished" if raw.exit_code == 0 else "failed")
     key = choose_step_key(raw.rows, step_key, raw.declared_steps)
+    missing = missing_step_key(raw.rows, key)
+    if missing:
+        raise _NoStep(missing)
     metrics, conflicts = rows_to_metrics(raw.rows, key)
     obj = {
         "run_id": raw.run_id,
@@ -380,6 +388,10 @@ def read_offline(
                                           f"{scan.records} intact records around the damage"))
         try:
             rec, repeats = _to_record(raw, metric_map, step_key)
+        except _NoStep as exc:
+            issues.append(RunIssue(run_id=raw.run_id, action="excluded",
+                                   reason=f"{log.name}: {exc}"))
+            continue
         except (ValidationError, ValueError, TypeError) as exc:
             msg = str(exc).replace("\n", " ")
             issues.append(RunIssue(run_id=raw.run_id, action="excluded",
