@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.mlflow_server import local_mlflow_server
 from tracker_sched.fit import FitResult
 
 
@@ -22,6 +23,22 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A real ``mlflow server`` (sqlite backend, 1 worker) on 127.0.0.1, one per session:
+    its URI, and the ``sqlite:///`` URI of its backend store (the same runs, read through
+    MLflow's client without the server)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with local_mlflow_server(root) as uri:
+        yield uri, f"sqlite:///{root}/mlflow.db"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_server_store: tuple[str, str]) -> str:
+    """The URI of the session's real ``mlflow server``."""
+    return mlflow_server_store[0]
 
 
 @pytest.fixture(scope="session")

@@ -155,11 +155,13 @@ def test_fit_with_too_few_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str
     sweep.write_text("\n".join(FIXTURE.read_text().splitlines()[:3]) + "\n")
     rc = main(["fit", "--path", str(sweep), "--out", str(tmp_path / "d"), "--no-progress"])
     assert rc == 1
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[0].startswith("read 3 runs")  # progress note, then the one error line
-    line = _one_error_line(lines[-1])
-    assert len(lines) == 2
-    assert "3 usable runs of 3 (need >= 4)" in line
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("read 3 runs")  # progress note, the checks, then the error
+    assert "3 usable runs of 3 (3 finished)" in lines[1]
+    error = err[err.index("tracker-sched: error:"):]
+    assert error.startswith("tracker-sched: error: this sweep cannot be fitted:\n")
+    assert "  - 3 usable runs of 3 (need >= 4)" in error
     assert not (tmp_path / "d").exists()
 
 

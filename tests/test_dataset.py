@@ -52,6 +52,25 @@ def test_resample_linear_dense_series_maps_to_the_line() -> None:
     assert out[-1] == pytest.approx(expected[-1] - edge, abs=1e-3)
 
 
+def test_resample_holds_the_last_value_for_one_logging_interval() -> None:
+    """Logged every 3 steps with a budget of 152: the last point is 150, the grid ends at 152."""
+    steps = np.arange(3, 151, 3)
+    values = steps / 100.0
+    bare, bare_mask = resample(steps, values, 152, 100)
+    assert bare_mask[98] and not bare_mask[99]  # step 150 falls in cell 98 of 0..99
+    out, mask = resample(steps, values, 152, 100, hold=3.0)
+    assert mask[99] and out[99] == out[98] == bare[98]  # the last observed cell's value
+    np.testing.assert_array_equal(out[:99], bare[:99])
+
+
+def test_resample_holds_no_further_than_one_interval() -> None:
+    """Stopped at 120 of 200, logged every 10: cells past 130 stay masked."""
+    steps = np.arange(10, 121, 10)
+    out, mask = resample(steps, steps / 10.0, 200, 21, hold=10.0)  # cell c is step 10 c
+    assert mask[1:14].all() and not mask[14:].any() and not mask[0]
+    assert out[13] == out[12] == 12.0  # step 130 holds the value at 120
+
+
 def test_resample_sparse_series_is_interpolated_between_cells() -> None:
     g, total = 11, 100
     steps = np.array([0, 50, 100])
@@ -173,7 +192,9 @@ def clean_runs(
             )
         )
     sweep = validate_sweep(records)
-    assert sweep.issues == []
+    # The odd runs are kept as partial evidence: they did not reach their budget.
+    assert [(i.run_id, i.action) for i in sweep.issues] == [
+        (f"run{i}", "partial") for i in range(1, n, 2)]
     return sweep.runs
 
 

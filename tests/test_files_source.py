@@ -186,7 +186,8 @@ def test_raw_run_without_lr_is_read_then_excluded(tmp_path: Path) -> None:
     assert issue.run_id == "nolr"
     assert issue.action == "excluded"
     assert "no learning rate logged" in issue.reason
-    assert "lr series missing" in issue.reason
+    # The reason names the keys the run logged and the flag that picks one.
+    assert "keys seen: loss, momentum, val_acc" in issue.reason and "--lr-key" in issue.reason
 
 
 # --- bad lines --------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ def test_item7_bundle_json_never_holds_a_config_secret(tiny_fit: FitResult,
                                                        tmp_path: Path) -> None:
     m = tiny_fit.bundle.manifest
     top = [t.model_copy(update={"config": dict(CONFIG)}) for t in m.sweep.top_runs]
-    sweep = m.sweep.model_copy(update={"best_config": dict(CONFIG), "top_runs": top})
+    sweep = m.sweep.model_copy(update={"best_config": dict(CONFIG), "top_runs": top,
+                                       "best_hyperparameters": dict(CONFIG)})
     bundle = Bundle(m.model_copy(update={"sweep": sweep}), tiny_fit.bundle.models)
     dest = bundle.save(tmp_path / "b")
     raw = (dest / MANIFEST).read_text()

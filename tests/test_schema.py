@@ -230,3 +230,29 @@ def test_recommendation_accepts_positive_lr() -> None:
 def test_recommendation_requires_positive_lr(lr_now: float) -> None:
     with pytest.raises(ValidationError, match="lr_now"):
         _recommendation(lr_now)
+
+
+# --- default names as frameworks log them ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("keys", "want"), [
+    (["loss", "lr-AdamW", "val_loss"], "lr-AdamW"),  # Lightning LearningRateMonitor
+    (["loss", "lr-SGD-momentum/pg1", "lr-SGD/pg1", "lr-SGD/pg2"], "lr-SGD/pg1"),  # param groups
+    (["train/loss", "train/learning_rate", "eval/loss"], "train/learning_rate"),  # HF with W&B
+    (["loss", "learning_rate", "eval_loss"], "learning_rate"),  # HF with MLflow
+    (["train_loss", "lr", "val_acc"], "lr"),  # a plain loop
+])
+def test_lr_names_of_the_frameworks(keys: list[str], want: str) -> None:
+    assert MetricMap().key_for("lr", keys) == want
+
+
+def test_a_one_point_summary_is_passed_over_for_a_series() -> None:
+    """HF Trainer logs `train_loss` once, at the end, beside its `loss` series."""
+    keys = ["train_loss", "loss", "learning_rate", "eval_loss"]
+    lengths = {"train_loss": 1, "loss": 7, "learning_rate": 7, "eval_loss": 3}
+    assert MetricMap().key_for("train_loss", keys) == "train_loss"  # names alone
+    assert MetricMap().key_for("train_loss", keys, lengths) == "loss"
+    # A run that logged only the summary still maps it (validation then says it is short).
+    assert MetricMap().key_for("train_loss", ["train_loss"], {"train_loss": 1}) == "train_loss"
+    # An explicit key is taken as given.
+    assert MetricMap(train_loss="train_loss").key_for("train_loss", keys, lengths) == "train_loss"

@@ -11,7 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracker_sched.schema import ROLES, RunIssue, RunRecord, Series
-from tracker_sched.validation import MIN_POINTS, ValidatedSweep, validate_sweep
+from tracker_sched.validation import (
+    MIN_POINTS,
+    MIN_VAL_POINTS,
+    CleanRun,
+    ValidatedSweep,
+    validate_sweep,
+)
 
 STEPS = list(range(10, 501, 10))  # 50 points, 10..500
 
@@ -312,9 +318,13 @@ def test_total_steps_none_uses_last_logged_step() -> None:
         val_metric=Series(step=val_steps, value=[0.5] * len(val_steps)),
     )
     sweep = validate_sweep([rec])
-    assert sweep.issues == []
     (run,) = sweep.runs
     assert run.total_steps == 500  # lr goes to 500
+    # The validation metric stops at 300, far more than its interval (10) before 500:
+    # the run is kept for its dynamics but is not complete.
+    (issue,) = sweep.issues
+    assert issue.action == "partial" and "val_metric at step 300" in issue.reason
+    assert not run.complete and not run.eligible
 
 
 def test_total_steps_none_and_all_steps_zero_excluded() -> None:
@@ -328,12 +338,21 @@ def test_total_steps_none_and_all_steps_zero_excluded() -> None:
 
 
 def test_too_few_points_excluded_with_count() -> None:
-    steps = [100, 200, 300, 400]
-    rec = good_run("short", val_metric=Series(step=steps, value=[0.5] * 4))
+    steps = [200, 300, 400, 500]
+    rec = good_run("short", train_loss=Series(step=steps, value=[0.5] * 4))
     sweep = validate_sweep([rec, good_run("ok")])
     assert [r.run_id for r in sweep.runs] == ["ok"]
     issue = assert_excluded(sweep, "short", "too few points")
-    assert "val_metric has 4 usable (need >= 5)" in issue.reason
+    assert "train_loss has 4 usable (need >= 5)" in issue.reason
+
+
+def test_validation_metric_needs_two_points() -> None:
+    """Logged once per epoch, a validation metric has few points: two are a trend."""
+    two = good_run("two", val_metric=Series(step=[250, 500], value=[0.5, 0.6]))
+    one = good_run("one", val_metric=Series(step=[500], value=[0.6]))
+    sweep = validate_sweep([two, one])
+    assert [r.run_id for r in sweep.runs] == ["two"] and sweep.runs[0].complete
+    assert "val_metric has 1 usable (need >= 2)" in assert_excluded(sweep, "one", "few").reason
 
 
 def test_exactly_min_points_kept() -> None:
@@ -417,22 +436,29 @@ def test_property_kept_runs_are_clean(records: list[RunRecord]) -> None:
         logged = [s.step[-1] for s in (rec.series(r) for r in ROLES) if s is not None and len(s)]
         expected_total = rec.total_steps if rec.total_steps is not None else max(logged)
         assert run.total_steps == expected_total
+        need = {"train_loss": MIN_POINTS, "lr": 1, "val_metric": MIN_VAL_POINTS}
         for role in ROLES:
             s = run.series[role]
             assert s.step.shape == s.value.shape
-            assert s.step.size >= MIN_POINTS
+            assert s.step.size >= need[role]
             assert np.isfinite(s.value).all()
             assert (np.diff(s.step) > 0).all()
             assert (s.step >= 0).all()
             assert (s.step <= run.total_steps).all()
             if run.diverged_at is not None:
                 assert (s.step < run.diverged_at).all()
-            # Kept points are a subset of the logged points, with their values.
+            # Kept points are a subset of the logged points, with their values; an lr
+            # logged more sparsely than the loss also holds its last value at loss steps.
             orig = rec.series(role)
             assert orig is not None
             logged_pairs = dict(zip(orig.step, orig.value, strict=True))
+            loss_steps = set(rec.train_loss.step if rec.train_loss else ())
             for st_, v in zip(s.step.tolist(), s.value.tolist(), strict=True):
-                assert logged_pairs[st_] == v
+                if role == "lr" and (st_ not in logged_pairs or logged_pairs[st_] != v):
+                    assert st_ in loss_steps  # held onto a loss step...
+                    assert v in [x for p, x in logged_pairs.items() if p < st_]  # ...from before
+                else:
+                    assert logged_pairs[st_] == v
         assert (run.series["lr"].value > 0).all()
 
 
@@ -455,14 +481,87 @@ def test_property_nothing_lost_silently(records: list[RunRecord]) -> None:
     # Issue count: one "excluded" per dropped record (duplicates included).
     n_excluded = sum(1 for i in sweep.issues if i.action == "excluded")
     assert n_excluded == len(records) - len(sweep.runs)
-    # A run changed in any way has an issue saying so.
+    # A run changed in any way has an issue saying so; an lr logged more sparsely than the
+    # loss and held at the loss's steps (the documented reading of a sparse lr) is no change.
     issue_ids = {i.run_id for i in sweep.issues}
     for run in sweep.runs:
-        unchanged = all(
-            run.series[r].step.tolist() == run.record.series(r).step  # type: ignore[union-attr]
-            for r in ROLES
-        )
+        def same(r: str, run: CleanRun = run) -> bool:
+            logged = run.record.series(r).step  # type: ignore[union-attr, arg-type]
+            kept = run.series[r].step.tolist()  # type: ignore[index]
+            if r == "lr" and set(logged) <= set(kept):
+                return set(kept) - set(logged) <= set(run.series["train_loss"].step.tolist())
+            return kept == logged
+
+        unchanged = all(same(r) for r in ROLES)
         if not unchanged:
             assert run.run_id in issue_ids
         if run.diverged:
             assert any(i.run_id == run.run_id and i.action == "truncated" for i in sweep.issues)
+
+
+# --- completion: within one logging interval of the budget ------------------------------------
+
+EVERY_3 = list(range(3, 151, 3))  # a loop logging every 3 steps; the budget 152 is not a multiple
+
+
+def every_3(run_id: str, last: int = 150, *, total: int = 152, state: str = "finished",
+            **overrides: Any) -> RunRecord:
+    steps = [s for s in EVERY_3 if s <= last]
+    n = len(steps)
+    fields: dict[str, Any] = {
+        "train_loss": Series(step=steps, value=[1.0] * n),
+        "lr": Series(step=steps, value=[0.1] * n),
+        "val_metric": Series(step=steps, value=[0.5] * n),
+    }
+    fields.update(overrides)
+    return RunRecord(run_id=run_id, total_steps=total, state=state, **fields)
+
+
+def test_last_point_within_one_interval_of_the_budget_is_complete() -> None:
+    sweep = validate_sweep([every_3("r")])  # ends at 150 of 152, interval 3
+    assert sweep.issues == [] and sweep.runs[0].complete and sweep.runs[0].eligible
+
+
+def test_last_point_further_than_one_interval_is_partial() -> None:
+    sweep = validate_sweep([every_3("r", last=147)])  # 5 steps short, interval 3
+    (run,) = sweep.runs
+    assert not run.complete and not run.eligible
+    (issue,) = sweep.issues
+    assert issue.action == "partial"
+    assert "train_loss at step 147 (logging interval 3)" in issue.reason
+
+
+def test_each_series_is_judged_on_its_own_interval() -> None:
+    """A validation metric logged once per 19-step epoch ends at 152; the loss at 150."""
+    val = Series(step=list(range(19, 153, 19)), value=[0.5] * 8)
+    assert validate_sweep([every_3("r", val_metric=val)]).runs[0].complete
+    short = Series(step=list(range(19, 134, 19)), value=[0.5] * 7)  # stops at 133: 19 short
+    assert validate_sweep([every_3("r", val_metric=short)]).runs[0].complete  # = one interval
+    shorter = Series(step=list(range(19, 115, 19)), value=[0.5] * 6)  # stops at 114
+    assert not validate_sweep([every_3("r", val_metric=shorter)]).runs[0].complete
+
+
+def test_a_crashed_run_at_its_budget_is_partial_evidence() -> None:
+    sweep = validate_sweep([every_3("r", state="crashed")])
+    (run,) = sweep.runs
+    assert run.complete and not run.eligible
+    (issue,) = sweep.issues
+    assert issue.action == "partial" and "state 'crashed'; reached its budget" in issue.reason
+
+
+def test_lr_logged_only_at_its_changes_is_held() -> None:
+    """A step schedule logged when it changes: 3 points, held between them."""
+    lr = Series(step=[0, 75, 120], value=[0.1, 0.01, 0.001])
+    sweep = validate_sweep([every_3("r", lr=lr)])
+    assert sweep.issues == []
+    (run,) = sweep.runs
+    held = run.series["lr"]
+    assert held.step.tolist() == [0, *EVERY_3]
+    assert held.value[held.step.tolist().index(72)] == 0.1
+    assert held.value[held.step.tolist().index(75)] == 0.01
+    assert held.value[-1] == 0.001 and run.complete
+
+
+def test_lr_on_the_loss_cadence_is_not_held() -> None:
+    sweep = validate_sweep([every_3("r")])
+    assert sweep.runs[0].series["lr"].step.tolist() == EVERY_3

@@ -70,6 +70,8 @@ class RunTrace(BaseModel):
 
     run_id: str
     config: dict[str, Any] = Field(default_factory=dict)
+    config_id: str | None = Field(default=None, description="its configuration "
+                                  "(tracker_sched.identity); None in bundles before 0.2")
     total_steps: int
     final_val: float | None
     train_loss: list[float | None]
@@ -100,6 +102,18 @@ class SweepSummary(BaseModel):
     warmup_tau: list[float] = Field(description="tau grid of the warm-up plan")
     warmup_lr: list[float] = Field(description="the best run's lr on that grid")
     top_runs: list[RunTrace] = Field(description="best runs first, for planners")
+    configurations: int | None = Field(default=None, description="configurations among the "
+                                       "runs used (seeds and run identity aside)")
+    hyperparameters: list[str] = Field(default_factory=list, description="config keys that "
+                                       "tell the sweep's configurations apart")
+    best_hyperparameters: dict[str, Any] = Field(default_factory=dict, description="the best "
+                                                 "configuration's values of those keys")
+    runs_by_state: dict[str, int] = Field(default_factory=dict, description="runs used, by "
+                                          "tracker state; only finished runs can be the best")
+    runs_complete: int | None = Field(default=None, description="runs used that reached the "
+                                      "end of their budget")
+    budgets: list[int] = Field(default_factory=list, description="the distinct budgets "
+                               "(total steps) of the runs used")
 
     @model_validator(mode="after")
     def _usable(self) -> SweepSummary:
@@ -329,12 +343,15 @@ def stored_manifest(manifest: BundleManifest) -> BundleManifest:
     names = set(manifest.redacted)
     best, found = redact_config(sweep.best_config)
     names.update(found)
+    best_hp, found = redact_config(sweep.best_hyperparameters)
+    names.update(found)
     top = []
     for run in sweep.top_runs:
         config, found = redact_config(run.config)
         names.update(found)
         top.append(run.model_copy(update={"config": config}))
-    sweep = sweep.model_copy(update={"best_config": best, "top_runs": top})
+    sweep = sweep.model_copy(update={"best_config": best, "best_hyperparameters": best_hp,
+                                     "top_runs": top})
     return manifest.model_copy(update={"sweep": sweep, "redacted": sorted(names)})
 
 

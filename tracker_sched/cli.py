@@ -27,6 +27,7 @@ from tracker_sched.term import EscapingFilter, escape
 if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
     from tracker_sched.bundle import BundleManifest
     from tracker_sched.control_checks import ControlChecks
+    from tracker_sched.preflight import Preflight
     from tracker_sched.report import FitReport
     from tracker_sched.serving import Observation
 
@@ -82,7 +83,25 @@ def _source_args(p: argparse.ArgumentParser) -> None:
                    "wandb: a JSON filter, e.g. '{\"config.model\": \"cnn\"}'")
     p.add_argument("--tracking-uri", help="mlflow: tracking URI (default: MLflow's own "
                    "resolution: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    p.add_argument("--step-key", default="auto",
+                   help="wandb: the history key used as the step (default auto: the run's "
+                   "define_metric step, else train/global_step or trainer/global_step, else "
+                   "_step)")
     _metric_map_args(p)
+
+
+def _sweep_rule_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("budgets and configurations (default: docs/sweep-format.md)")
+    b = g.add_mutually_exclusive_group()
+    b.add_argument("--total-steps", type=int, metavar="N",
+                   help="every run's budget, in the units of its step axis")
+    b.add_argument("--total-steps-key", metavar="KEY",
+                   help="the config key (param) holding each run's budget in the units of its "
+                   "step axis (default: total_steps, max_steps, num_training_steps, then epoch "
+                   "counts x steps per epoch, else the last step of a finished run)")
+    g.add_argument("--ignore-config-key", action="append", default=[], metavar="KEY",
+                   help="a config key that is no hyperparameter (a glob; repeatable): runs that "
+                   "differ only in it and in seeds are one configuration")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", help="fit a latent ODE to a sweep and save a bundle")
     _source_args(fit)
+    _sweep_rule_args(fit)
     fit.add_argument("--out", required=True, help="bundle folder to write")
     fit.add_argument("--iterations", type=int, help="max training iterations per member")
     fit.add_argument("--ensemble", type=int, help="fit seeds averaged in the forecast")
@@ -120,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --register: where (default: the source's tracker; files -> "
                      "mlflow, MLflow's default tracking URI)")
 
-    val = sub.add_parser("validate", help="check a sweep and list what a fit would exclude")
+    val = sub.add_parser("validate", help="run every check a fit runs before training: list "
+                         "each run's issues and why the sweep cannot be fitted (exit 1)")
     _source_args(val)
+    _sweep_rule_args(val)
 
     exp = sub.add_parser("export", help="write a sweep as a tracker-sched sweep file")
     _source_args(exp)
@@ -192,7 +214,7 @@ def _read(args: argparse.Namespace) -> SourceResult:
         if not args.path:
             raise InputError("--source wandb-offline needs --path DIR (a wandb folder with "
                              "offline-run-* folders)")
-        return WandbOfflineSource(args.path, mm).read()
+        return WandbOfflineSource(args.path, mm, step_key=args.step_key).read()
     if args.source == "wandb":
         from tracker_sched.sources.wandb_api import WandbApiSource
 
@@ -205,7 +227,7 @@ def _read(args: argparse.Namespace) -> SourceResult:
             except json.JSONDecodeError as exc:
                 raise InputError(f"--filter for wandb must be JSON: {exc}") from exc
         return WandbApiSource(args.project, sweep=args.sweep, filters=filters,
-                              metric_map=mm).read()
+                              metric_map=mm, step_key=args.step_key).read()
     if args.source == "mlflow":
         from tracker_sched.sources.mlflow_source import MlflowSource
 
@@ -217,10 +239,23 @@ def _read(args: argparse.Namespace) -> SourceResult:
 
 
 def _issue_table(issues: Sequence[RunIssue]) -> str:
-    lines = []
-    for i in issues:  # one line per issue, whatever a run id holds
-        lines.append(f"  {i.action:<9} {escape(i.run_id)}: {escape(i.reason)}")
-    return "\n".join(lines)
+    from tracker_sched.preflight import issue_table
+
+    return issue_table(issues)
+
+
+def _check(args: argparse.Namespace, result: SourceResult) -> Preflight:
+    """The pre-training checks on what was read, with the budget and configuration flags."""
+    from tracker_sched.budget import BudgetSpec
+    from tracker_sched.preflight import preflight
+
+    try:
+        budget = BudgetSpec(steps=args.total_steps, key=args.total_steps_key)
+    except ValidationError as exc:
+        raise InputError(f"--total-steps must be a positive number: {exc.errors()[0]['msg']}"
+                         ) from exc
+    return preflight(result.runs, metric_map=_metric_map(args), budget=budget,
+                     ignore_config_keys=args.ignore_config_key, source_issues=result.issues)
 
 
 def _forecast_table(manifest: BundleManifest) -> str:
@@ -235,6 +270,18 @@ def _forecast_table(manifest: BundleManifest) -> str:
                                val_unit="points" if is_acc else "metric units")
     except (KeyError, IndexError, ValueError) as exc:  # an edited bundle.json: say so, go on
         return f"no forecast table: the bundle's fit report is incomplete ({exc!r})"
+
+
+def _read_and_check(args: argparse.Namespace) -> tuple[SourceResult, Preflight]:
+    """Read the sweep and run every check a fit runs before training: an unfittable sweep
+    fails in seconds with every reason listed."""
+    result = _read(args)
+    where = args.path if args.source != "mlflow" else f"experiment {args.project}"
+    print(f"read {len(result.runs)} runs from {args.source} {where}", file=sys.stderr)
+    checked = _check(args, result)
+    print("\n".join(checked.describe()), file=sys.stderr)
+    checked.raise_for_problems()
+    return result, checked
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -276,12 +323,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
             f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise InputError(f"invalid fit options: {errors}") from exc
-    result = _read(args)
+    result, checked = _read_and_check(args)  # options first, then the sweep, then training
     mm = _metric_map(args)
-    where = args.path if args.source != "mlflow" else f"experiment {args.project}"
-    print(f"read {len(result.runs)} runs from {args.source} {where}", file=sys.stderr)
     fitted = fit_sweep(result.runs, config, mm, workers=args.workers,
-                       progress=not args.no_progress, source_issues=result.issues)
+                       progress=not args.no_progress, source_issues=result.issues,
+                       checked=checked)
     report, bundle = fitted.report, fitted.bundle
     out = bundle.save(args.out)
     (out / "report.json").write_text(report.model_dump_json(indent=2))
@@ -296,7 +342,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if report.issues:
         print("runs excluded or changed:\n" + _issue_table(report.issues))
     print(f"sweep best: {escape(s.best_run_id)} (config mean final {report.val_key} "
-          f"{s.best_config_mean_final_val:.4f} over {s.best_config_runs} runs); "
+          f"{s.best_config_mean_final_val:.4f} over {s.best_config_runs} runs"
+          f"{_hyperparameters(s.best_hyperparameters)}); "
           f"lr explored {s.lr_min:.2e} .. {s.lr_max:.2e}")
     if report.holdout is not None:
         print(_forecast_table(bundle.manifest))
@@ -336,12 +383,11 @@ def _fit_control(args: argparse.Namespace, base: dict[str, object]) -> int:
             f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise InputError(f"invalid control fit options: {errors}") from exc
-    result = _read(args)
-    print(f"read {len(result.runs)} runs from {args.source}", file=sys.stderr)
-    conf = confounding(result.runs)
+    result, checked = _read_and_check(args)
+    conf = confounding(checked.validated)
     print(f"sweep design: {conf.summary()}")
     bundle = fit_control(result.runs, config, _metric_map(args), workers=args.workers,
-                         source_issues=result.issues)
+                         source_issues=result.issues, checked=checked)
     control = dict(bundle.manifest.control or {})
     control["confounding"] = conf.model_dump(mode="json")
     bundle.manifest = bundle.manifest.model_copy(update={"control": control})
@@ -361,6 +407,10 @@ def _fit_control(args: argparse.Namespace, base: dict[str, object]) -> int:
     if args.register:
         print(f"registered {_register(args, out, report)}")
     return 0
+
+
+def _hyperparameters(values: dict[str, object]) -> str:
+    return (": " + ", ".join(f"{k}={v}" for k, v in values.items())) if values else ""
 
 
 def _control_checks_text(checks: ControlChecks) -> str:
@@ -392,14 +442,16 @@ def _register(args: argparse.Namespace, out: Path, report: FitReport) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from tracker_sched.validation import validate_sweep
-
+    """Every check ``fit`` runs before training; exit 1 when the sweep cannot be fitted."""
     result = _read(args)
-    checked = validate_sweep(result.runs)
-    issues = result.issues + checked.issues
-    print(f"{len(checked.runs)} usable runs of {len(result.runs) + len(result.issues)}")
-    if issues:
-        print(_issue_table(issues))
+    checked = _check(args, result)
+    print("\n".join(checked.describe()))
+    if checked.issues:
+        print(_issue_table(checked.issues))
+    if checked.problems:
+        print("tracker-sched: error: this sweep cannot be fitted:\n"
+              + "\n".join(f"  - {p.text}" for p in checked.problems), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -569,7 +621,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except TrackerSchedError as exc:
-        print(f"tracker-sched: error: {escape(exc)}", file=sys.stderr)
+        # lines=True: a pre-training error lists every run on its own line; the run ids and
+        # reasons in it were escaped field by field (preflight.issue_table).
+        print(f"tracker-sched: error: {escape(exc, lines=True)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tracker-sched: interrupted", file=sys.stderr)

@@ -115,7 +115,8 @@ def log_lr_grid(runs: Sequence[CleanRun], grid_points: int) -> np.ndarray:
     out = np.empty((len(runs), grid_points))
     for i, run in enumerate(runs):
         s = run.series["lr"]
-        v, m = resample(s.step, np.log10(s.value), run.total_steps, grid_points)
+        v, m = resample(s.step, np.log10(s.value), run.total_steps, grid_points,
+                        hold=s.interval)
         out[i] = np.interp(tau, tau[m], v[m])
     return out
 

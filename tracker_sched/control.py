@@ -20,6 +20,7 @@ the fit live in :mod:`tracker_sched.control_checks`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torchdiffeq import odeint
 
+from tracker_sched.budget import BudgetSpec
 from tracker_sched.bundle import (
     SCHEMA_VERSION,
     Bundle,
@@ -53,12 +55,12 @@ from tracker_sched.dataset import (
     target_batch,
 )
 from tracker_sched.errors import InputError
-from tracker_sched.fit import FitConfig, PreparedSweep, prepare
+from tracker_sched.fit import FitConfig, PreparedSweep, prepare, run_counts
 from tracker_sched.limits import MAX_GRID_POINTS, MAX_MEMBERS
 from tracker_sched.model import LatentODE, ModelConfig, last_observation
+from tracker_sched.preflight import Preflight
 from tracker_sched.report import FitReport
 from tracker_sched.schema import MetricMap, RunIssue, RunRecord
-from tracker_sched.summary import summarise
 from tracker_sched.workers import spawn_pool
 
 log = logging.getLogger("tracker_sched.control")
@@ -365,18 +367,23 @@ def fit_control(
     *,
     workers: int | None = None,
     source_issues: Sequence[RunIssue] = (),
+    budget: BudgetSpec | None = None,
+    ignore_config_keys: Sequence[str] = (),
+    checked: Preflight | None = None,
 ) -> Bundle:
     """Fit a control-mode bootstrap ensemble to a sweep and check its lr response.
 
     The bundle's manifest has ``kind="control_ode"`` and the checks under
     ``control``; :class:`~tracker_sched.control_planner.ControlPlanner` reads them.
+    Every error the data can cause is raised before training (:func:`prepare`).
     """
     config = config or ControlFitConfig()
     t0 = time.perf_counter()
     base = FitConfig(grid_points=config.grid_points, window=config.window, ensemble=1,
                      holdout_fraction=0.0, cross_fit=False, seed=config.seed,
                      model=config.model)
-    prep = prepare(records, base, metric_map)
+    prep = prepare(records, base, metric_map, budget=budget, checked=checked,
+                   ignore_config_keys=ignore_config_keys, source_issues=source_issues)
     if workers is None:
         workers = min(config.members, os.cpu_count() or 1)
     models, infos = train_control_ensemble(prep, config, workers)
@@ -391,7 +398,7 @@ def fit_control(
         issues=[*source_issues, *prep.issues], direction=prep.direction, val_key=prep.val_key,
         wall_s=time.perf_counter() - t0, members=[dict(i) for i in infos], holdout=None,
         note=f"control mode: bootstrap ensemble of {len(models)} (fit {fit_s:.1f} s); no "
-        "held-out forecast table, see the control checks",
+        "held-out forecast table, see the control checks", **run_counts(prep),
     )
     keys = {role: prep.runs[0].record.metric_keys.get(role) for role in ("train_loss", "lr")}
     manifest = BundleManifest(
@@ -400,7 +407,7 @@ def fit_control(
         grid_points=config.grid_points, window=config.window, normalisation=prep.norm,
         metrics=MetricRoles(train_loss=keys["train_loss"], lr=keys["lr"],
                             val_metric=prep.val_key, direction=prep.direction),
-        sweep=summarise(prep.runs, prep.grid, prep.direction), report=report,
+        sweep=prep.summary, report=report,
         versions=package_versions(), control=checks.model_dump(mode="json"),
     )
     return Bundle(manifest, list(models))
@@ -422,9 +429,7 @@ def recheck(
                      holdout_fraction=0.0, cross_fit=False, model=m.model)
     prep = prepare(records, base, metric_map)
     ensemble = ControlEnsemble(bundle.models, m.normalisation, m.grid_points)
-    prep = PreparedSweep(validated=prep.validated, direction=prep.direction,
-                         val_key=prep.val_key, grid=prep.grid, norm=m.normalisation,
-                         train_idx=prep.train_idx, holdout_idx=prep.holdout_idx, folds=prep.folds)
+    prep = dataclasses.replace(prep, norm=m.normalisation)
     checks = run_checks(ensemble, prep, m.window, config)
     fit = {**m.fit, "checks": config.model_dump(mode="json")}
     manifest = m.model_copy(update={"control": checks.model_dump(mode="json"), "fit": fit})

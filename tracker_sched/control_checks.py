@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tracker_sched.dataset import LOG_LR, VAL_METRIC, Normalisation, context_batch
 from tracker_sched.fit import PreparedSweep
+from tracker_sched.identity import config_id
 from tracker_sched.report import spearman
 
 if TYPE_CHECKING:
@@ -112,10 +113,6 @@ def _untransform_val(norm: Normalisation, v: np.ndarray) -> np.ndarray:
     return norm.untransform(VAL_METRIC, v)
 
 
-def _config_key(cfg: dict[str, Any]) -> str:
-    return repr(sorted((k, v) for k, v in cfg.items() if k not in ("seed",)))
-
-
 def pooled_seed_sd(finals_by_config: Sequence[Sequence[float] | np.ndarray]) -> float | None:
     """Pooled within-configuration sd of the final metric (ddof 1), over configurations
     with at least two seeds; None when there is none. It is the seed-to-seed noise of a
@@ -168,7 +165,7 @@ def run_checks(
     groups: dict[str, list[int]] = {}
     for i, run in enumerate(prep.runs):
         if complete[i]:
-            groups.setdefault(_config_key(run.record.config), []).append(i)
+            groups.setdefault(run.config_id, []).append(i)
     if len(groups) < 3:
         return ControlChecks(ranking=None, response=None,
                              flags=["too few complete configurations (< 3) to check the model"])
@@ -239,8 +236,9 @@ def run_checks(
 
 
 def _family(prep: PreparedSweep, i: int) -> str:
+    """The run's schedule family: its configuration without the peak lr."""
     cfg = prep.runs[i].record.config
-    return _config_key({k: v for k, v in cfg.items() if k not in ("peak_lr", "seed")})
+    return config_id({k: v for k, v in cfg.items() if k != "peak_lr"})
 
 
 def response_flags(

@@ -38,15 +38,19 @@ MIN_STD = 1e-10  # a smaller std (a fit uses 1.0 below 1e-8) turns every value i
 
 
 def resample(
-    steps: np.ndarray, values: np.ndarray, total_steps: int, grid_points: int
+    steps: np.ndarray, values: np.ndarray, total_steps: int, grid_points: int,
+    hold: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resample one series onto the progress grid.
 
     Each grid point averages the observations in its cell (width ``1/(G-1)``,
     centred on the point), so noisy per-batch losses are smoothed rather than
     aliased; empty cells between the first and last observed cell are linearly
-    interpolated; cells outside the observed range are masked, never
-    extrapolated.
+    interpolated. After the last observed cell, grid points up to ``hold`` steps
+    past the last observation (the series' logging interval) keep the last
+    observed cell's value: a run logged every 3 steps with a budget of 152 ends
+    at step 150, and its grid still reaches the end. Everything else outside the
+    observed range is masked, never extrapolated.
 
     Returns ``(values (G,), mask (G,))``; masked values are NaN.
     """
@@ -66,6 +70,12 @@ def resample(
     inside = np.arange(lo, hi + 1)
     out[lo : hi + 1] = np.interp(inside, centres, means)
     mask[lo : hi + 1] = True
+    if hold > 0:
+        reach = min(1.0, (float(steps[-1]) + hold) / float(total_steps))
+        end = min(g - 1, int(np.floor(reach * (g - 1) + 1e-9)))
+        if end > hi:
+            out[hi + 1 : end + 1] = out[hi]
+            mask[hi + 1 : end + 1] = True
     return out, mask
 
 
@@ -126,14 +136,17 @@ class GridSweep:
     mask: np.ndarray  # (runs, G, 3) bool
     diverged: np.ndarray  # (runs,) bool
     tau: np.ndarray  # (G,)
+    reached_end: np.ndarray | None = None  # (runs,) bool: CleanRun.complete
 
     @property
     def grid_points(self) -> int:
         return int(self.tau.size)
 
     def complete(self) -> np.ndarray:
-        """Runs whose validation metric is observed at the end of the budget."""
-        return np.asarray(self.mask[:, -1, VAL_METRIC] & ~self.diverged)
+        """Runs that reached the end of their budget (validation's rule) and did not diverge;
+        for a grid built by hand, those whose validation metric reaches the last point."""
+        ends = self.mask[:, -1, VAL_METRIC] if self.reached_end is None else self.reached_end
+        return np.asarray(ends & ~self.diverged)
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> GridSweep:
         ix = np.asarray(idx, dtype=np.int64)
@@ -143,6 +156,7 @@ class GridSweep:
             mask=self.mask[ix],
             diverged=self.diverged[ix],
             tau=self.tau,
+            reached_end=None if self.reached_end is None else self.reached_end[ix],
         )
 
 
@@ -160,13 +174,15 @@ def to_grid(
         for c, role in enumerate(CHANNEL_ROLES):
             s = run.series[role]
             x = s.value if transforms[c] == "identity" else np.log10(s.value)
-            values[i, :, c], mask[i, :, c] = resample(s.step, x, run.total_steps, grid_points)
+            values[i, :, c], mask[i, :, c] = resample(
+                s.step, x, run.total_steps, grid_points, hold=s.interval)
     return GridSweep(
         run_ids=[run.run_id for run in runs],
         values=values,
         mask=mask,
         diverged=np.array([run.diverged for run in runs], dtype=bool),
         tau=np.linspace(0.0, 1.0, grid_points),
+        reached_end=np.array([run.complete for run in runs], dtype=bool),
     )
 
 

@@ -16,11 +16,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
+from tracker_sched.budget import BudgetSpec
 from tracker_sched.bundle import (
     SCHEMA_VERSION,
     Bundle,
     BundleManifest,
     MetricRoles,
+    SweepSummary,
     now_iso,
     package_versions,
 )
@@ -34,17 +36,15 @@ from tracker_sched.dataset import (
     target_batch,
     to_grid,
 )
-from tracker_sched.errors import FitError, InputError
 from tracker_sched.forecast import Forecaster
 from tracker_sched.limits import MAX_GRID_POINTS, MAX_MEMBERS
 from tracker_sched.model import LatentODE, ModelConfig, path_length_penalty
+from tracker_sched.preflight import MIN_RUNS, Preflight, preflight
 from tracker_sched.report import FitReport, cross_fit_report, forecast_report
-from tracker_sched.schema import Direction, MetricMap, RunIssue, RunRecord, infer_direction
+from tracker_sched.schema import Direction, MetricMap, RunIssue, RunRecord
 from tracker_sched.summary import summarise
-from tracker_sched.validation import CleanRun, ValidatedSweep, validate_sweep
+from tracker_sched.validation import CleanRun, ValidatedSweep
 from tracker_sched.workers import spawn_pool
-
-MIN_RUNS = 4
 
 
 class FitConfig(BaseModel):
@@ -118,6 +118,8 @@ class PreparedSweep:
     train_idx: np.ndarray
     holdout_idx: np.ndarray
     folds: list[tuple[np.ndarray, np.ndarray]]  # (train, holdout) run indices per member
+    summary: SweepSummary  # named before training, so no data error can come after it
+    checked: Preflight
 
     @property
     def cross_fit(self) -> bool:
@@ -135,39 +137,35 @@ class PreparedSweep:
         return SweepTensors.from_grid(self.grid.subset(idx), self.norm)
 
 
-def _val_key(records: Sequence[RunRecord], metric_map: MetricMap) -> str:
-    keys = {r.metric_keys.get("val_metric") for r in records} - {None}
-    if len(keys) > 1:
-        raise InputError(
-            f"runs log different validation metrics ({', '.join(sorted(str(k) for k in keys))});"
-            " a sweep must be fitted on one metric: choose it with --val-key"
-        )
-    if keys:
-        return str(next(iter(keys)))
-    return metric_map.val_metric or "val_metric"
+def run_counts(prep: PreparedSweep) -> dict[str, Any]:
+    """The fit report's counts of the runs used: by state, complete, configurations."""
+    return {"runs_by_state": prep.checked.runs_by_state(),
+            "runs_complete": sum(1 for r in prep.runs if r.complete),
+            "configurations": prep.checked.configurations.describe()}
 
 
 def prepare(
-    records: Sequence[RunRecord], config: FitConfig, metric_map: MetricMap | None = None
+    records: Sequence[RunRecord],
+    config: FitConfig,
+    metric_map: MetricMap | None = None,
+    *,
+    budget: BudgetSpec | None = None,
+    ignore_config_keys: Sequence[str] = (),
+    source_issues: Sequence[RunIssue] = (),
+    checked: Preflight | None = None,
 ) -> PreparedSweep:
-    """Validate, choose transforms, resample, split off whole runs and standardise."""
-    metric_map = metric_map or MetricMap()
-    validated = validate_sweep(records)
-    if len(validated.runs) < MIN_RUNS:
-        reasons = "; ".join(f"{i.run_id}: {i.reason}" for i in validated.issues[:10])
-        raise FitError(
-            f"{len(validated.runs)} usable runs of {len(records)} (need >= {MIN_RUNS})"
-            + (f". Excluded: {reasons}" if reasons else "")
-        )
-    val_key = _val_key(records, metric_map)
-    direction = metric_map.val_direction or infer_direction(val_key)
-    if direction is None:
-        raise InputError(
-            f"cannot tell whether {val_key!r} is maximised or minimised; "
-            "pass --val-direction max|min"
-        )
+    """Check (:mod:`tracker_sched.preflight`: every error the data can cause is raised here,
+    before any training), choose transforms, resample, name the sweep's best, split off
+    whole runs and standardise. ``checked``: a pre-flight already run on ``records``."""
+    if checked is None:
+        checked = preflight(records, metric_map=metric_map, budget=budget,
+                            ignore_config_keys=ignore_config_keys, source_issues=source_issues)
+    checked.raise_for_problems()
+    validated, direction = checked.validated, checked.direction
+    assert direction is not None  # a problem otherwise
     transforms = choose_transforms(validated.runs, direction)
     grid = to_grid(validated.runs, config.grid_points, transforms)
+    summary = summarise(validated.runs, grid, direction, validated.configurations)
     n = len(validated.runs)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(n)
@@ -187,8 +185,9 @@ def prepare(
         folds = [split] * k
         norm = fit_normalisation(grid.subset(split[0]), transforms)
     return PreparedSweep(
-        validated=validated, direction=direction, val_key=val_key, grid=grid, norm=norm,
-        train_idx=folds[0][0], holdout_idx=folds[0][1], folds=folds,
+        validated=validated, direction=direction, val_key=checked.val_key, grid=grid, norm=norm,
+        train_idx=folds[0][0], holdout_idx=folds[0][1], folds=folds, summary=summary,
+        checked=checked,
     )
 
 
@@ -413,15 +412,23 @@ def fit_sweep(
     workers: int | None = None,
     progress: bool = True,
     source_issues: Sequence[RunIssue] = (),
+    budget: BudgetSpec | None = None,
+    ignore_config_keys: Sequence[str] = (),
+    checked: Preflight | None = None,
 ) -> FitResult:
     """Validate a sweep, fit the latent ODE ensemble, report holdout forecasts, build a bundle.
 
     ``source_issues`` are the runs a source could not read (``SourceResult.issues``):
     they are listed in the report with validation's own, so nothing is lost silently.
+    ``budget`` and ``ignore_config_keys`` override how budgets and configurations are
+    found (:mod:`tracker_sched.budget`, :mod:`tracker_sched.identity`). Every error the
+    data can cause is raised before training starts (:mod:`tracker_sched.preflight`);
+    ``checked``: that stage already run on ``records`` with these options.
     """
     config = config or FitConfig()
     t0 = time.perf_counter()
-    prep = prepare(records, config, metric_map)
+    prep = prepare(records, config, metric_map, budget=budget, checked=checked,
+                   ignore_config_keys=ignore_config_keys, source_issues=source_issues)
     data = [
         (prep.tensors(tr), prep.tensors(ho) if ho.size else None) for tr, ho in prep.folds
     ]
@@ -463,6 +470,7 @@ def fit_sweep(
             for h in hists
         ],
         holdout=forecast,
+        **run_counts(prep),
     )
     keys = {role: prep.runs[0].record.metric_keys.get(role) for role in ("train_loss", "lr")}
     manifest = BundleManifest(
@@ -478,7 +486,7 @@ def fit_sweep(
             train_loss=keys["train_loss"], lr=keys["lr"], val_metric=prep.val_key,
             direction=prep.direction,
         ),
-        sweep=summarise(prep.runs, prep.grid, prep.direction),
+        sweep=prep.summary,
         report=report,
         versions=package_versions(),
     )

@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from tracker_sched.dataset import CHANNELS, N_CHANNELS, VAL_METRIC, Normalisation, SweepTensors
 from tracker_sched.forecast import Forecaster
@@ -88,6 +88,12 @@ class FitReport(BaseModel):
     wall_s: float
     members: list[dict[str, float | int | None]]
     holdout: ForecastReport | None
+    runs_by_state: dict[str, int] = Field(default_factory=dict, description="runs used, by "
+                                          "tracker state: only finished runs can be the best")
+    runs_complete: int | None = Field(default=None, description="runs used that reached the "
+                                      "end of their budget")
+    configurations: str | None = Field(default=None, description='e.g. "9 configurations x 2 '
+                                       'seeds" (tracker_sched.identity)')
     note: str = (
         "Held-out runs also drive early stopping (checkpoint choice only). With cross-fit, "
         "each run is forecast by the one member that never trained on it, so the report "

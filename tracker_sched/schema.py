@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
@@ -48,8 +48,11 @@ class Series(BaseModel):
 class RunRecord(BaseModel):
     """One training run of a sweep, with its metrics mapped to roles.
 
-    ``total_steps`` is the planned budget; where the tracker does not know it,
-    validation takes the last logged step. Progress is ``tau = step / total_steps``.
+    ``total_steps`` is the planned budget the run states (the sweep file's field,
+    or what :func:`tracker_sched.budget.stated_budget` finds in the config);
+    ``budget_source`` says where it came from. Where a run states none,
+    validation resolves it (:mod:`tracker_sched.budget`). Progress is
+    ``tau = step / total_steps``.
     """
 
     model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
@@ -61,6 +64,7 @@ class RunRecord(BaseModel):
     config: dict[str, JsonValue] = Field(default_factory=dict)
     state: str = "finished"
     total_steps: int | None = Field(default=None, gt=0)
+    budget_source: str | None = Field(default=None, description="where total_steps came from")
     train_loss: Series | None = None
     lr: Series | None = None
     val_metric: Series | None = None
@@ -110,6 +114,7 @@ _DEFAULT_CANDIDATES: dict[Role, tuple[str, ...]] = {
     ),
 }
 
+_NOT_LR = re.compile(r"momentum|beta|decay", re.IGNORECASE)
 _MIN_WORDS = re.compile(r"loss|perplexity|ppl|error|err\b|mse|mae|rmse|nll", re.IGNORECASE)
 _MAX_WORDS = re.compile(r"acc|f1|auc|precision|recall|bleu|rouge|score|map\b", re.IGNORECASE)
 
@@ -147,29 +152,47 @@ class MetricMap(BaseModel):
     def _explicit(self, role: Role) -> str | None:
         return {"train_loss": self.train_loss, "lr": self.lr, "val_metric": self.val_metric}[role]
 
-    def key_for(self, role: Role, keys: Iterable[str]) -> str | None:
-        """The key that plays ``role`` among ``keys``, or None."""
+    def key_for(
+        self, role: Role, keys: Iterable[str], lengths: Mapping[str, int] | None = None
+    ) -> str | None:
+        """The key that plays ``role`` among ``keys``, or None.
+
+        With ``lengths`` (points per key), a default candidate logged at a single
+        point is passed over while another candidate has a series: HF Trainer
+        logs a one-point ``train_loss`` summary at the end beside its ``loss``
+        series. A glob match for the lr that names a momentum, beta or decay
+        (``lr-SGD-momentum``, from Lightning's LearningRateMonitor) is no lr.
+        """
         available = list(keys)
         explicit = self._explicit(role)
         if explicit is not None:
             return explicit if explicit in available else None
+        found: list[str] = []
         for pattern in self.candidates.get(role, ()):
             if any(ch in pattern for ch in "*?["):
-                matches = sorted(k for k in available if fnmatch.fnmatchcase(k, pattern))
-                if matches:
-                    return matches[0]
+                matches = sorted(k for k in available if fnmatch.fnmatchcase(k, pattern)
+                                 and not (role == "lr" and _NOT_LR.search(k)))
+                found += matches[:1]
             elif pattern in available:
-                return pattern
-        return None
+                found.append(pattern)
+        if lengths is not None:
+            series = [k for k in found if lengths.get(k, 0) > 1]
+            if series:
+                return series[0]
+        return found[0] if found else None
 
-    def resolve(self, keys: Iterable[str], *, strict: bool = False) -> dict[Role, str | None]:
-        """Map every role to a key among ``keys``.
+    def resolve(
+        self, keys: Iterable[str], *, strict: bool = False,
+        lengths: Mapping[str, int] | None = None,
+    ) -> dict[Role, str | None]:
+        """Map every role to a key among ``keys`` (``lengths``: see :meth:`key_for`).
 
         With ``strict=True`` a missing role raises :class:`InputError` naming the
         keys that were seen and the flag that sets the key by hand.
         """
         available = sorted(set(keys))
-        out: dict[Role, str | None] = {role: self.key_for(role, available) for role in ROLES}
+        out: dict[Role, str | None] = {
+            role: self.key_for(role, available, lengths) for role in ROLES}
         if strict:
             missing = [role for role, key in out.items() if key is None]
             if missing:
@@ -235,10 +258,14 @@ class Recommendation(BaseModel):
 
 
 class RunIssue(BaseModel):
-    """A run that validation excluded or changed, and why. Listed in every fit report."""
+    """A run that validation excluded or changed, and why. Listed in every fit report.
+
+    ``partial``: the run is kept as evidence of dynamics but cannot be the sweep's
+    best (it did not finish, or did not reach the end of its budget).
+    """
 
     model_config = ConfigDict(frozen=True)
 
     run_id: str
-    action: Literal["excluded", "truncated", "repaired"]
+    action: Literal["excluded", "truncated", "repaired", "partial"]
     reason: str

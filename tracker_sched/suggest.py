@@ -30,6 +30,7 @@ from tracker_sched.confounding import (
     confounding,
 )
 from tracker_sched.errors import InputError
+from tracker_sched.identity import config_id
 from tracker_sched.schema import Direction, MetricMap, RunRecord
 from tracker_sched.validation import ValidatedSweep, validate_sweep
 
@@ -122,17 +123,12 @@ class _Base:
     log_lr: list[float]  # on an even tau grid, edges filled
 
 
-def _seedless(config: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in config.items() if "seed" not in k.lower()},
-                      sort_keys=True, default=str)
-
-
 def _bases(summary: SweepSummary, k: int) -> list[_Base]:
     """Up to ``k`` best runs of distinct configurations (seeds aside), best first."""
     out: list[_Base] = []
     seen: set[str] = set()
     for tr in summary.top_runs:
-        key = _seedless(tr.config)
+        key = tr.config_id or config_id(tr.config)
         if key in seen or len(out) >= k:
             continue
         seen.add(key)

@@ -298,17 +298,18 @@ def _predict_run(entry: Mapping[str, Any], bundle: Any, run_id: str, total: Any,
                  log_back: bool, params: Mapping[str, Any]) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
+    from tracker_sched.budget import STEP_KEYS, stated_budget
     from tracker_sched.integrations.mlflow.callback import log_recommendation
     from tracker_sched.serving import RecommendRequest, answer
-    from tracker_sched.sources.mlflow_source import TOTAL_STEPS_PARAMS
 
     client = MlflowClient(tracking_uri=params.get("tracking_uri") or entry.get("tracking_uri"))
     observations, run_params = _run_observations(client, run_id, bundle)
     if total is None:
-        total = next((run_params[k] for k in TOTAL_STEPS_PARAMS if k in run_params), None)
+        found = stated_budget(run_params)
+        total = found.steps if found is not None else None
     if total is None:
         _fail(f"total_steps is missing: pass it, or log one of the params "
-              f"{', '.join(TOTAL_STEPS_PARAMS)} on run {run_id}")
+              f"{', '.join(STEP_KEYS)} on run {run_id}")
     if not observations:
         _fail(f"run {run_id} has logged no steps yet")
     rec = answer(bundle, RecommendRequest(observations=observations,

@@ -14,18 +14,17 @@ wandb is imported lazily: importing this module needs neither wandb nor a run.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracker_sched.advisor import Advisor
+from tracker_sched.budget import STEP_KEYS, stated_budget
 from tracker_sched.bundle import Bundle
 from tracker_sched.errors import InputError, MissingDependencyError
 from tracker_sched.planner import PlannerConfig
 from tracker_sched.redact import redact_text
 from tracker_sched.schema import ROLES, MetricMap, Recommendation, Role, infer_direction
-from tracker_sched.sources.wandb_offline import TOTAL_STEPS_KEYS
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -46,13 +45,10 @@ def _wandb() -> Any:
 
 
 def _budget_from_config(config: Mapping[str, Any]) -> int | None:
-    for key in TOTAL_STEPS_KEYS:
-        value = config.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if math.isfinite(value) and value > 0 and value == int(value):
-            return int(value)
-    return None
+    """The budget a live run's config states in steps (:func:`tracker_sched.budget.stated_budget`;
+    an epoch count needs the logged epoch, which a run that just started has not)."""
+    found = stated_budget(config)
+    return found.steps if found is not None else None
 
 
 def _number(value: object) -> float | None:
@@ -133,7 +129,7 @@ class SweepCallback:
         if budget is None:
             raise InputError(
                 "SweepCallback needs the run's budget: pass total_steps=N or put one of "
-                f"{', '.join(TOTAL_STEPS_KEYS)} in the run config (config keys seen: "
+                f"{', '.join(STEP_KEYS)} in the run config (config keys seen: "
                 f"{', '.join(sorted(self.config)) or 'none'})"
             )
         if budget <= 0:

@@ -13,7 +13,7 @@ import requests
 
 pytest.importorskip("mlflow")
 
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from tracker_sched.errors import InputError, MissingDependencyError, SourceError
@@ -406,3 +406,37 @@ def test_cli_mlflow_errors(mlflow_server: str, tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("tracker-sched: error:")
     assert "no-such-experiment" in err[-1]
+
+
+def test_runs_logged_without_steps_are_placed_by_timestamp(sqlite_store: str) -> None:
+    """``mlflow.log_metric(key, value)`` with no step stores step 0 for every point: the
+    points are ordered by time, a step counting the train-loss points, and the budget is
+    the last of them (a config budget counts another unit)."""
+    client = MlflowClient(sqlite_store)
+    exp_id = client.create_experiment("no-steps")
+    for i, lr in enumerate((0.1, 0.01, 0.1, 0.01)):
+        rid = client.create_run(exp_id, run_name=f"r{i}").info.run_id
+        t0, metrics = 1_000_000, []
+        for k in range(20):  # loss and lr every call, the val metric every 5th
+            metrics += [Metric("loss", 1.0 / (k + 1), t0 + 10 * k, 0),
+                        Metric("lr", lr, t0 + 10 * k, 0)]
+            if k % 5 == 4:
+                metrics.append(Metric("val_acc", 0.5 + k / 40, t0 + 10 * k + 5, 0))
+        client.log_batch(rid, metrics=metrics,
+                         params=[Param("lr", str(lr)),
+                                 Param("seed", str(i // 2)),
+                                 Param("total_steps", "2000")])
+        client.set_terminated(rid, "FINISHED")
+    result = MlflowSource("no-steps", tracking_uri=sqlite_store).read()
+    run = result.runs[0]
+    assert run.train_loss is not None and run.val_metric is not None
+    assert run.train_loss.step == list(range(1, 21))
+    assert run.val_metric.step == [5, 10, 15, 20]
+    assert run.total_steps is None and run.metric_keys["step"] == "timestamp"
+    assert all(i.action == "repaired" and "no steps logged" in i.reason for i in result.issues)
+    from tracker_sched.preflight import preflight
+
+    checked = preflight(result.runs, source_issues=result.issues)
+    assert checked.problems == []
+    assert {r.total_steps for r in checked.runs} == {20}  # not the config's 2000
+    assert checked.configurations.describe() == "2 configurations x 2 seeds"

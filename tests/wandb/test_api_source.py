@@ -271,18 +271,32 @@ def test_history_metrics_selects_keys_per_row() -> None:
             {"_step": 1, "loss": "NaN", "nested": {"acc": 0.5}},
             {"_runtime": 3.0, "loss": 9.0},  # no step: cannot be placed
             {"_step": 1, "loss": 0.25}]
-    metrics, repeats = wandb_api.history_metrics(rows)
+    metrics, repeats, step_key = wandb_api.history_metrics(rows)
     assert metrics == {"loss": {0: 1.0, 1: 0.25}, "nested.acc": {1: 0.5}}
-    assert repeats == 1
+    assert repeats == {"loss": 1} and step_key == "_step"
+
+
+def test_history_metrics_finds_the_framework_step() -> None:
+    """HF Trainer rows: ``_step`` counts log calls, ``train/global_step`` is the step."""
+    rows = [{"_step": 2 * i, "train/global_step": 5 * (i + 1), "train/loss": 1.0,
+             "train/epoch": (i + 1) / 4} for i in range(4)]
+    rows += [{"_step": 2 * i + 1, "train/global_step": 5 * (i + 1), "eval/loss": 0.5,
+              "train/epoch": (i + 1) / 4} for i in range(4)]
+    metrics, repeats, step_key = wandb_api.history_metrics(sorted(rows, key=lambda r: r["_step"]))
+    assert step_key == "train/global_step"
+    assert sorted(metrics["eval/loss"]) == [5, 10, 15, 20]
+    assert repeats == {}  # train/epoch twice per step, with one value each time
 
 
 def test_cli_validate_end_to_end(stub: GraphQLStub, fixture_runs: list[RunRecord],
                                  capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["validate", "--source", "wandb", "--project", "team/cnn", "--sweep", EDGE])
-    out = capsys.readouterr().out
-    assert rc == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert rc == 1  # the edge cases leave too few usable runs: validate says a fit would fail
     assert "usable runs of 4" in out
     assert "fail1: history could not be read" in out
+    assert "this sweep cannot be fitted" in captured.err and "(need >= 4)" in captured.err
     rc = main(["validate", "--source", "wandb", "--project", "team/cnn", "--sweep", SWEEP,
                "--filter", json.dumps({"config.seed": 0})])
     out = capsys.readouterr().out

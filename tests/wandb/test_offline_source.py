@@ -76,7 +76,7 @@ def base_rows(n: int = ROWS, *, lr_key: str | None = "lr") -> list[tuple[int, di
             "train/loss": float("nan") if step == 30 else 2.0 / (1 + step),
             "ints": step * 3,  # an int-valued metric: comes back as a JSON int
             "note": "text is skipped",
-            "trainer/global_step": step * 10,
+            "my/global_step": step * 10,  # a custom step column, declared nowhere
         }
         if lr_key is not None:
             values[lr_key] = 0.1 * (1 - step / n) + 1e-4
@@ -169,11 +169,11 @@ def test_run_without_lr_is_excluded_naming_the_keys(result: dict[str, RunRecord]
     assert issue.action == "excluded"
     assert "learning rate" in issue.reason
     keys_seen = run.config["_keys_seen"]
-    assert keys_seen == ["ints", "train/loss", "trainer/global_step", "val/acc"]
+    assert keys_seen == ["ints", "my/global_step", "train/loss", "val/acc"]
     with pytest.raises(InputError) as err:
         MetricMap().resolve(keys_seen, strict=True)  # type: ignore[arg-type]
     assert "no lr metric" in str(err.value)
-    assert "Keys seen: ints, train/loss, trainer/global_step, val/acc" in str(err.value)
+    assert "Keys seen: ints, my/global_step, train/loss, val/acc" in str(err.value)
 
 
 def test_sweep_id_and_sweep_params_read_back(result: dict[str, RunRecord]) -> None:
@@ -192,7 +192,7 @@ def test_exit_code_sets_state(result: dict[str, RunRecord]) -> None:
 
 
 def test_custom_step_key(logged: dict[str, Any]) -> None:
-    source = WandbOfflineSource(logged["logs"]["a-base"], step_key="trainer/global_step")
+    source = WandbOfflineSource(logged["logs"]["a-base"], step_key="my/global_step")
     (run,) = source.read().runs
     assert run.lr is not None
     assert run.lr.step == [10 * s for s in range(ROWS)]
@@ -426,3 +426,48 @@ def test_file_with_no_intact_chunk_is_excluded_with_the_damage(
     (issue,) = out.issues
     assert issue.action == "excluded"
     assert issue.reason.startswith(f"run-d-failed.wandb: no readable records: bytes 7-{len(data)}")
+
+
+def test_step_axis_declared_with_define_metric(tmp_path: Path) -> None:
+    """HF Trainer and Lightning declare their optimizer step: ``_step`` counts log calls."""
+    with pytest.MonkeyPatch.context() as mp:
+        offline_env(mp, tmp_path)
+        run = wandb.init(project="p", entity="team", id="declared", dir=str(tmp_path),
+                         mode="offline", config={"total_steps": 40},
+                         settings=wandb.Settings(silent=True, x_disable_stats=True,
+                                                 console="off"))
+        run.define_metric("optim_step")
+        run.define_metric("*", step_metric="optim_step", step_sync=True)
+        for step in range(4, 41, 4):  # a training row and an eval row per step: 2 log calls
+            run.log({"train/loss": 1 / step, "train/learning_rate": 0.1, "optim_step": step})
+            run.log({"eval/loss": 2 / step, "train/epoch": step / 20, "optim_step": step})
+        run.finish()
+        wandb.teardown()
+    out = WandbOfflineSource(tmp_path).read()
+    assert out.issues == []  # train/epoch at a step twice, with one value: no repair
+    (rec,) = out.runs
+    assert rec.metric_keys["step"] == "optim_step"
+    assert rec.lr is not None and rec.lr.step == list(range(4, 41, 4))
+    assert rec.val_metric is not None and rec.val_metric.step == list(range(4, 41, 4))
+    by_calls = WandbOfflineSource(tmp_path, step_key="_step").read().runs[0]
+    assert by_calls.lr is not None and by_calls.lr.step == list(range(0, 20, 2))
+
+
+def test_framework_step_column_without_a_declaration(tmp_path: Path) -> None:
+    """An undeclared ``trainer/global_step`` in most rows is the step (the API shows no
+    declarations either)."""
+    rows = [(i, {"trainer/global_step": 3 * i + 2, "train_loss": 1.0, "lr-AdamW": 0.01,
+                 "val_loss": 0.5}) for i in range(12)]
+    log_run(tmp_path, rows, run_id="pl", config={"max_steps": 36})
+    (rec,) = WandbOfflineSource(tmp_path).read().runs
+    assert rec.metric_keys["step"] == "trainer/global_step"
+    assert rec.train_loss is not None and rec.train_loss.step[-1] == 35
+
+
+def test_a_step_key_no_row_has_names_the_keys(logged: dict[str, Any]) -> None:
+    out = WandbOfflineSource(logged["logs"]["a-base"], step_key="global_step").read()
+    assert out.runs == []
+    (issue,) = out.issues
+    assert issue.action == "excluded"
+    assert "no history row has a whole-number step under 'global_step'" in issue.reason
+    assert "my/global_step" in issue.reason and "--step-key" in issue.reason

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tracker_sched.budget import epoch_series, stated_budget
 from tracker_sched.errors import SourceError
 from tracker_sched.schema import ROLES, MetricMap, RunIssue, RunRecord, Series
 from tracker_sched.sources.base import SourceResult
@@ -31,14 +32,21 @@ HEADER_KEY = "tracker_sched_sweep"
 
 
 def record_from_raw(obj: dict[str, Any], metric_map: MetricMap) -> RunRecord:
-    """Build a RunRecord from a run with raw tracker keys under ``metrics``."""
+    """Build a RunRecord from a run with raw tracker keys under ``metrics``.
+
+    Where ``obj`` has no ``total_steps``, the budget the config states is found
+    here (:func:`tracker_sched.budget.stated_budget`), while the logged
+    ``epoch`` metric is still at hand for the steps per epoch.
+    """
     metrics = obj.get("metrics")
     if not isinstance(metrics, dict):
         raise ValueError("'metrics' must map tracker keys to {step, value} series")
     for name in ("config", "metric_keys"):
         if name in obj and not isinstance(obj[name], dict):
             raise ValueError(f"'{name}' must be a JSON object, got {type(obj[name]).__name__}")
-    keys = metric_map.resolve(metrics.keys())
+    lengths = {k: len(v.get("step", ())) if isinstance(v, dict) else 0
+               for k, v in metrics.items()}
+    keys = metric_map.resolve(metrics.keys(), lengths=lengths)
     fields: dict[str, Any] = {k: v for k, v in obj.items() if k != "metrics"}
     used: dict[str, str] = {}
     for role in ROLES:
@@ -48,9 +56,18 @@ def record_from_raw(obj: dict[str, Any], metric_map: MetricMap) -> RunRecord:
             used[role] = key
     fields["metric_keys"] = {**used, **fields.get("metric_keys", {})}
     fields.setdefault("config", {})
-    if not used.get("lr"):
+    if len(used) < len(ROLES):
         # Kept: validation excludes it with the keys it saw, so the report says why.
         fields["config"] = {**fields["config"], "_keys_seen": sorted(metrics)}
+    if "total_steps" not in fields:
+        epoch = epoch_series(metrics)
+        last = max((max(s.step) for r in ROLES if (s := fields.get(r)) is not None and len(s)),
+                   default=None)
+        found = stated_budget(fields["config"], epoch[1] if epoch else None, last)
+        if found is not None:
+            fields["total_steps"], fields["budget_source"] = found.steps, found.source
+            if epoch is not None and "per epoch" in found.source:
+                fields["metric_keys"].setdefault("epoch", epoch[0])
     return RunRecord.model_validate(fields)
 
 

@@ -26,6 +26,7 @@ See ``docs/mlflow.md``.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import JsonValue, ValidationError
 
+from tracker_sched.budget import stated_budget
 from tracker_sched.errors import InputError, MissingDependencyError, SourceError
 from tracker_sched.schema import ROLES, MetricMap, RunIssue, RunRecord, missing_roles_message
 from tracker_sched.sources.base import SourceResult
@@ -59,7 +61,6 @@ BULK_MAX_RUNS = 100
 BULK_MAX_POINTS = 25_000
 LOG_BATCH_MAX_METRICS = 1000  # MLflow's log_batch limit
 LOG_BATCH_MAX_PARAMS = 100
-TOTAL_STEPS_PARAMS = ("total_steps", "max_steps", "num_training_steps")
 PARENT_TAG = "mlflow.parentRunId"
 RUN_ID_TAG = "tracker_sched.run_id"
 _STATES = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running"}
@@ -100,26 +101,45 @@ def parse_param(value: str) -> JsonValue:
     return number if math.isfinite(number) else value
 
 
-def _total_steps(config: dict[str, JsonValue]) -> int | None:
-    for name in TOTAL_STEPS_PARAMS:
-        v = config.get(name)
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            continue
-        if v > 0 and float(v).is_integer():
-            return int(v)
-    return None
-
-
 def clean_history(points: list[Point]) -> tuple[list[int], list[float], int]:
     """Sort by step; where a step was logged more than once keep the last value logged.
 
-    Returns steps, values and how many duplicate points were dropped.
+    Returns steps, values and how many repeated points had another value than the
+    one kept (a repeat of the same value, such as HF Trainer's ``epoch`` in its
+    training and its eval log at one step, changes nothing and is not counted).
     """
     latest: dict[int, Point] = {}
     for p in sorted(points, key=lambda p: (p[0], p[1])):  # stable: server order breaks ties
         latest[p[0]] = p
     steps = sorted(latest)
-    return steps, [latest[s][2] for s in steps], len(points) - len(steps)
+    changed = sum(1 for p in points if not _same(p[2], latest[p[0]][2]))
+    return steps, [latest[s][2] for s in steps], changed
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def steps_from_timestamps(history: dict[str, list[Point]], loss_key: str | None
+                          ) -> dict[str, list[Point]] | None:
+    """Where a run logged without steps (MLflow then stores step 0 for every point),
+    place each point by time: step ``n`` is the ``n``-th train-loss point, and a point
+    of another metric gets the number of train-loss points logged at or before it.
+    None when the run has steps (or nothing to order)."""
+    if any(p[0] != 0 for pts in history.values() for p in pts):
+        return None
+    if all(len(pts) <= 1 for pts in history.values()):
+        return None
+    ref_key = loss_key if loss_key in history else max(history, key=lambda k: len(history[k]))
+    ref = sorted(p[1] for p in history[ref_key])
+    out: dict[str, list[Point]] = {}
+    for key, pts in history.items():
+        ordered = sorted(pts, key=lambda p: p[1])
+        if key == ref_key:
+            out[key] = [(i + 1, p[1], p[2]) for i, p in enumerate(ordered)]
+        else:
+            out[key] = [(bisect.bisect_right(ref, p[1]), p[1], p[2]) for p in ordered]
+    return out
 
 
 def _progress(total: int, enabled: bool | None, desc: str) -> Any:
@@ -498,13 +518,15 @@ class MlflowSource:
     def _record(self, run: Run, history: dict[str, list[Point]],
                 sweep_id: str) -> tuple[RunRecord, str]:
         config = {k: parse_param(v) for k, v in sorted(run.data.params.items())}
+        lengths = {k: len(v) for k, v in history.items()}
+        loss_key = self.metric_map.key_for("train_loss", history, lengths)
+        by_time = steps_from_timestamps(history, loss_key)
         metrics: dict[str, dict[str, list[Any]]] = {}
-        notes = []
-        for key, points in sorted(history.items()):
-            steps, values, dropped = clean_history(points)
+        changed: dict[str, int] = {}
+        for key, points in sorted((by_time or history).items()):
+            steps, values, n_changed = clean_history(points)
             metrics[key] = {"step": steps, "value": values}
-            if dropped:
-                notes.append(f"{key!r}: {dropped} point(s) at an already-logged step")
+            changed[key] = n_changed
         raw: dict[str, Any] = {
             "run_id": run.info.run_id,
             "source": "mlflow",
@@ -512,12 +534,23 @@ class MlflowSource:
             "name": run.info.run_name,
             "config": config,
             "state": _STATES.get(run.info.status, str(run.info.status).lower()),
-            "total_steps": _total_steps(config),
             "metrics": metrics,
         }
-        repaired = ("steps logged more than once, the last value logged kept: "
-                    + "; ".join(notes)) if notes else ""
-        return record_from_raw(raw, self.metric_map), repaired
+        if by_time is not None:  # a config budget counts steps, not these logging counts
+            raw["total_steps"] = None
+            raw["budget_source"] = "none: steps made from timestamps count no config unit"
+            raw["metric_keys"] = {"step": "timestamp"}
+        rec = record_from_raw(raw, self.metric_map)
+        notes = [f"{k!r}: {changed[k]} point(s) at an already-logged step"
+                 for k in sorted(set(rec.metric_keys.values())) if changed.get(k)]
+        repaired = ("steps logged more than once with different values, the last value "
+                    "logged kept: " + "; ".join(notes)) if notes else ""
+        if by_time is not None:
+            repaired = "; ".join(x for x in (
+                f"no steps logged (MLflow stored step 0 for every point): a step counts the "
+                f"{loss_key or 'longest series'}'s points in the order of their timestamps, and "
+                "the budget is the last of them", repaired) if x)
+        return rec, repaired
 
 
 def _param_value(value: JsonValue) -> str:
@@ -561,7 +594,9 @@ def log_sweep(
             PARENT_TAG: parent_id, RUN_ID_TAG: rec.run_id})
         cid = child.info.run_id
         config = {k: v for k, v in rec.config.items() if k != "_keys_seen"}
-        if rec.total_steps is not None and not any(k in config for k in TOTAL_STEPS_PARAMS):
+        stated = stated_budget(config)
+        if rec.total_steps is not None and "total_steps" not in config and (
+                stated is None or stated.steps != rec.total_steps):
             config["total_steps"] = rec.total_steps
         params = [Param(k, _param_value(v)) for k, v in config.items()]
         metrics: list[Metric] = []

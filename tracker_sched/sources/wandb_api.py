@@ -19,7 +19,6 @@ wandb is imported inside the functions that need it. See ``docs/wandb.md``.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from pydantic import JsonValue, ValidationError
@@ -28,16 +27,20 @@ from tracker_sched.errors import InputError, MissingDependencyError, SourceError
 from tracker_sched.schema import MetricMap, RunIssue, RunRecord, missing_roles_message
 from tracker_sched.sources.base import SourceResult
 from tracker_sched.sources.files import record_from_raw
-from tracker_sched.sources.wandb_offline import TOTAL_STEPS_KEYS
+from tracker_sched.sources.wandb_history import (
+    AUTO,
+    Metrics,
+    as_series,
+    choose_step_key,
+    missing_step_key,
+    repeat_note,
+    rows_to_metrics,
+)
 
 log = logging.getLogger(__name__)
 
 RUNS_PER_PAGE = 100
 HISTORY_PAGE_SIZE = 1000
-_NON_FINITE = {"NaN": math.nan, "nan": math.nan, "Infinity": math.inf, "inf": math.inf,
-               "-Infinity": -math.inf, "-inf": -math.inf}
-
-Metrics = dict[str, dict[int, float]]  # key -> step -> value
 
 
 def _wandb() -> Any:
@@ -57,25 +60,6 @@ def split_project(project: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def _number(value: Any) -> float | None:
-    """A history value as float; None for text, bools, lists, media. NaN stays NaN."""
-    if isinstance(value, str):
-        return _NON_FINITE.get(value)  # non-finite floats may come back as their names
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        return float(value)
-    except OverflowError:
-        return None
-
-
-def _step(value: Any) -> int | None:
-    number = _number(value)
-    if number is None or not math.isfinite(number) or number != int(number):
-        return None
-    return int(number)
-
-
 def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dict values as dotted keys, the way the offline source names them."""
     out: dict[str, Any] = {}
@@ -88,40 +72,21 @@ def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def history_metrics(rows: Any, step_key: str = "_step") -> tuple[Metrics, int]:
-    """Rows of ``scan_history`` -> per-key ``{step: value}``, and how many points repeated a step.
+def history_metrics(rows: Any, step_key: str = AUTO) -> tuple[Metrics, dict[str, int], str]:
+    """Rows of ``scan_history`` -> per-key ``{step: value}``, per key how many repeated steps
+    changed the value, and the step key used (:mod:`~tracker_sched.sources.wandb_history`).
 
     Each key keeps the steps at which it was logged, so a loss logged every step
-    and a validation metric logged every N steps both come out whole. Keys that
-    start with ``_`` (``_step``, ``_runtime``, ``_timestamp``) are W&B's own;
-    rows without ``step_key`` cannot be placed and are skipped. Where a step
-    repeats (possible with a custom ``step_key``) the last row wins.
+    and a validation metric logged every N steps both come out whole. A step key
+    no row has raises ValueError naming the keys logged.
     """
-    metrics: Metrics = {}
-    repeats = 0
-    for raw_row in rows:
-        row = _flatten(raw_row)
-        step = _step(row.get(step_key))
-        if step is None:
-            continue
-        for key, value in row.items():
-            if key == step_key or key.startswith("_"):
-                continue
-            number = _number(value)
-            if number is None:
-                continue
-            series = metrics.setdefault(key, {})
-            repeats += step in series
-            series[step] = number
-    return metrics, repeats
-
-
-def _total_steps(config: dict[str, Any]) -> int | None:
-    for key in TOTAL_STEPS_KEYS:
-        steps = _step(config.get(key))
-        if steps is not None and steps > 0:
-            return steps
-    return None
+    flat = [_flatten(row) for row in rows]
+    key = choose_step_key(flat, step_key)
+    missing = missing_step_key(flat, key)
+    if missing:
+        raise ValueError(missing)
+    metrics, conflicts = rows_to_metrics(flat, key)
+    return metrics, conflicts, key
 
 
 def _json_safe(value: Any) -> JsonValue:
@@ -145,8 +110,9 @@ class WandbApiSource:
             or ``{"state": "finished"}``.
         metric_map: which keys play which role (defaults know ``train/loss``,
             ``lr``, HF's ``train/learning_rate``...).
-        step_key: the history key used as the step (W&B's ``_step`` by default;
-            e.g. ``trainer/global_step``).
+        step_key: the history key used as the step; ``"auto"`` (default): the
+            framework step metric (``train/global_step``, ``trainer/global_step``)
+            where most rows have it, else W&B's ``_step``.
         api: a ``wandb.Api`` to use; None makes one from the environment
             (``WANDB_API_KEY`` or ``wandb login``, ``WANDB_BASE_URL``).
         progress: show a progress bar while histories are read.
@@ -164,7 +130,7 @@ class WandbApiSource:
         sweep: str | None = None,
         filters: dict[str, Any] | None = None,
         metric_map: MetricMap | None = None,
-        step_key: str = "_step",
+        step_key: str = AUTO,
         api: object | None = None,
         progress: bool = True,
     ) -> None:
@@ -239,45 +205,47 @@ class WandbApiSource:
             raise self._no_runs(api)
         from tqdm.auto import tqdm
 
-        histories: list[tuple[Any, Metrics, int]] = []
+        histories: list[tuple[Any, Metrics, dict[str, int], str]] = []
         issues: list[RunIssue] = []
         for run in tqdm(runs, desc="wandb histories", unit="run", disable=not self.progress,
                         leave=False):
             try:
                 rows = run.scan_history(keys=None, page_size=HISTORY_PAGE_SIZE)
-                metrics, repeats = history_metrics(rows, self.step_key)
+                metrics, repeats, step_key = history_metrics(rows, self.step_key)
+            except ValueError as exc:  # no row on the step key: named with the keys seen
+                issues.append(RunIssue(run_id=str(run.id), action="excluded", reason=str(exc)))
+                continue
             except Exception as exc:  # wandb's CommError and friends: this run only
                 log.warning("W&B run %s: history could not be read: %s", run.id, exc)
                 issues.append(RunIssue(run_id=str(run.id), action="excluded",
                                        reason=f"history could not be read: {_one_line(exc)}"))
                 continue
-            histories.append((run, metrics, repeats))
-        if histories and not any(self.metric_map.key_for("lr", m) for _, m, _ in histories):
-            seen = sorted({k for _, m, _ in histories for k in m})
+            histories.append((run, metrics, repeats, step_key))
+        if histories and not any(self.metric_map.key_for("lr", m) for _, m, _, _ in histories):
+            seen = sorted({k for _, m, _, _ in histories for k in m})
             raise InputError(f"no run of W&B {self.project} logged a learning rate: "
                              f"{missing_roles_message(['lr'], seen, self.metric_map)}")
         records: list[RunRecord] = []
-        for run, metrics, repeats in histories:
+        for run, metrics, repeats, step_key in histories:
             rid = str(run.id)
             try:
-                records.append(self._record(run, metrics))
+                rec = self._record(run, metrics, step_key)
             except (ValidationError, ValueError, TypeError) as exc:
                 issues.append(RunIssue(run_id=rid, action="excluded",
                                        reason="does not match the run schema: "
                                        + _one_line(exc)))
                 continue
-            if repeats:
-                issues.append(RunIssue(run_id=rid, action="repaired", reason=(
-                    f"{repeats} point(s) at an already-logged {self.step_key!r}; "
-                    "the last value logged kept")))
+            records.append(rec)
+            note = repeat_note(repeats, rec.metric_keys.values(), step_key)
+            if note:
+                issues.append(RunIssue(run_id=rid, action="repaired", reason=note))
         return SourceResult(runs=records, issues=issues)
 
-    def _record(self, run: Any, metrics: Metrics) -> RunRecord:
+    def _record(self, run: Any, metrics: Metrics, step_key: str) -> RunRecord:
         config: dict[str, Any] = {str(k): _json_safe(v) for k, v in dict(run.config).items()
                                   if not str(k).startswith("_")}
         summary = {str(k): _json_safe(v) for k, v in dict(run.summary).items()
                    if not str(k).startswith("_")}
-        total_steps = _total_steps(config)
         config["_wandb"] = {"entity": self.entity, "project": self.project_name,
                             "summary": summary}
         obj = {
@@ -287,11 +255,12 @@ class WandbApiSource:
             "name": run.name,
             "config": config,
             "state": str(run.state).lower(),
-            "total_steps": total_steps,
-            "metrics": {k: {"step": sorted(s), "value": [s[i] for i in sorted(s)]}
-                        for k, s in sorted(metrics.items())},
+            "metrics": as_series(metrics),
         }
-        return record_from_raw(obj, self.metric_map)
+        rec = record_from_raw(obj, self.metric_map)
+        if step_key != "_step":
+            rec = rec.model_copy(update={"metric_keys": {**rec.metric_keys, "step": step_key}})
+        return rec
 
 
 def _one_line(exc: BaseException) -> str:

@@ -27,7 +27,6 @@ unreadable.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 import zlib
@@ -42,12 +41,19 @@ from tracker_sched.errors import MissingDependencyError, SourceError
 from tracker_sched.schema import MetricMap, RunIssue, RunRecord
 from tracker_sched.sources.base import SourceResult
 from tracker_sched.sources.files import record_from_raw
+from tracker_sched.sources.wandb_history import (
+    AUTO,
+    as_series,
+    choose_step_key,
+    missing_step_key,
+    repeat_note,
+    rows_to_metrics,
+)
 
 FILE_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 BLOCK_LEN = 32 * 1024
 CHUNK_HEADER = struct.Struct("<IHB")  # crc32, length, type
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-TOTAL_STEPS_KEYS = ("total_steps", "max_steps", "num_training_steps")
 
 
 def _record_class() -> Any:
@@ -64,6 +70,10 @@ def _crc(ctype: int, data: bytes) -> int:
 
 class _NotALog(Exception):
     """The file does not start with a W&B transaction-log header."""
+
+
+class _NoStep(Exception):
+    """No history row has the step key."""
 
 
 @dataclass
@@ -187,7 +197,8 @@ class _RawRun:
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     exit_code: int | None = None
-    metrics: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    declared_steps: list[str] = field(default_factory=list)  # define_metric step metrics
 
 
 def _item_key(item: Any) -> list[str]:
@@ -220,42 +231,27 @@ def _apply_updates(target: dict[str, Any], updates: Any, removes: Any = ()) -> N
             node.pop(path[-1], None)
 
 
-def _number(value: Any) -> float | None:
-    """A metric value as float; None for what is not a number (text, bools, lists)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        return float(value)
-    except OverflowError:  # an int too large for a float
-        return None
-
-
-def _step(value: Any) -> int | None:
-    number = _number(value)
-    if number is None or not math.isfinite(number) or number != int(number):
-        return None
-    return int(number)
-
-
-def _add_history(raw: _RawRun, history: Any, step_key: str) -> None:
+def _add_row(raw: _RawRun, history: Any) -> None:
     row: dict[str, Any] = {}
     for item in history.item:
         row[".".join(_item_key(item))] = _loads(item.value_json)
-    step = _step(row.get(step_key))
-    if step is None and step_key == "_step" and history.HasField("step"):
-        step = int(history.step.num)
-    if step is None:
-        return  # a row without the step key cannot be placed; its metrics are skipped
-    for key, value in row.items():
-        number = _number(value)
-        if number is None or key == step_key or key.startswith("_"):
-            continue  # "_step", "_runtime", "_timestamp": wandb's own bookkeeping
-        steps, values = raw.metrics.setdefault(key, ([], []))
-        steps.append(step)
-        values.append(number)
+    if "_step" not in row and history.HasField("step"):
+        row["_step"] = int(history.step.num)
+    raw.rows.append(row)
 
 
-def _read_run(path: Path, step_key: str) -> tuple[_RawRun | None, _Scan, str | None]:
+def _declare(raw: _RawRun, metric: Any) -> None:
+    """A ``define_metric`` record: remember its step metric (``"*"`` ones first)."""
+    step = metric.step_metric
+    if not step or step in raw.declared_steps:
+        return
+    if metric.glob_name == "*":
+        raw.declared_steps.insert(0, step)
+    else:
+        raw.declared_steps.append(step)
+
+
+def _read_run(path: Path) -> tuple[_RawRun | None, _Scan, str | None]:
     """Parse one ``.wandb`` file. Returns (run or None, scan, reason it was excluded)."""
     record_cls = _record_class()
     from google.protobuf.message import DecodeError
@@ -273,7 +269,7 @@ def _read_run(path: Path, step_key: str) -> tuple[_RawRun | None, _Scan, str | N
                     scan.records -= 1
                     scan.bad(start, end, "record does not decode")
                     continue
-                _apply_record(raw, rec, step_key)
+                _apply_record(raw, rec)
     except _NotALog as exc:
         return None, scan, f"not a W&B transaction log: {exc}"
     except OSError as exc:
@@ -286,10 +282,12 @@ def _read_run(path: Path, step_key: str) -> tuple[_RawRun | None, _Scan, str | N
     return raw, scan, None
 
 
-def _apply_record(raw: _RawRun, rec: Any, step_key: str) -> None:
+def _apply_record(raw: _RawRun, rec: Any) -> None:
     kind = rec.WhichOneof("record_type")
     if kind == "history":
-        _add_history(raw, rec.history, step_key)
+        _add_row(raw, rec.history)
+    elif kind == "metric":
+        _declare(raw, rec.metric)
     elif kind == "run":
         run = rec.run
         raw.run_id = run.run_id or raw.run_id
@@ -307,15 +305,8 @@ def _apply_record(raw: _RawRun, rec: Any, step_key: str) -> None:
         raw.exit_code = int(rec.exit.exit_code)
 
 
-def _total_steps(config: dict[str, Any]) -> int | None:
-    for key in TOTAL_STEPS_KEYS:
-        steps = _step(config.get(key))
-        if steps is not None and steps > 0:
-            return steps
-    return None
-
-
-def _to_record(raw: _RawRun, metric_map: MetricMap) -> RunRecord:
+def _to_record(raw: _RawRun, metric_map: MetricMap, step_key: str) -> tuple[RunRecord, str]:
+    """The run as a RunRecord, and a repair note for steps logged twice ("" if none)."""
     config = {k: v for k, v in raw.config.items() if k != "_wandb"}
     summary = {k: v for k, v in raw.summary.items() if not k.startswith("_")}
     config["_wandb"] = {"entity": raw.entity, "project": raw.project,
@@ -323,6 +314,11 @@ def _to_record(raw: _RawRun, metric_map: MetricMap) -> RunRecord:
     # No exit record: the run was killed, or is still running.
     state = ("crashed" if raw.exit_code is None
              else "finished" if raw.exit_code == 0 else "failed")
+    key = choose_step_key(raw.rows, step_key, raw.declared_steps)
+    missing = missing_step_key(raw.rows, key)
+    if missing:
+        raise _NoStep(missing)
+    metrics, conflicts = rows_to_metrics(raw.rows, key)
     obj = {
         "run_id": raw.run_id,
         "source": "wandb",
@@ -330,10 +326,12 @@ def _to_record(raw: _RawRun, metric_map: MetricMap) -> RunRecord:
         "name": raw.name,
         "config": config,
         "state": state,
-        "total_steps": _total_steps(raw.config),
-        "metrics": {k: {"step": s, "value": v} for k, (s, v) in raw.metrics.items()},
+        "metrics": as_series(metrics),
     }
-    return record_from_raw(obj, metric_map)
+    rec = record_from_raw(obj, metric_map)
+    if key != "_step":
+        rec = rec.model_copy(update={"metric_keys": {**rec.metric_keys, "step": key}})
+    return rec, repeat_note(conflicts, rec.metric_keys.values(), key)
 
 
 def _damage_text(scan: _Scan) -> str:
@@ -362,9 +360,13 @@ def read_offline(
     path: str | os.PathLike[str],
     metric_map: MetricMap | None = None,
     *,
-    step_key: str = "_step",
+    step_key: str = AUTO,
 ) -> SourceResult:
     """Read every offline W&B run under ``path`` into RunRecords, sorted by run id.
+
+    ``step_key``: the history key used as the step; ``"auto"`` follows
+    :mod:`tracker_sched.sources.wandb_history` (the declared step metric, else
+    ``train/global_step``/``trainer/global_step``, else ``_step``).
 
     A run whose file is damaged keeps its intact records and gets a ``repaired``
     issue; a file with no records, or that is no transaction log, is excluded.
@@ -374,7 +376,7 @@ def read_offline(
     runs: list[RunRecord] = []
     issues: list[RunIssue] = []
     for log in find_logs(path):
-        raw, scan, excluded = _read_run(log, step_key)
+        raw, scan, excluded = _read_run(log)
         file_id = log.stem[4:] if log.stem.startswith("run-") else log.stem
         if raw is None:
             issues.append(RunIssue(run_id=file_id, action="excluded",
@@ -385,11 +387,20 @@ def read_offline(
                                    reason=f"{log.name}: {_damage_text(scan)}; kept the "
                                           f"{scan.records} intact records around the damage"))
         try:
-            runs.append(_to_record(raw, metric_map))
+            rec, repeats = _to_record(raw, metric_map, step_key)
+        except _NoStep as exc:
+            issues.append(RunIssue(run_id=raw.run_id, action="excluded",
+                                   reason=f"{log.name}: {exc}"))
+            continue
         except (ValidationError, ValueError, TypeError) as exc:
             msg = str(exc).replace("\n", " ")
             issues.append(RunIssue(run_id=raw.run_id, action="excluded",
                                    reason=f"{log.name}: does not match the run schema: {msg}"))
+            continue
+        runs.append(rec)
+        if repeats:
+            issues.append(RunIssue(run_id=rec.run_id, action="repaired",
+                                   reason=f"{log.name}: {repeats}"))
     runs.sort(key=lambda r: r.run_id)
     return SourceResult(runs=runs, issues=issues)
 
@@ -399,8 +410,9 @@ class WandbOfflineSource:
 
     ``path`` is a folder holding ``offline-run-*`` folders (or its ``wandb/``
     subfolder does), one ``offline-run-*`` folder, or one ``.wandb`` file.
-    ``step_key`` names the history key used as the step (wandb's ``_step`` by
-    default; e.g. ``trainer/global_step``). Rows without it are skipped.
+    ``step_key`` names the history key used as the step (``"auto"`` by default:
+    the run's ``define_metric`` step metric, else ``train/global_step`` or
+    ``trainer/global_step``, else wandb's ``_step``). Rows without it are skipped.
 
     >>> source = WandbOfflineSource("wandb/")  # doctest: +SKIP
     >>> result = source.read()  # doctest: +SKIP
@@ -413,7 +425,7 @@ class WandbOfflineSource:
         self,
         path: str | os.PathLike[str],
         metric_map: MetricMap | None = None,
-        step_key: str = "_step",
+        step_key: str = AUTO,
     ) -> None:
         self.path = Path(path)
         self.metric_map = metric_map
