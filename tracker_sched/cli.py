@@ -26,10 +26,9 @@ from tracker_sched.util.term import EscapingFilter, escape
 
 if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
     from tracker_sched.advising.serving import Observation
-    from tracker_sched.bundle.folder import BundleManifest
+    from tracker_sched.bundle.manifest import BundleManifest, FitReport
     from tracker_sched.data.preflight import Preflight
     from tracker_sched.fit.checks import ControlChecks
-    from tracker_sched.fit.report import FitReport
 
 SOURCES = ("files", "mlflow", "wandb", "wandb-offline")
 
@@ -532,7 +531,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from tracker_sched.demo.report import format_comparison
-    from tracker_sched.demo.run import DemoConfig, run_demo
+    from tracker_sched.demo.results import DemoConfig
+    from tracker_sched.demo.run import run_demo
 
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")

@@ -35,7 +35,7 @@ from tracker_sched.identity import config_id
 from tracker_sched.schema import Direction, MetricMap, RunRecord
 
 if TYPE_CHECKING:  # summary imports the bundle, which imports torch
-    from tracker_sched.bundle.folder import SweepSummary
+    from tracker_sched.data.summary import SweepSummary
 
 Kind = Literal["perturbed", "non_monotone", "hold_low"]
 KINDS: tuple[Kind, ...] = ("perturbed", "non_monotone", "hold_low")

@@ -17,12 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from tracker_sched.budget import BudgetSpec
-from tracker_sched.bundle.folder import (
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.bundle.manifest import (
     SCHEMA_VERSION,
-    Bundle,
     BundleManifest,
+    FitReport,
     MetricRoles,
-    SweepSummary,
     now_iso,
     package_versions,
 )
@@ -37,9 +37,9 @@ from tracker_sched.data.grid import (
     to_grid,
 )
 from tracker_sched.data.preflight import MIN_RUNS, Preflight, preflight
-from tracker_sched.data.summary import summarise
+from tracker_sched.data.summary import SweepSummary, summarise
 from tracker_sched.data.validation import CleanRun, ValidatedSweep
-from tracker_sched.fit.report import FitReport, cross_fit_report, forecast_report
+from tracker_sched.fit.report import cross_fit_report, forecast_report
 from tracker_sched.limits import MAX_GRID_POINTS, MAX_MEMBERS
 from tracker_sched.model.forecast import Forecaster
 from tracker_sched.model.latent import LatentODE, ModelConfig, path_length_penalty

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from tracker_sched.errors import BundleError, InputError, MissingDependencyError
 
 if TYPE_CHECKING:
-    from tracker_sched.fit.report import FitReport
+    from tracker_sched.bundle.manifest import FitReport
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,9 @@ def bundle_metadata(bundle_dir: Path, report: FitReport | None) -> dict[str, Any
     ``report`` is a :class:`~tracker_sched.fit.report.FitReport`; without one, the
     bundle's own manifest (``bundle.json``) supplies it.
     """
-    from tracker_sched.bundle.folder import MANIFEST, SCHEMA_VERSION, package_versions
-    from tracker_sched.fit.report import FitReport as Report
+    from tracker_sched.bundle.folder import MANIFEST
+    from tracker_sched.bundle.manifest import SCHEMA_VERSION, package_versions
+    from tracker_sched.bundle.manifest import FitReport as Report
 
     try:
         manifest = json.loads((bundle_dir / MANIFEST).read_text())
