@@ -29,7 +29,8 @@ from benchmarks.make_sweep import config_table, format_table, make_sweep, write_
 from tracker_sched.bundle.manifest import ForecastReport
 from tracker_sched.data.grid import SweepTensors, to_grid
 from tracker_sched.data.validation import validate_sweep
-from tracker_sched.fit.generative import FitConfig, fit_sweep
+from tracker_sched.fit.config import FitConfig
+from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.fit.report import forecast_report, format_forecast
 from tracker_sched.sources.files import read_sweep
 

@@ -35,7 +35,7 @@ from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.model.control import ControlODE, interp_input
 from tracker_sched.model.latent import ModelConfig
 from tracker_sched.planning.control import ControlPlanner, ControlPlannerConfig, make_planner
-from tracker_sched.planning.generative import LiveHistory
+from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import RunRecord, Series
 
 GRID, WINDOW = 40, 12

@@ -19,10 +19,10 @@ from tracker_sched.fit.generative import (
     FitResult,
     fit_sweep,
     holdout_loss,
-    prepare,
     report_windows,
     train_member,
 )
+from tracker_sched.fit.prepare import prepare
 from tracker_sched.fit.report import spearman
 from tracker_sched.model.forecast import Forecaster
 from tracker_sched.model.latent import LatentODE

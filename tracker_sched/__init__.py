@@ -29,12 +29,12 @@ _EXPORTS = {
     "MissingDependencyError": "tracker_sched.errors",
     "SourceError": "tracker_sched.errors",
     "TrackerSchedError": "tracker_sched.errors",
-    "FitConfig": "tracker_sched.fit.generative",
+    "FitConfig": "tracker_sched.fit.config",
     "FitResult": "tracker_sched.fit.generative",
     "fit_sweep": "tracker_sched.fit.generative",
     "ModelConfig": "tracker_sched.model.latent",
     "GenerativePlanner": "tracker_sched.planning.generative",
-    "LiveHistory": "tracker_sched.planning.generative",
+    "LiveHistory": "tracker_sched.planning.history",
     "PlannerConfig": "tracker_sched.planning.generative",
     "FitReport": "tracker_sched.bundle.manifest",
     "MetricMap": "tracker_sched.schema",
@@ -68,10 +68,12 @@ if TYPE_CHECKING:
         SourceError,
         TrackerSchedError,
     )
-    from tracker_sched.fit.generative import FitConfig, FitResult, fit_sweep
+    from tracker_sched.fit.config import FitConfig
+    from tracker_sched.fit.generative import FitResult, fit_sweep
     from tracker_sched.integrations.pytorch.scheduler import AdvisorLR
     from tracker_sched.model.latent import ModelConfig
-    from tracker_sched.planning.generative import GenerativePlanner, LiveHistory, PlannerConfig
+    from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
+    from tracker_sched.planning.history import LiveHistory
     from tracker_sched.schema import (
         MetricMap,
         Recommendation,

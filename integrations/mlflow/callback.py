@@ -40,10 +40,12 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
+from tracker_sched._optional import require
+from tracker_sched.advising.following import AdvisorLike
 from tracker_sched.bundle.folder import Bundle
-from tracker_sched.errors import InputError, MissingDependencyError
+from tracker_sched.errors import InputError
 from tracker_sched.schema import ROLES, MetricMap, Recommendation
 from tracker_sched.util.redact import redact_text
 
@@ -62,25 +64,8 @@ PLAN_ARTIFACT = "tracker_sched/plan-step{step}.json"
 TAG_MAX_CHARS = 5000  # MLflow's tag value limit is 8,000 on recent servers, 5,000 on older
 
 
-@runtime_checkable
-class AdvisorLike(Protocol):
-    """What the callback needs: :class:`~tracker_sched.advising.advisor.Advisor` or a remote one."""
-
-    @property
-    def plan(self) -> Recommendation: ...
-
-    def observe(self, step: int, *, train_loss: float | None = None,
-                val_metric: float | None = None, lr: float | None = None) -> Recommendation: ...
-
-    def lr(self, step: int) -> float: ...
-
-
 def require_mlflow() -> Any:
-    try:
-        import mlflow
-    except ImportError as exc:
-        raise MissingDependencyError("mlflow", "mlflow") from exc
-    return mlflow
+    return require("mlflow")
 
 
 def role_keys(bundle: Bundle | None) -> dict[str, str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracker_sched.errors import InputError
-from tracker_sched.fit.generative import FitConfig
+from tracker_sched.fit.config import FitConfig
 from tracker_sched.model.latent import ModelConfig
 
 FIRST_COMPARE_SEED = 100

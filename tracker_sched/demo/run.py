@@ -29,9 +29,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tracker_sched._optional import require
 from tracker_sched.demo.report import write_plots
 from tracker_sched.demo.results import ArmRun, DemoConfig, DemoResult
-from tracker_sched.errors import InputError, MissingDependencyError
+from tracker_sched.errors import InputError
 from tracker_sched.util.workers import spawn_pool
 
 if TYPE_CHECKING:
@@ -66,13 +67,6 @@ def check_folder(folder: Path) -> None:
             f"--dir {folder} is not empty and was not written by a previous demo (no {MARKER}); "
             "pass a new or empty folder, e.g. --dir tracker-sched-demo"
         )
-
-
-def _need(module: str, extra: str) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise MissingDependencyError(module, extra)
 
 
 @contextmanager
@@ -324,7 +318,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, say: Say | None = None) 
     say = say or log.info
     check_folder(cfg.folder)
     for module in ("mlflow", "matplotlib", "mnist1d"):
-        _need(module, "demo")
+        require(module, "demo")  # all three before the first minute of training
     from mlflow.tracking import MlflowClient
 
     cfg.folder.mkdir(parents=True, exist_ok=True)

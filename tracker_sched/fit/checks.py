@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from tracker_sched.data.grid import LOG_LR, VAL_METRIC, Normalisation, context_batch
-from tracker_sched.fit.generative import PreparedSweep
+from tracker_sched.fit.prepare import PreparedSweep
 from tracker_sched.fit.report import spearman
 from tracker_sched.identity import config_id
 from tracker_sched.model.control import ControlEnsemble

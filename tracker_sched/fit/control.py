@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -24,12 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tracker_sched.budget import BudgetSpec
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.bundle.manifest import (
-    SCHEMA_VERSION,
-    BundleManifest,
     FitReport,
-    MetricRoles,
-    now_iso,
-    package_versions,
 )
 from tracker_sched.data.grid import (
     LOG_LR,
@@ -40,7 +34,9 @@ from tracker_sched.data.grid import (
 from tracker_sched.data.preflight import Preflight
 from tracker_sched.errors import InputError
 from tracker_sched.fit.checks import ResponseCheckConfig, run_checks
-from tracker_sched.fit.generative import FitConfig, PreparedSweep, prepare, run_counts
+from tracker_sched.fit.config import FitConfig
+from tracker_sched.fit.prepare import PreparedSweep, assemble_bundle, prepare, run_counts
+from tracker_sched.fit.training import WindowSampler, masked_mse, optimizer, update
 from tracker_sched.limits import MAX_GRID_POINTS, MAX_MEMBERS
 from tracker_sched.model.control import (
     KIND,
@@ -83,12 +79,6 @@ class ControlFitConfig(BaseModel):
     checks: ResponseCheckConfig = Field(default_factory=ResponseCheckConfig)
 
 
-def _masked_mse(pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
-                weights: torch.Tensor) -> torch.Tensor:
-    w = m.to(pred.dtype) * weights
-    return ((pred - y) ** 2 * w).sum() / w.sum().clamp_min(1.0)
-
-
 def train_control_member(
     data: SweepTensors, config: ControlFitConfig, seed: int
 ) -> tuple[ControlODE, dict[str, float | int]]:
@@ -96,42 +86,24 @@ def train_control_member(
     t0 = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     model = ControlODE(config.model, generator=gen)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                            weight_decay=config.weight_decay)
     total = config.iterations
-    warm = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, total)
-                                                                      / total)))
+    opt, sched = optimizer(model, config.learning_rate, config.weight_decay, total)
     weights = torch.tensor(config.channel_weights, dtype=torch.float32)
-    g = data.grid_points
-    dt = 1.0 / (g - 1)
-    n = int(data.values.shape[0])
-    observed = data.mask.any(dim=2)
-    last_obs = torch.where(observed, torch.arange(g)[None, :],
-                           torch.zeros_like(observed, dtype=torch.long)).max(dim=1).values
-    min_end = max(1, round(config.min_end_tau * (g - 1)))
-    lo = max(2, round(config.window * config.window_range[0]))
-    hi = max(lo, round(config.window * config.window_range[1]))
+    dt = 1.0 / (data.grid_points - 1)
+    sampler = WindowSampler(data, window=config.window, window_range=config.window_range,
+                            min_end_tau=config.min_end_tau, batch_size=config.batch_size,
+                            generator=gen)
     idx = list(OUTPUTS)
     losses: list[float] = []
     for _ in range(total):
-        run_idx = torch.randint(n, (config.batch_size,), generator=gen)
-        top = torch.maximum(last_obs[run_idx], torch.full_like(run_idx, min_end))
-        r = torch.rand(config.batch_size, generator=gen)
-        end_idx = torch.minimum(min_end + (r * (top - min_end + 1)).long(), top)
-        length = torch.randint(lo, hi + 1, (config.batch_size,), generator=gen)
-        horizon = g - int(end_idx.min())
+        win = sampler.sample()
+        run_idx, end_idx, length, horizon = win.run_idx, win.end_idx, win.length, win.horizon
         offsets = torch.arange(horizon, dtype=torch.float32) * dt
         x, lengths = context_batch(data, run_idx, end_idx, length, config.model.encoder_direction)
         y, m = target_batch(data, run_idx, end_idx, horizon)
         pred, _ = model.forward_input(x, lengths, offsets, y[..., LOG_LR], dt)
-        loss = _masked_mse(pred, y[..., idx], m[..., idx], weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss = masked_mse(pred, y[..., idx], m[..., idx], weights)
+        update(model, opt, sched, loss)
         losses.append(float(loss.detach()))
     model.eval()
     tail = losses[-max(1, total // 10):]
@@ -218,17 +190,8 @@ def fit_control(
         note=f"control mode: bootstrap ensemble of {len(models)} (fit {fit_s:.1f} s); no "
         "held-out forecast table, see the control checks", **run_counts(prep),
     )
-    keys = {role: prep.runs[0].record.metric_keys.get(role) for role in ("train_loss", "lr")}
-    manifest = BundleManifest(
-        schema_version=SCHEMA_VERSION, kind=KIND, created_at=now_iso(), members=len(models),
-        model=config.model, fit=config.model_dump(mode="json", exclude={"model"}),
-        grid_points=config.grid_points, window=config.window, normalisation=prep.norm,
-        metrics=MetricRoles(train_loss=keys["train_loss"], lr=keys["lr"],
-                            val_metric=prep.val_key, direction=prep.direction),
-        sweep=prep.summary, report=report,
-        versions=package_versions(), control=checks.model_dump(mode="json"),
-    )
-    return Bundle(manifest, list(models))
+    return assemble_bundle(prep, config, config.model, models, report, kind=KIND,
+                           control=checks.model_dump(mode="json"))
 
 
 def recheck(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -33,7 +33,14 @@ from tracker_sched.data.grid import (
     Normalisation,
 )
 from tracker_sched.errors import InputError
-from tracker_sched.model.latent import LatentODE, ModelConfig, last_observation
+from tracker_sched.model.latent import (
+    FieldMLP,
+    LatentODE,
+    ModelConfig,
+    StackedMLP,
+    last_observation,
+    solver_kwargs,
+)
 
 KIND: Literal["control_ode"] = "control_ode"
 OUTPUTS = (TRAIN_LOSS, VAL_METRIC)  # decoded channels, in dataset channel indices
@@ -60,10 +67,7 @@ class ControlField(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, dim),
-        )
+        self.net = FieldMLP(dim + 1, hidden, dim)
         self.log_scale = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -90,7 +94,7 @@ class ControlODE(LatentODE):
             out: torch.Tensor = field(h, interp_input(u, t, dt))
             return out
 
-        hs: torch.Tensor = odeint(f, h0, offsets, **_solver_kw(self.config, dt))
+        hs: torch.Tensor = odeint(f, h0, offsets, **solver_kwargs(self.config, dt))
         return hs.transpose(0, 1)
 
     def forward_input(
@@ -110,19 +114,6 @@ class ControlODE(LatentODE):
         return pred, h
 
 
-def _linear(module: nn.Module) -> nn.Linear:
-    assert isinstance(module, nn.Linear)
-    return module
-
-
-def _solver_kw(cfg: ModelConfig, dt: float) -> dict[str, Any]:
-    """Fixed solvers step ``step_points`` grid intervals; the same grid in fit and plan."""
-    if cfg.solver in ("rk4", "euler", "midpoint"):
-        return {"method": cfg.solver, "options": {"step_size": dt * cfg.step_points,
-                                                  "interp": "linear"}}
-    return {"method": cfg.solver, "rtol": cfg.rtol, "atol": cfg.atol}
-
-
 class ControlEnsemble:
     """Every member of a control bundle as one batched model: encode, solve, read the end.
 
@@ -140,9 +131,7 @@ class ControlEnsemble:
         self.grid_points = grid_points
         self.dt = 1.0 / (grid_points - 1)
         fields = [m.field for m in ms if isinstance(m.field, ControlField)]
-        layers = [[_linear(f.net[i]) for f in fields] for i in (0, 2, 4)]
-        self.w = [torch.stack([lin.weight.detach().T for lin in layer]) for layer in layers]
-        self.b = [torch.stack([lin.bias.detach() for lin in layer])[:, None, :] for layer in layers]
+        self.mlp = StackedMLP([f.net for f in fields])
         self.scale = torch.stack(
             [torch.exp(f.log_scale.detach()) for f in fields]
         )[:, None, None]
@@ -170,19 +159,16 @@ class ControlEnsemble:
         or B.
         """
         k = int(u.shape[-1])
-        w, b = self.w, self.b
 
         def f(t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
             ut = interp_input(u, t, self.dt)[None, :, None].expand(h.shape[0], -1, 1)
-            z = nn.functional.silu(torch.baddbmm(b[0], torch.cat([h, ut], -1), w[0]))
-            z = nn.functional.silu(torch.baddbmm(b[1], z, w[1]))
-            return self.scale * torch.tanh(torch.baddbmm(b[2], z, w[2]))
+            return self.scale * torch.tanh(self.mlp(torch.cat([h, ut], -1)))
 
         cfg = self.models[0].config
         t_end = (k - 1) * self.dt
         offsets = torch.tensor([0.0, t_end]) if k > 1 else torch.tensor([0.0])
         if k > 1:
-            hs = odeint(f, h0, offsets, **_solver_kw(cfg, self.dt))
+            hs = odeint(f, h0, offsets, **solver_kwargs(cfg, self.dt))
             h_end = hs[-1]
         else:
             h_end = h0

@@ -28,7 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tracker_sched.errors import BundleError, InputError, MissingDependencyError
+from tracker_sched._optional import require
+from tracker_sched.errors import BundleError, InputError
 
 if TYPE_CHECKING:
     from tracker_sched.bundle.manifest import FitReport
@@ -42,11 +43,7 @@ _ALIAS = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 def _wandb() -> Any:
-    try:
-        import wandb
-    except ImportError as exc:
-        raise MissingDependencyError("wandb", "wandb") from exc
-    return wandb
+    return require("wandb")
 
 
 def bundle_metadata(bundle_dir: Path, report: FitReport | None) -> dict[str, Any]:
