@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracker_sched.bundle import BundleManifest
-from tracker_sched.confounding import confounding
+from tracker_sched.bundle.manifest import BundleManifest
+from tracker_sched.design.confounding import confounding
 from tracker_sched.schema import RunRecord
 
 

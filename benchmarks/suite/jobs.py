@@ -83,8 +83,8 @@ def execute(job: Job) -> dict[str, Any]:
     if job.kind == "run":
         out = task.train(job.family, job.peak, job.seed, smoke=job.smoke)
     else:
-        from tracker_sched.advisor import Advisor
-        from tracker_sched.bundle import Bundle
+        from tracker_sched.advising.advisor import Advisor
+        from tracker_sched.bundle.folder import Bundle
 
         assert job.bundle is not None
         bundle = _BUNDLES.get(job.bundle)

@@ -61,8 +61,8 @@ def dense_peaks(peaks: tuple[float, ...], factor: int = DENSE) -> list[float]:
 
 
 def _fit_configs(smoke: bool) -> tuple[Any, Any]:
-    from tracker_sched.control import ControlFitConfig
-    from tracker_sched.fit import FitConfig
+    from tracker_sched.fit.config import FitConfig
+    from tracker_sched.fit.control import ControlFitConfig
 
     if not smoke:
         return FitConfig(), ControlFitConfig()
@@ -72,17 +72,17 @@ def _fit_configs(smoke: bool) -> tuple[Any, Any]:
 
 
 def _fit(runs: list[RunRecord], folder: Path, kind: str, settings: Settings) -> Any:
-    from tracker_sched.bundle import Bundle
+    from tracker_sched.bundle.folder import Bundle
 
     if not (folder / "bundle.json").exists():
         gen_cfg, ctl_cfg = _fit_configs(settings.smoke)
         t0 = time.perf_counter()
         if kind == "generative":
-            from tracker_sched.fit import fit_sweep
+            from tracker_sched.fit.generative import fit_sweep
 
             fit_sweep(runs, gen_cfg, workers=settings.workers, progress=False).bundle.save(folder)
         else:
-            from tracker_sched.control import fit_control
+            from tracker_sched.fit.control import fit_control
 
             fit_control(runs, ctl_cfg, workers=settings.workers).save(folder)
         print(f"  {kind} fit: {time.perf_counter() - t0:.0f} s -> {folder}", flush=True)

@@ -1,7 +1,7 @@
 """Log a task's sweep to a real tracker and read it back through tracker_sched's sources.
 
 MLflow: one sqlite store per task (``runs/suite/<task>/mlflow.db``), the sweep's
-runs as children of one parent run (``tracker_sched.sources.mlflow_source.log_sweep``),
+runs as children of one parent run (``tracker_sched.sources.mlflow_log.log_sweep``),
 read back by ``MlflowSource``. W&B: one offline run per sweep run, written by the
 wandb SDK itself (``wandb.init(mode="offline")``, a ``run.log`` per log point with
 the keys W&B users log: ``train/loss``, ``lr``, ``val/acc`` or ``val/loss``), read
@@ -91,7 +91,8 @@ def log_and_read(runs: Sequence[RunRecord], tracker: str, folder: Path,
     marker = folder / "tracker.json"
     info = json.loads(marker.read_text()) if marker.exists() else None
     if tracker == "mlflow":
-        from tracker_sched.sources.mlflow_source import MlflowSource, log_sweep
+        from tracker_sched.sources.mlflow_log import log_sweep
+        from tracker_sched.sources.mlflow_source import MlflowSource
 
         uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
         if info is None:
