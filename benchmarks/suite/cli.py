@@ -8,7 +8,7 @@ writes ``benchmarks/results/suite.json`` (that block's section; other tasks
 and the other block are kept), one plot per task
 (``suite_<task>_<block>.png``) and prints the table. Cached under
 ``runs/suite/<task>/``: a second call trains nothing it has trained before.
-``--smoke``: every task's budget cut to a few dozen steps, tiny fits, separate
+``--smoke``: a few dozen steps per run, 2 families x 3 peaks, tiny fits, separate
 caches; for the test, not for numbers.
 """
 

@@ -44,6 +44,13 @@ class Settings:
     smoke: bool = False
 
 
+def sweep_grid(task: Task, smoke: bool) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The sweep's families and peaks; ``--smoke`` keeps 2 families and 3 peaks."""
+    if smoke:
+        return task.families[:2], task.peaks[:3]
+    return task.families, task.peaks
+
+
 def block_seeds(block: str, n: int) -> list[int]:
     """The seeds of a block: design 100.., confirm 200.. (disjoint for n <= 100)."""
     if not 1 <= n <= MAX_SEEDS:
@@ -114,8 +121,9 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
     print(f"== {task.name}: {task.about}", flush=True)
 
     # 1. the sweep, trained, logged to the tracker, read back
+    families, peaks = sweep_grid(task, smoke)
     sweep_jobs = [Job(task.name, "run", f, p, s, smoke, keep_record=True)
-                  for f in task.families for p in task.peaks for s in SWEEP_SEEDS]
+                  for f in families for p in peaks for s in SWEEP_SEEDS]
     run_jobs(sweep_jobs, cache, w, "sweep")
     trained = [RunRecord.model_validate(cache.done[j.key]["record"]) for j in sweep_jobs]
     t0 = time.perf_counter()
@@ -146,7 +154,7 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
 
     # 4. the arms on the block's seeds
     fixed = {"a": (a_fam, a_peak), "a'": (r_fam, r_peak), "q": (q_point.family, q_point.peak)}
-    dense = [(f, p) for f in task.families for p in dense_peaks(task.peaks)]
+    dense = [(f, p) for f in families for p in dense_peaks(peaks)]
     advised = {"g": ("generative", root / "bundle_generative", gen),
                "c": ("control", root / "bundle_control", ctl)}
 
@@ -209,7 +217,7 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
     return {
         "about": task.about, "tracker": task.tracker, "direction": task.direction,
         "unit": task.unit, "steps": task.smoke_steps if smoke else task.steps,
-        "families": list(task.families), "peaks": list(task.peaks), "seeds": seeds,
+        "families": list(families), "peaks": list(peaks), "seeds": seeds,
         "sweep": {"runs": len(runs), "seeds": list(SWEEP_SEEDS),
                   "issues": [i.model_dump(mode="json") for i in read.issues],
                   "finals": {f"{f} {p:g}": v for (f, p), v in sorted(table.items())},
