@@ -51,3 +51,17 @@ def tiny_fit() -> Iterator[FitResult]:
 
     fixture = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
     yield fit_sweep(read_sweep(fixture).runs, tiny_config(), workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def stop_fit() -> Iterator[tuple[FitResult, object]]:
+    """A 2-member cross-fitted tiny ensemble of a 30-run synthetic sweep (200 steps) and the
+    sweep (tests.synthetic.SyntheticSweep), once per session: the stop-decision tests
+    (tests/test_stopping.py, tests/optuna, tests/ray, the callbacks) share it."""
+    from tests.synthetic import make_sweep
+    from tests.tiny import tiny_config
+    from tracker_sched.fit import fit_sweep
+
+    sweep = make_sweep(total_steps=200)
+    yield fit_sweep(sweep.runs, tiny_config(ensemble=2, max_iterations=60), workers=1,
+                    progress=False), sweep

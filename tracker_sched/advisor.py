@@ -21,6 +21,8 @@ from tracker_sched.following import PlanFollower
 from tracker_sched.planner import LiveHistory, PlannerConfig
 from tracker_sched.schema import Recommendation, Schedule
 from tracker_sched.serving import whole_steps, window_ready
+from tracker_sched.stop_odds import StopDecision, StopRule
+from tracker_sched.stopping import Stopper
 
 log = logging.getLogger("tracker_sched.advisor")
 
@@ -76,6 +78,7 @@ class Advisor(PlanFollower):
         self._accepted: deque[int] = deque(maxlen=4096)
         self._behind: list[tuple[int, dict[str, float]]] = []  # see _take_behind
         self._undo: tuple[int, Recommendation, int] | None = None  # (made at, before, replans)
+        self._stopper: Stopper | None = None
         sweep = bundle.manifest.sweep
         steps = [round(t * self.total_steps) for t in sweep.warmup_tau]
         self._plan = Recommendation(
@@ -124,6 +127,27 @@ class Advisor(PlanFollower):
         """The lr to use at ``step`` (log-linear between planned points). Never raises."""
         out = self._scheduled_lr(step)
         return self._plan.lr_now if out is None else out
+
+    def stop_decision(self, incumbent: float | None, *,
+                      rule: StopRule | None = None) -> StopDecision:
+        """Should the run stop now? The odds that its final validation metric beats
+        ``incumbent`` (the best finished run's, or a target; as logged), from what it has
+        observed (:mod:`tracker_sched.stopping`). Never raises: a failure is "do not stop".
+
+        Args:
+            incumbent: the value to beat; None: nothing to beat yet (never stops).
+            rule: threshold, grace period, patience (default :class:`StopRule`); a new rule
+                starts a new count of decisions below the threshold.
+        """
+        try:
+            if self._stopper is None or (rule is not None and rule != self._stopper.rule):
+                self._stopper = Stopper(self.bundle, self.total_steps, rule)
+            step = self._accepted[-1] if self._accepted else 0
+            return self._stopper.decide(self._history(), step, incumbent)
+        except Exception as exc:  # the training loop must never die because of us
+            self._warn_once(f"stop decision failed: {type(exc).__name__}: {exc}")
+            return StopDecision(incumbent=None, reason=f"stop decision failed, not stopping: "
+                                f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ internals
     def _valid_step(self, step: object) -> int | None:

@@ -48,6 +48,7 @@ from tracker_sched.forecast import Forecaster
 from tracker_sched.model import LatentODE, ModelConfig
 from tracker_sched.redact import redact_config
 from tracker_sched.report import FitReport
+from tracker_sched.stop_odds import StopCalibration
 
 SCHEMA_VERSION = 1
 MANIFEST = "bundle.json"
@@ -169,6 +170,11 @@ class BundleManifest(BaseModel):
         default=None,
         description="control_ode only: the fit's lr-response and counterfactual-ranking "
         "checks (tracker_sched.control.ControlChecks as JSON), read by the control planner",
+    )
+    stopping: StopCalibration | None = Field(
+        default=None,
+        description="how the forecast of the final metric becomes stop odds "
+        "(tracker_sched.stop_calibration); None in bundles written before stop decisions",
     )
     redacted: list[str] = Field(
         default_factory=list,

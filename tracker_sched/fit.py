@@ -42,6 +42,7 @@ from tracker_sched.model import LatentODE, ModelConfig, path_length_penalty
 from tracker_sched.preflight import MIN_RUNS, Preflight, preflight
 from tracker_sched.report import FitReport, cross_fit_report, forecast_report
 from tracker_sched.schema import Direction, MetricMap, RunIssue, RunRecord
+from tracker_sched.stop_calibration import calibrate_prepared
 from tracker_sched.summary import summarise
 from tracker_sched.validation import CleanRun, ValidatedSweep
 from tracker_sched.workers import spawn_pool
@@ -452,6 +453,7 @@ def fit_sweep(
         holdout_idx = prep.holdout_idx
     else:
         holdout_idx = prep.holdout_idx
+    stopping = calibrate_prepared(models, prep, config)
     report = FitReport(
         runs_total=len(records),
         runs_used=len(prep.runs),
@@ -470,6 +472,7 @@ def fit_sweep(
             for h in hists
         ],
         holdout=forecast,
+        stop_reliability=stopping.reliability if stopping is not None else [],
         **run_counts(prep),
     )
     keys = {role: prep.runs[0].record.metric_keys.get(role) for role in ("train_loss", "lr")}
@@ -489,5 +492,6 @@ def fit_sweep(
         sweep=prep.summary,
         report=report,
         versions=package_versions(),
+        stopping=stopping,
     )
     return FitResult(bundle=Bundle(manifest, models), report=report, prepared=prep)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tracker_sched.dataset import CHANNELS, N_CHANNELS, VAL_METRIC, Normalisation, SweepTensors
 from tracker_sched.forecast import Forecaster
 from tracker_sched.schema import RunIssue
+from tracker_sched.stop_odds import ReliabilityRow
 
 METHODS = ("model", "nearest", "last")
 
@@ -94,6 +95,9 @@ class FitReport(BaseModel):
                                       "end of their budget")
     configurations: str | None = Field(default=None, description='e.g. "9 configurations x 2 '
                                        'seeds" (tracker_sched.identity)')
+    stop_reliability: list[ReliabilityRow] = Field(
+        default_factory=list, description="stop odds: predicted probability against observed "
+        "frequency (tracker_sched.stop_calibration); empty without a calibration")
     note: str = (
         "Held-out runs also drive early stopping (checkpoint choice only). With cross-fit, "
         "each run is forecast by the one member that never trained on it, so the report "
