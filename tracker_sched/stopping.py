@@ -38,14 +38,16 @@ class FinalForecast:
     spread: float
 
 
-def forecast_final(bundle: Bundle, history: LiveHistory, step: int,
-                   total_steps: int) -> FinalForecast:
+def forecast_final(bundle: Bundle, history: LiveHistory, step: int, total_steps: int, *,
+                   planner: GenerativePlanner | None = None) -> FinalForecast:
     """Forecast the final validation metric of a live run (every member, one batched solve).
+
+    ``planner``: one built on ``bundle`` to reuse (only its resampling of the run is used).
 
     Raises:
         InputError: the step is outside the budget, or no grid point has all three channels.
     """
-    planner = GenerativePlanner(bundle)  # only its resampling of the live run is used
+    planner = planner or GenerativePlanner(bundle)
     live, end = planner.live_window(history, step, total_steps)
     m = bundle.manifest
     finals = member_finals(bundle.models, m.normalisation, live, np.zeros(1, dtype=np.int64),
@@ -75,6 +77,7 @@ class Stopper:
         self._below_before_last = 0
         self._last_step: int | None = None
         self._warned: set[str] = set()
+        self._planner: GenerativePlanner | None = None
         self.last: StopDecision = StopDecision(reason="no decision asked for yet")
 
     def decide(self, history: LiveHistory, step: int, incumbent: float | None) -> StopDecision:
@@ -113,7 +116,8 @@ class Stopper:
         if not firsts or not window_ready(self.bundle, at, self.total_steps, min(firsts)):
             return StopDecision(incumbent=incumbent, tau=tau_now,
                                 reason="the context window is not full yet")
-        fc = forecast_final(self.bundle, history, at, self.total_steps)
+        self._planner = self._planner or GenerativePlanner(self.bundle)
+        fc = forecast_final(self.bundle, history, at, self.total_steps, planner=self._planner)
         shown = float(cal.from_transformed(fc.mean + cal.bucket(fc.tau).bias))
         if incumbent is None:
             return StopDecision(predicted_final=shown, predicted_spread=fc.spread, tau=fc.tau,
