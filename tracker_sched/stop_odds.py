@@ -22,7 +22,8 @@ the serving layer can read and send decisions.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -208,5 +209,46 @@ def judge(
         "decisions in a row: this run is unlikely to beat the incumbent"})
 
 
+Incumbent: TypeAlias = "float | Callable[[], float | None] | None"
+
+
+class StopWatch:
+    """The opt-in stop of a callback: asks its advisor for a decision when the run logs a
+    validation metric, and latches the first stop. Never raises.
+
+    Args:
+        rule: threshold, grace period, patience.
+        incumbent: the value to beat (as logged), or a function returning it (e.g. the best
+            finished run of the sweep so far, read when asked), or None (never stops).
+    """
+
+    def __init__(self, rule: StopRule | None = None, incumbent: Incumbent = None) -> None:
+        self.rule = rule or StopRule()
+        self.incumbent = incumbent
+        self.decision: StopDecision | None = None  # the latest
+        self.should_stop = False
+        self.stopped_at: int | None = None
+        self.error: str | None = None
+
+    def check(self, advisor: Any, step: int) -> StopDecision | None:
+        """Ask ``advisor.stop_decision``; returns the decision the first time it says stop,
+        else None (also on any failure, kept in :attr:`error`)."""
+        if self.should_stop:
+            return None
+        try:
+            target = self.incumbent() if callable(self.incumbent) else self.incumbent
+            decision = advisor.stop_decision(target, rule=self.rule)
+        except Exception as exc:  # a training loop never dies because of us
+            self.error = f"stop decision failed: {type(exc).__name__}: {exc}"
+            return None
+        if not isinstance(decision, StopDecision):
+            return None
+        self.decision = decision
+        if decision.stop:
+            self.should_stop, self.stopped_at = True, int(step)
+            return decision
+        return None
+
+
 __all__ = ["ReliabilityRow", "StopBucket", "StopCalibration", "StopDecision", "StopRequest",
-           "StopRule", "judge", "normal_cdf"]
+           "StopRule", "StopWatch", "judge", "normal_cdf"]
