@@ -129,6 +129,8 @@ class StopRule(BaseModel):
         threshold: stop once ``p_beat`` stays below it (``patience`` decisions in a row).
         grace: no stop before this fraction of the budget (on top of the window rule).
         patience: consecutive decisions below the threshold needed to stop.
+        margin: a run that ends within ``margin`` of the incumbent (metric units, as
+            logged) counts as beating it: stop only runs unlikely to come that close.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -136,6 +138,11 @@ class StopRule(BaseModel):
     threshold: float = Field(default=0.05, gt=0, lt=1)
     grace: float = Field(default=0.0, ge=0, lt=1)
     patience: int = Field(default=2, ge=1)
+    margin: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+    def bar(self, incumbent: float, direction: Literal["max", "min"]) -> float:
+        """The value a run must beat: the incumbent, loosened by ``margin``."""
+        return incumbent - self.margin if direction == "max" else incumbent + self.margin
 
 
 class StopRequest(BaseModel):

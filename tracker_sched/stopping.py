@@ -122,7 +122,8 @@ class Stopper:
         if incumbent is None:
             return StopDecision(predicted_final=shown, predicted_spread=fc.spread, tau=fc.tau,
                                 reason="no incumbent yet (no finished run to beat)")
-        p = cal.p_beat(fc.tau, fc.mean, fc.spread, cal.to_transformed(float(incumbent)))
+        bar = self.rule.bar(float(incumbent), cal.direction)
+        p = cal.p_beat(fc.tau, fc.mean, fc.spread, cal.to_transformed(bar))
         if at == self._last_step:
             before = self._below_before_last  # the same step again: do not count twice
         else:
