@@ -33,6 +33,7 @@ from benchmarks.early_stopping.sweeps import (
     mnist_sweeps,
     tasks,
 )
+from tracker_sched.bundle import Bundle
 from tracker_sched.stop_odds import StopRule
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -81,11 +82,26 @@ def baseline_arms(total_steps: int) -> dict[str, Callable[..., arms.Outcome]]:
     return out
 
 
-def build(quick: bool) -> tuple[dict[str, Replay], dict[str, Replay], dict[str, float]]:
+def _bundle(name: str, records: Callable[[], list[Any]], cache: Path | None) -> Bundle:
+    """Fit, or load the bundle a previous run saved under ``cache`` (same fit config)."""
+    folder = cache / name if cache is not None else None
+    if folder is not None and (folder / "bundle.json").is_file():
+        loaded = Bundle.load(folder)
+        if loaded.manifest.model == FIT.model and loaded.manifest.fit == FIT.model_dump(
+                mode="json", exclude={"model"}):
+            return loaded
+    bundle = fit_bundle(records())
+    if folder is not None:
+        bundle.save(folder)
+    return bundle
+
+
+def build(quick: bool, cache: Path | None = None) -> tuple[dict[str, Replay], dict[str, Replay],
+                                                            dict[str, float]]:
     design, confirm, fit_s = {}, {}, {}
     for task in tasks()[: 1 if quick else None]:
         t0 = time.perf_counter()
-        bundle = fit_bundle(task.fit())
+        bundle = _bundle(task.name, task.fit, cache)
         fit_s[task.name] = time.perf_counter() - t0
         design[task.name] = build_replay(task.name, bundle, task.design())
         confirm[task.name] = build_replay(task.name, bundle, task.confirm())
@@ -94,7 +110,7 @@ def build(quick: bool) -> tuple[dict[str, Replay], dict[str, Replay], dict[str, 
         by_seed = mnist_sweeps()
         for block, fit_seed, prune_seed in ((design, 0, 1), (confirm, 1, 0)):
             t0 = time.perf_counter()
-            bundle = fit_bundle(by_seed[fit_seed])
+            bundle = _bundle(f"mnist1d-cnn-seed{fit_seed}", lambda s=fit_seed: by_seed[s], cache)
             fit_s[f"mnist1d-cnn-seed{fit_seed}"] = time.perf_counter() - t0
             block["mnist1d-cnn"] = build_replay("mnist1d-cnn", bundle, by_seed[prune_seed])
             print(f"mnist1d-cnn: fitted on seed {fit_seed} in {time.perf_counter() - t0:.0f} s",
@@ -123,9 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--orderings", type=int, default=60, help="orderings per block and task")
     p.add_argument("--quick", action="store_true", help="one task, for a smoke run")
     p.add_argument("--out", type=Path, default=RESULTS / "early_stopping.json")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="keep fitted bundles here and reuse them (same fit config)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    design, confirm, fit_s = build(args.quick)
+    design, confirm, fit_s = build(args.quick, args.cache)
     (thr, pat, mar), design_rows = choose(design, args.orderings)
     print(f"design block: chose threshold {thr}, patience {pat}, margin {mar} x 0.1 point",
           flush=True)
