@@ -31,7 +31,8 @@ import numpy as np
 
 from benchmarks.mlflow_server import local_mlflow_server
 from tracker_sched.schema import RunRecord, Series
-from tracker_sched.sources.mlflow_source import MlflowSource, log_sweep
+from tracker_sched.sources.mlflow_log import log_sweep
+from tracker_sched.sources.mlflow_source import MlflowSource
 
 
 def synthetic_sweep(runs: int, steps: int) -> list[RunRecord]:
@@ -61,7 +62,7 @@ GRID = 100  # FitConfig.grid_points
 def _grid_deviation(exact: list[RunRecord], sampled: list[RunRecord]) -> dict[str, float]:
     """Largest difference the sampling makes on the fit's progress grid, per channel
     (log10 train loss, validation metric, log10 lr), after the fit's own resampling."""
-    from tracker_sched.dataset import resample
+    from tracker_sched.data.grid import resample
 
     out = {"train_loss": 0.0, "val_metric": 0.0, "lr": 0.0}
     for a, b in zip(exact, sampled, strict=True):

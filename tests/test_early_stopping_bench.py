@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.early_stopping import arms
 from benchmarks.early_stopping.sweeps import Replay
-from tracker_sched.stop_odds import StopBucket, StopCalibration, StopRule, normal_cdf
+from tracker_sched.model.stop_odds import StopBucket, StopCalibration, StopRule, normal_cdf
 
 
 def _replay(finals: list[float], means: list[list[float]], direction: str = "max") -> Replay:

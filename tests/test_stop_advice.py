@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from tests.tiny import history_until, logged_rows
-from tracker_sched.advisor import Advisor
-from tracker_sched.stop_odds import StopDecision, StopRequest, StopRule
-from tracker_sched.stopping import Stopper, decide_once
+from tracker_sched.advising.advisor import Advisor
+from tracker_sched.advising.stopping import Stopper, decide_once
+from tracker_sched.model.stop_odds import StopDecision, StopRequest, StopRule
 
 
 def test_advisor_answers_a_stop_decision_beside_the_lr(stop_fit) -> None:

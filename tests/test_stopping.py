@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from tests.tiny import history_until
-from tracker_sched.bundle import Bundle
-from tracker_sched.stop_calibration import calibrate, format_reliability
-from tracker_sched.stop_odds import StopBucket, StopCalibration, StopRule, judge, normal_cdf
-from tracker_sched.stopping import Stopper, forecast_final
+from tracker_sched.advising.stopping import Stopper, forecast_final
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.fit.stop_calibration import calibrate, format_reliability
+from tracker_sched.model.stop_odds import StopBucket, StopCalibration, StopRule, judge, normal_cdf
 
 
 def _cal(**bucket: float) -> StopCalibration:

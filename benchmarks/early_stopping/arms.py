@@ -27,7 +27,7 @@ import numpy as np
 import optuna
 
 from benchmarks.early_stopping.sweeps import Replay
-from tracker_sched.stop_odds import StopRule
+from tracker_sched.model.stop_odds import StopRule
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -33,8 +33,8 @@ from benchmarks.early_stopping.sweeps import (
     mnist_sweeps,
     tasks,
 )
-from tracker_sched.bundle import Bundle
-from tracker_sched.stop_odds import StopRule
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.model.stop_odds import StopRule
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 GOAL_REGRET = 0.1  # points

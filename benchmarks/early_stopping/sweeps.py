@@ -27,14 +27,15 @@ import numpy as np
 import torch
 
 from tests.synthetic import SyntheticTask, schedule, simulate
-from tracker_sched.bundle import Bundle
-from tracker_sched.dataset import SweepTensors, to_grid
-from tracker_sched.fit import FitConfig, fit_sweep
-from tracker_sched.model import ModelConfig
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.data.grid import SweepTensors, to_grid
+from tracker_sched.data.validation import validate_sweep
+from tracker_sched.fit.config import FitConfig
+from tracker_sched.fit.generative import fit_sweep
+from tracker_sched.fit.stop_calibration import member_finals
+from tracker_sched.model.latent import ModelConfig
 from tracker_sched.schema import RunRecord
 from tracker_sched.sources.files import read_sweep
-from tracker_sched.stop_calibration import member_finals
-from tracker_sched.validation import validate_sweep
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "cnn_sweep_small.jsonl"
 FIT = FitConfig(grid_points=50, window=8, max_iterations=200, ensemble=4,

@@ -45,13 +45,15 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
-from tracker_sched.bundle import Bundle
-from tracker_sched.errors import InputError, MissingDependencyError
-from tracker_sched.redact import redact_text
+from tracker_sched._optional import require
+from tracker_sched.advising.following import AdvisorLike
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.errors import InputError
+from tracker_sched.model.stop_odds import Incumbent, StopDecision, StopRule, StopWatch
 from tracker_sched.schema import ROLES, MetricMap, Recommendation
-from tracker_sched.stop_odds import Incumbent, StopDecision, StopRule, StopWatch
+from tracker_sched.util.redact import redact_text
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -69,25 +71,8 @@ TAG_STOPPED = "tracker_sched.stopped"
 TAG_MAX_CHARS = 5000  # MLflow's tag value limit is 8,000 on recent servers, 5,000 on older
 
 
-@runtime_checkable
-class AdvisorLike(Protocol):
-    """What the callback needs: :class:`~tracker_sched.advisor.Advisor` or a remote one."""
-
-    @property
-    def plan(self) -> Recommendation: ...
-
-    def observe(self, step: int, *, train_loss: float | None = None,
-                val_metric: float | None = None, lr: float | None = None) -> Recommendation: ...
-
-    def lr(self, step: int) -> float: ...
-
-
 def require_mlflow() -> Any:
-    try:
-        import mlflow
-    except ImportError as exc:
-        raise MissingDependencyError("mlflow", "mlflow") from exc
-    return mlflow
+    return require("mlflow")
 
 
 def role_keys(bundle: Bundle | None) -> dict[str, str]:
@@ -121,7 +106,7 @@ def map_roles(keys: list[str], preferred: Mapping[str, str],
 
 
 def plan_json(rec: Recommendation) -> str:
-    """The plan artifact; its reason redacted (tracker_sched.redact) like the tag's."""
+    """The plan artifact; its reason redacted (tracker_sched.util.redact) like the tag's."""
     return json.dumps({**rec.model_dump(mode="json"), "reason": redact_text(rec.reason)},
                       indent=2)
 
@@ -164,7 +149,7 @@ class MlflowAdvisorCallback:
     """Advise a live MLflow run and write each recommendation back to it.
 
     Args:
-        source: a bundle (a :class:`~tracker_sched.bundle.Bundle`, a folder, or
+        source: a bundle (a :class:`~tracker_sched.bundle.folder.Bundle`, a folder, or
             any bundle URI such as ``mlflow:models:/NAME@ALIAS``) or a ready
             advisor (anything with ``observe``/``lr``/``plan``, e.g. a remote one).
         total_steps: the run's planned budget (needed with a bundle).
@@ -181,7 +166,7 @@ class MlflowAdvisorCallback:
         stop: opt in to stop decisions with this rule (default None: never stops).
         incumbent: the validation metric to beat (as logged), or a function returning it
             (e.g. the best finished run of the sweep so far); None never stops.
-        advisor_options: passed to :class:`~tracker_sched.advisor.Advisor`
+        advisor_options: passed to :class:`~tracker_sched.advising.advisor.Advisor`
             (``replan_every``, ``max_replans``, ``config``) when built from a bundle.
     """
 
@@ -201,7 +186,7 @@ class MlflowAdvisorCallback:
         incumbent: Incumbent = None,
         **advisor_options: Any,
     ) -> None:
-        from tracker_sched.advisor import Advisor
+        from tracker_sched.advising.advisor import Advisor
         from tracker_sched.integrations.mlflow import context
 
         bundle_uri: str | None = None

@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from tracker_sched.bundle import Bundle
+from tracker_sched.advising.stopping import Stopper
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError, MissingDependencyError
-from tracker_sched.planner import LiveHistory
-from tracker_sched.stop_odds import StopDecision, StopRule
-from tracker_sched.stopping import Stopper
+from tracker_sched.model.stop_odds import StopDecision, StopRule
+from tracker_sched.planning.history import LiveHistory
 
 try:
     import optuna
@@ -60,7 +60,7 @@ class TrackerSchedPruner(BasePruner):
     Args:
         bundle: a fitted bundle, its folder, or any bundle URI (``mlflow:models:/...``).
         total_steps: every trial's planned budget, in the steps given to ``report``.
-        rule: threshold, grace period, patience (:class:`~tracker_sched.stop_odds.StopRule`).
+        rule: threshold, grace period, patience (:class:`~tracker_sched.model.stop_odds.StopRule`).
         target: a fixed value to beat instead of the best completed trial's.
         n_startup_trials: completed trials needed before any pruning.
 

@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from tracker_sched.bundle import Bundle
+from tracker_sched.advising.stopping import Stopper
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError, MissingDependencyError
-from tracker_sched.planner import LiveHistory
-from tracker_sched.stop_odds import StopDecision, StopRule
-from tracker_sched.stopping import Stopper
+from tracker_sched.model.stop_odds import StopDecision, StopRule
+from tracker_sched.planning.history import LiveHistory
 
 try:
     from ray import tune

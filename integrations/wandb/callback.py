@@ -4,7 +4,7 @@ W&B has no per-step sweep callback API, and a sweep run cannot change its
 sweep-controlled config (``config.update`` is silently ignored), so the
 callback is a small object the training script calls with what it logs. It
 keeps its own buffer of those metrics (a live run cannot read its own history),
-drives :class:`~tracker_sched.advisor.Advisor`, sets the optimizer's lr, and
+drives :class:`~tracker_sched.advising.advisor.Advisor`, sets the optimizer's lr, and
 writes every recommendation back to the run as metrics under ``tracker_sched/``
 at the script's own step, so no extra history rows appear.
 
@@ -18,14 +18,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tracker_sched.advisor import Advisor
+from tracker_sched._optional import require
+from tracker_sched.advising.advisor import Advisor
 from tracker_sched.budget import STEP_KEYS, stated_budget
-from tracker_sched.bundle import Bundle
-from tracker_sched.errors import InputError, MissingDependencyError
-from tracker_sched.planner import PlannerConfig
-from tracker_sched.redact import redact_text
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.errors import InputError
+from tracker_sched.model.stop_odds import Incumbent, StopRule, StopWatch
+from tracker_sched.numbers import to_float
+from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.schema import ROLES, MetricMap, Recommendation, Role, infer_direction
-from tracker_sched.stop_odds import Incumbent, StopRule, StopWatch
+from tracker_sched.util.redact import redact_text
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -38,11 +40,7 @@ PREFIX = "tracker_sched/"
 
 
 def _wandb() -> Any:
-    try:
-        import wandb
-    except ImportError as exc:
-        raise MissingDependencyError("wandb", "wandb") from exc
-    return wandb
+    return require("wandb")
 
 
 def _budget_from_config(config: Mapping[str, Any]) -> int | None:
@@ -53,26 +51,15 @@ def _budget_from_config(config: Mapping[str, Any]) -> int | None:
 
 
 def _number(value: object) -> float | None:
-    """A logged value as a finite-or-not float; None for what is not a plain number."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    item = getattr(value, "item", None)  # a 0-d torch tensor or numpy scalar
-    if callable(item):
-        try:
-            out = item()
-        except (TypeError, ValueError, RuntimeError):
-            return None
-        return float(out) if isinstance(out, int | float) and not isinstance(out, bool) else None
-    return None
+    """A logged value (a float, a 0-d tensor, a numpy scalar) as a finite-or-not float."""
+    return to_float(value)
 
 
 class SweepCallback:
     """Advise a W&B run (typically one a ``wandb agent`` launched) from a fitted bundle.
 
     Args:
-        bundle: a :class:`~tracker_sched.bundle.Bundle`, a bundle folder, or any
+        bundle: a :class:`~tracker_sched.bundle.folder.Bundle`, a bundle folder, or any
             bundle URI (``wandb:ENTITY/PROJECT/NAME:ALIAS``, ``mlflow:...``).
         total_steps: the run's budget in the steps you log at; default: the
             first of the run config's ``total_steps``, ``max_steps``,

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from tests.tiny import logged_rows
 from tracker_sched.integrations.mlflow import MlflowAdvisorCallback
 from tracker_sched.integrations.mlflow.callback import TAG_STOPPED
-from tracker_sched.stop_odds import StopRule
+from tracker_sched.model.stop_odds import StopRule
 
 KEYS = {"train_loss": "train_loss", "lr": "lr", "val_metric": "val_acc"}
 

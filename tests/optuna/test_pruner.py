@@ -10,7 +10,7 @@ import pytest
 
 from tracker_sched.integrations.optuna import TrackerSchedPruner
 from tracker_sched.integrations.optuna.pruner import ATTR_DECISION, trial_history
-from tracker_sched.stop_odds import StopRule
+from tracker_sched.model.stop_odds import StopRule
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-from tracker_sched.bundle import Bundle
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.integrations.ray import TrackerSchedScheduler, with_advisor
-from tracker_sched.stop_odds import StopRule
+from tracker_sched.model.stop_odds import StopRule
 
 REPORT_EVERY = 20
 EXPERIMENT = "tune-sweep"

@@ -10,7 +10,7 @@ import pytest
 from tests.tiny import logged_rows
 from tests.wandb.sweep_helpers import agent_run, history_rows, read_log, run_log, summary_of
 from tracker_sched.integrations.wandb import SweepCallback
-from tracker_sched.stop_odds import StopRule
+from tracker_sched.model.stop_odds import StopRule
 
 wandb = pytest.importorskip("wandb")
 

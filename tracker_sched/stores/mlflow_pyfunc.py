@@ -8,12 +8,12 @@ Params: ``total_steps`` (required), ``step`` (the current step; -1, the
 default, means the last row's), ``current`` (the schedule the run follows now,
 as JSON ``{"step": [...], "lr": [...]}``; "" for none).
 Output: a one-row data frame, the columns of
-:func:`tracker_sched.serving.recommendation_to_row` (``schedule`` a JSON string)
+:func:`tracker_sched.advising.serving.recommendation_to_row` (``schedule`` a JSON string)
 and ``ready_step``, the first step at which the run's window is ready (the
 step from which a client should ask for a plan rather than the warm-up).
-Param ``stop`` (JSON :class:`~tracker_sched.stop_odds.StopRequest`: the incumbent, the rule,
+Param ``stop`` (JSON :class:`~tracker_sched.model.stop_odds.StopRequest`: the incumbent, the rule,
 the client's count below the threshold) asks for a stop decision beside the lr: column
-``stop``, a :class:`~tracker_sched.stop_odds.StopDecision` as JSON ("" when not asked).
+``stop``, a :class:`~tracker_sched.model.stop_odds.StopDecision` as JSON ("" when not asked).
 Until the run covers the bundle's context window the answer is the warm-up
 plan (``status="warmup"``), so a remote client needs no copy of the bundle.
 """
@@ -81,8 +81,8 @@ class TrackerSchedModel(PythonModel):
     def load_context(self, context: Any) -> None:
         import torch
 
-        from tracker_sched.bundle import Bundle
-        from tracker_sched.control_planner import make_planner
+        from tracker_sched.bundle.folder import Bundle
+        from tracker_sched.planning.control import make_planner
 
         # MLflow's scoring server (the only process that sets this variable) answers
         # requests on a pool of threads, each plan a few milliseconds of small tensor ops:
@@ -99,7 +99,7 @@ class TrackerSchedModel(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        from tracker_sched.serving import (
+        from tracker_sched.advising.serving import (
             answer,
             first_logged,
             observations_from_records,
@@ -151,9 +151,9 @@ def _stop_answer(bundle: Any, request: Any, raw: str) -> str:
         return ""
     from pydantic import ValidationError
 
+    from tracker_sched.advising.stopping import decide_once
+    from tracker_sched.model.stop_odds import StopRequest
     from tracker_sched.serving import history_from_observations
-    from tracker_sched.stop_odds import StopRequest
-    from tracker_sched.stopping import decide_once
 
     if len(raw) > MAX_CURRENT_CHARS:
         raise InputError(f"the param stop is {len(raw)} characters; at most {MAX_CURRENT_CHARS}")
