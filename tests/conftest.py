@@ -51,3 +51,10 @@ def tiny_fit() -> Iterator[FitResult]:
 
     fixture = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
     yield fit_sweep(read_sweep(fixture).runs, tiny_config(), workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tiny_fit: FitResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny fit's bundle saved once per session: what the framework callback tests load
+    by URI (``file:`` or a folder). Share it, never change it."""
+    return tiny_fit.bundle.save(tmp_path_factory.mktemp("tiny-bundle") / "bundle")
