@@ -299,12 +299,9 @@ def _fit_and_register(cfg: DemoConfig, uri: str, sweep_id: str, progress: bool,
     out = fitted.bundle.save(cfg.folder / "bundle")
     (out / "report.json").write_text(fitted.report.model_dump_json(indent=2))
     if fitted.report.holdout is not None:
-        from tracker_sched.plots import plot_forecasts
+        from tracker_sched.forecast_plot import plot_fit_forecasts
 
-        prep = fitted.prepared
-        plot_forecasts(out / "forecast.png", fitted.bundle.forecaster,
-                       prep.tensors(prep.holdout_idx), prep.norm, fitted.report.holdout_ids,
-                       cfg.fit.report_taus, cfg.fit.window)
+        plot_fit_forecasts(out / "forecast.png", fitted, cfg.fit.report_taus, cfg.fit.window)
     best = fitted.bundle.manifest.sweep
     say(f"      {fitted.report.runs_used} runs used, fit in {fitted.report.wall_s:.0f} s; "
         f"sweep best: {best.best_config.get('schedule')} at peak lr "
