@@ -216,10 +216,8 @@ class AdvisorCallback(pl.Callback):
                         continue
                     writer = mlflow_names.MlflowWriter(client, str(run_id),
                                                        flush_timeout_s=self.flush_timeout_s)
-                    tags = {mlflow_names.TAG_BUNDLE: self.advised.bundle_uri or "",
-                            mlflow_names.TAG_BUNDLE_VERSION: self.advised.model_version or "",
-                            "tracker_sched.lr_control": "optimizer"}
-                    writer.set_tags({k: v for k, v in tags.items() if v})
+                    writer.bundle_tags(self.advised.bundle_uri, self.advised.model_version,
+                                       {"tracker_sched.lr_control": "optimizer"})
                     self.mlflow.append(writer)
                 elif isinstance(logger, WandbLogger):
                     wandb_writer = wandb_names.WandbWriter(logger.experiment, step_key=STEP_KEY,

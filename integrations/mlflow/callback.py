@@ -178,8 +178,7 @@ class MlflowAdvisorCallback:
         self._roles_for: dict[frozenset[str], dict[str, str]] = {}
         self.last_lr: float | None = None
 
-        first = {TAG_BUNDLE_VERSION: self.bundle_version or "", TAG_BUNDLE: bundle_uri or ""}
-        self.writer.set_tags({k: v for k, v in first.items() if v})
+        self.writer.bundle_tags(bundle_uri, self.bundle_version)
         self.writer.publish(self.advisor.plan)
         context.register_callback(self, self.bundle_version)
 

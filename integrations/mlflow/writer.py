@@ -11,7 +11,8 @@ What a run gets (the names say which lr is which):
 ``tracker_sched.plan``                metric: a marker at each new plan's step (0 warm-up,
                                       1 planned, 2 fallback)
 ``tracker_sched/plan-step<N>.json``   artifact: the plan, summary first
-``tracker_sched.status`` ...          tags: status, reason, bundle, bundle version, and
+``tracker_sched.status`` ...          tags: status, reason, bundle, bundle version, the
+                                      registered model's name and version number, and
                                       at the end what the advisor did (plans, fallbacks,
                                       steps applied)
 ====================================  ===================================================
@@ -222,6 +223,24 @@ class MlflowWriter:
                 self.client.set_tag(self.run_id, key, value)
 
         self._submit("tags", write)
+
+    def bundle_tags(self, bundle_uri: str | None, created_at: str | None,
+                    extra: Mapping[str, str] | None = None) -> None:
+        """Tag which bundle advises the run: its URI, its ``created_at``, and for a
+        ``mlflow:models:/`` URI the registered model's name and version number (an alias
+        is resolved in the background). Never raises."""
+        tags = {TAG_BUNDLE: redact_text(bundle_uri or ""), TAG_BUNDLE_VERSION: created_at or "",
+                **(extra or {})}
+        self.set_tags({k: v for k, v in tags.items() if v})
+        if bundle_uri and "models:/" in bundle_uri:
+            from tracker_sched.stores.mlflow_describe import registered_version
+
+            def resolve() -> None:
+                found = registered_version(self.client, bundle_uri)
+                for key, value in found.items():
+                    self.client.set_tag(self.run_id, key, value)
+
+            self._submit("registered version", resolve)
 
     def summary(self, values: Mapping[str, object]) -> None:
         """What the advisor did, as tags ``tracker_sched.<key>`` (numbers and short text)."""

@@ -298,10 +298,8 @@ def _mlflow_writer(advised: AdvisedRun, flush_timeout_s: float,
         return None
     writer = mlflow_names.MlflowWriter(MlflowClient(mlflow.get_tracking_uri()),
                                        str(run.info.run_id), flush_timeout_s=flush_timeout_s)
-    tags = {mlflow_names.TAG_BUNDLE: advised.bundle_uri or "",
-            mlflow_names.TAG_BUNDLE_VERSION: advised.model_version or "",
-            "tracker_sched.lr_control": lr_control}
-    writer.set_tags({k: v for k, v in tags.items() if v})
+    writer.bundle_tags(advised.bundle_uri, advised.model_version,
+                       {"tracker_sched.lr_control": lr_control})
     return writer
 
 
