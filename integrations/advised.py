@@ -84,8 +84,11 @@ class AdvisedRun:
             ``file:PATH``), a bundle folder, a :class:`~tracker_sched.Bundle`, or a
             ready advisor (anything with ``observe``, ``lr`` and ``plan``).
         metric_map: explicit keys where the run's names differ from the bundle's.
-        planner, replan_every, max_replans, mode: passed to
-            :class:`~tracker_sched.Advisor` when it is built from a bundle.
+        planner: the planner's settings (a ``PlannerConfig``), passed to the advisor.
+        replan_every: observations between replans, passed to the advisor.
+        max_replans: plans a run makes at most (None: no limit), passed to the advisor.
+        mode: ``"generative"`` or ``"control"`` (default: the bundle's), passed to the
+            advisor.
 
     The bundle is loaded here; the advisor is built by :meth:`start`, once the
     framework knows the budget. Neither raises: a failure turns the run

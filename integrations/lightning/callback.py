@@ -69,7 +69,10 @@ class AdvisorCallback(pl.Callback):
         metric_map: explicit keys where the module's names do not fit the bundle's
             (by default ``train_loss``/``loss`` and ``val_acc``/``val_loss``...,
             whichever has the bundle's sense, are found).
-        planner, replan_every, max_replans, mode: passed to the advisor.
+        planner: the planner's settings (a ``PlannerConfig``), passed to the advisor.
+        replan_every: observations between replans, passed to the advisor.
+        max_replans: plans a run makes at most (None: no limit), passed to the advisor.
+        mode: ``"generative"`` or ``"control"`` (default: the bundle's).
         write_back: write recommendations through the attached loggers.
         flush_timeout_s: how long the end of training waits for MLflow writes.
 

@@ -70,7 +70,9 @@ class SweepCallback:
         optimizer: if given, every param group's lr is set from each
             recommendation, keeping the groups' ratios to the first group.
         run: the W&B run; default ``wandb.run``.
-        planner, replan_every, max_replans: passed to the advisor.
+        planner: the planner's settings (a ``PlannerConfig``), passed to the advisor.
+        replan_every: observations between replans, passed to the advisor.
+        max_replans: plans a run makes at most (None: no limit), passed to the advisor.
         metric_map: this run's key names where they differ from the bundle's
             (explicit keys only). By default a role is read from the bundle's
             key, else from the usual names (``train/loss``, ``loss``, ``lr``,
@@ -83,15 +85,16 @@ class SweepCallback:
     ``tracker_sched/status`` -1), leaves the optimizer alone and returns None
     from :meth:`log`, so the run trains on the lr the sweep gave it.
 
-    >>> # def train():                       # the function `wandb agent` runs
-    >>> #     run = wandb.init()
-    >>> #     opt = torch.optim.SGD(model.parameters(), lr=run.config["peak_lr"])
-    >>> #     cb = SweepCallback("wandb:team/proj/cnn-bundle:champion", optimizer=opt)
-    >>> #     for step in range(run.config["total_steps"]):
-    >>> #         loss = train_step(opt)
-    >>> #         metrics = {"train/loss": loss, "lr": opt.param_groups[0]["lr"]}
-    >>> #         run.log(metrics, step=step)
-    >>> #         cb.log(metrics, step)      # sets opt's lr for the next step
+    Examples:
+        >>> # def train():                       # the function `wandb agent` runs
+        >>> #     run = wandb.init()
+        >>> #     opt = torch.optim.SGD(model.parameters(), lr=run.config["peak_lr"])
+        >>> #     cb = SweepCallback("wandb:team/proj/cnn-bundle:champion", optimizer=opt)
+        >>> #     for step in range(run.config["total_steps"]):
+        >>> #         loss = train_step(opt)
+        >>> #         metrics = {"train/loss": loss, "lr": opt.param_groups[0]["lr"]}
+        >>> #         run.log(metrics, step=step)
+        >>> #         cb.log(metrics, step)      # sets opt's lr for the next step
     """
 
     def __init__(
