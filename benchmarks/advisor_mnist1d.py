@@ -82,11 +82,11 @@ def _init(bundle_dir: str, advisor_kw: dict[str, Any],
           control: dict[str, tuple[str, dict[str, Any]]] | None = None) -> None:
     import torch
 
-    from tracker_sched.bundle import Bundle
+    from tracker_sched.bundle.folder import Bundle
 
     global _BUNDLE, _ADVISOR_KW, _CONTROL
     torch.set_num_threads(1)
-    from tracker_sched.planner import PlannerConfig
+    from tracker_sched.planning.generative import PlannerConfig
 
     _BUNDLE = Bundle.load(bundle_dir)
     kw = dict(advisor_kw)
@@ -94,7 +94,7 @@ def _init(bundle_dir: str, advisor_kw: dict[str, Any],
     _ADVISOR_KW = kw
     _CONTROL = {}
     for arm, (cdir, ckw0) in (control or {}).items():
-        from tracker_sched.control_planner import ControlPlannerConfig
+        from tracker_sched.planning.control import ControlPlannerConfig
 
         ckw = dict(ckw0)
         ckw["control"] = ControlPlannerConfig(**ckw.pop("planner", {}))
@@ -106,7 +106,7 @@ def _job(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = job.get("model", "cnn")
     if arm in ("advisor", "d", "e"):
-        from tracker_sched.advisor import Advisor
+        from tracker_sched.advising.advisor import Advisor
 
         total = 840
         if arm in ("d", "e"):
@@ -241,13 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     sweep = read_sweep(sweep_path).runs
     bundle_dir = ns.bundle or ns.runs_dir / f"bundle_{ns.model}_default"
     if not (bundle_dir / "bundle.json").exists():
-        from tracker_sched.fit import FitConfig, fit_sweep
+        from tracker_sched.fit.generative import FitConfig, fit_sweep
 
         print(f"fitting the sweep with the default FitConfig -> {bundle_dir}")
         t_fit = time.perf_counter()
         fit_sweep(sweep, FitConfig(), workers=ns.workers, progress=False).bundle.save(bundle_dir)
         print(f"generative fit: {time.perf_counter() - t_fit:.0f} s")
-    from tracker_sched.bundle import Bundle
+    from tracker_sched.bundle.folder import Bundle
 
     arms = ["a", "a'", *[a for a in ("b", "c", "d", "e") if a in ns.arms]]
     control: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         given = ns.control_bundle if carm == "d" else ns.control_bundle_e
         cdir = given or ns.runs_dir / default_dir
         if not (cdir / "bundle.json").exists():
-            from tracker_sched.control import ControlFitConfig, fit_control
+            from tracker_sched.fit.control import ControlFitConfig, fit_control
 
             print(f"({carm}) fitting the control-mode ensemble -> {cdir}")
             t_fit = time.perf_counter()

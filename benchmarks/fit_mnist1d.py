@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from benchmarks.make_sweep import config_table, format_table, make_sweep, write_jsonl
-from tracker_sched.dataset import SweepTensors, to_grid
-from tracker_sched.fit import FitConfig, fit_sweep
-from tracker_sched.report import ForecastReport, forecast_report, format_forecast
+from tracker_sched.data.grid import SweepTensors, to_grid
+from tracker_sched.data.validation import validate_sweep
+from tracker_sched.fit.generative import FitConfig, fit_sweep
+from tracker_sched.fit.report import ForecastReport, forecast_report, format_forecast
 from tracker_sched.sources.files import read_sweep
-from tracker_sched.validation import validate_sweep
 
 SWEEP_SEEDS = (0, 1)
 FRESH_SEEDS = (2, 3)
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out}")
     if first is not None:
         try:
-            from tracker_sched.plots import plot_forecasts
+            from tracker_sched.fit.plots import plot_forecasts
 
             result, fresh_t, grid = first
             cfg = FitConfig.model_validate(base)

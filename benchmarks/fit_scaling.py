@@ -40,7 +40,7 @@ import numpy as np
 import torch
 torch.set_num_threads(1)
 from tests.synthetic import FAMILIES, SyntheticTask, simulate
-from tracker_sched.fit import FitConfig, fit_sweep
+from tracker_sched.fit.generative import FitConfig, fit_sweep
 
 n, iterations = int(sys.argv[1]), int(sys.argv[2])
 peaks = np.geomspace(1e-3, 1e-1, 8)

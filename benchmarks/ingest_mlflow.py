@@ -61,7 +61,7 @@ GRID = 100  # FitConfig.grid_points
 def _grid_deviation(exact: list[RunRecord], sampled: list[RunRecord]) -> dict[str, float]:
     """Largest difference the sampling makes on the fit's progress grid, per channel
     (log10 train loss, validation metric, log10 lr), after the fit's own resampling."""
-    from tracker_sched.dataset import resample
+    from tracker_sched.data.grid import resample
 
     out = {"train_loss": 0.0, "val_metric": 0.0, "lr": 0.0}
     for a, b in zip(exact, sampled, strict=True):

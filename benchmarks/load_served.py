@@ -4,7 +4,7 @@
 a sqlite MLflow store in a temporary folder, serves it on 127.0.0.1 with ``mlflow models
 serve`` and runs simulated training runs against it, one thread each: first one run alone
 (the baseline: the server's own time per request), then ``--runs`` (64) at once. Every run
-is a :class:`~tracker_sched.remote.RemoteAdvisor` that observes a fixture run step by step
+is a :class:`~tracker_sched.advising.remote.RemoteAdvisor` that observes a fixture run step by step
 and replans every ``--replan-every`` observations for the whole run (``max_replans=None``):
 far more requests than the default single open-loop plan. Loopback only, bounded (the runs
 are the fixture's, about 94 observations each).
@@ -12,7 +12,8 @@ are the fixture's, about 94 observations each).
 It reports, per level, the request latency as the client sees it (p50, p90, p99, max: at 64
 runs mostly queueing, since one scoring worker answers them all), the throughput, and the
 numbers that must be zero: requests lost (no answer, an error, a timeout) and
-recommendations that differ from the local :class:`~tracker_sched.advisor.Advisor`'s, fed the
+recommendations that differ from the local
+:class:`~tracker_sched.advising.advisor.Advisor`'s, fed the
 same observations (the status, the step, lr_now and the whole schedule, at every observation
 of every run). The machine's load average is recorded with the result.
 
@@ -38,10 +39,10 @@ import torch
 
 from benchmarks.mlflow_server import ServedModel
 from tests.tiny import logged_rows, tiny_config
-from tracker_sched.advisor import Advisor
-from tracker_sched.bundle import Bundle
-from tracker_sched.fit import fit_sweep
-from tracker_sched.remote import RemoteAdvisor
+from tracker_sched.advising.advisor import Advisor
+from tracker_sched.advising.remote import RemoteAdvisor
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.schema import Recommendation, RunRecord
 from tracker_sched.sources.files import read_sweep
 from tracker_sched.stores.mlflow_store import register_bundle

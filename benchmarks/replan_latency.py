@@ -41,11 +41,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from tracker_sched.bundle import Bundle
-from tracker_sched.dataset import SweepTensors, context_batch
-from tracker_sched.fit import FitConfig, fit_sweep
-from tracker_sched.model import StackedField, solve_stacked
-from tracker_sched.planner import (
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.data.grid import SweepTensors, context_batch
+from tracker_sched.fit.generative import FitConfig, fit_sweep
+from tracker_sched.model.latent import StackedField, solve_stacked
+from tracker_sched.planning.generative import (
     GenerativePlanner,
     LiveHistory,
     PlannerConfig,

@@ -42,7 +42,7 @@ def _init_worker() -> None:
 def _train(job: dict[str, Any]) -> Any:
     """One suggested run: the suggestion's knot schedule as ``lr_fn``."""
     from benchmarks.mnist1d_task import train_run
-    from tracker_sched.suggest import SuggestedRun
+    from tracker_sched.design.suggest import SuggestedRun
 
     s = SuggestedRun.model_validate(job["suggestion"])
     seed = int(job["seed"])
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     t_start = time.perf_counter()
 
-    from tracker_sched.confounding import confounding
-    from tracker_sched.suggest import suggest_runs
+    from tracker_sched.design.confounding import confounding
+    from tracker_sched.design.suggest import suggest_runs
 
     sweep_path = ns.runs_dir / f"{ns.model}_sweep.jsonl"
     out_path = ns.runs_dir / f"{ns.model}_suggested.jsonl"
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
     control: dict[str, Any] = {}
     if not ns.no_fit:
-        from tracker_sched.bundle import Bundle
-        from tracker_sched.control import ControlFitConfig, fit_control
+        from tracker_sched.bundle.folder import Bundle
+        from tracker_sched.fit.control import ControlFitConfig, fit_control
 
         cdir = ns.runs_dir / f"bundle_{ns.model}_control_suggested"
         if not (cdir / "bundle.json").exists():

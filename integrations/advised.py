@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from tracker_sched.schema import ROLES, MetricMap, Recommendation, Role, infer_direction
 
 if TYPE_CHECKING:
-    from tracker_sched.bundle import Bundle
-    from tracker_sched.planner import PlannerConfig
+    from tracker_sched.bundle.folder import Bundle
+    from tracker_sched.planning.generative import PlannerConfig
 
 log = logging.getLogger("tracker_sched.integrations")
 
@@ -141,7 +141,7 @@ class AdvisedRun:
 
     # ------------------------------------------------------------------ setting up
     def _load(self, source: Bundle | AdvisorLike | str | os.PathLike[str]) -> None:
-        from tracker_sched.bundle import Bundle
+        from tracker_sched.bundle.folder import Bundle
 
         if isinstance(source, str | os.PathLike):
             from tracker_sched.stores import load_bundle
@@ -180,7 +180,7 @@ class AdvisedRun:
             if self._ready is not None:
                 self.advisor = self._ready
             else:
-                from tracker_sched.advisor import Advisor
+                from tracker_sched.advising.advisor import Advisor
 
                 assert self.bundle is not None
                 self.advisor = Advisor(self.bundle, steps, **self._options)
@@ -344,7 +344,7 @@ class AdvisedRun:
             "error": self.error,
         }
         if rec is not None:
-            from tracker_sched.redact import redact_text
+            from tracker_sched.util.redact import redact_text
 
             out["reason"] = redact_text(rec.reason)
             out["plan_step"] = rec.step
@@ -354,7 +354,7 @@ class AdvisedRun:
     # ------------------------------------------------------------------ failures
     def fail(self, kind: str, reason: str) -> None:
         """Record a failure (the latest in :attr:`error`), logged once per kind. Never raises."""
-        from tracker_sched.redact import redact_text
+        from tracker_sched.util.redact import redact_text
 
         reason = redact_text(reason) or reason
         self.error = reason

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks.mlflow_server import local_mlflow_server
-from tracker_sched.fit import FitResult
+from tracker_sched.fit.generative import FitResult
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,7 +46,7 @@ def tiny_fit() -> Iterator[FitResult]:
     """The tiny fit of the fixture sweep, once per session (a few seconds): share it, never
     change it; tests that edit a bundle save their own copy."""
     from tests.tiny import tiny_config
-    from tracker_sched.fit import fit_sweep
+    from tracker_sched.fit.generative import fit_sweep
     from tracker_sched.sources.files import read_sweep
 
     fixture = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"

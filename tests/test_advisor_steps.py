@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from tiny import logged_rows
 
-from tracker_sched.advisor import Advisor
+from tracker_sched.advising.advisor import Advisor
+from tracker_sched.advising.remote import RemoteAdvisor
+from tracker_sched.advising.serving import answer, observations_from_records, parse_request
 from tracker_sched.cli import main
 from tracker_sched.errors import InputError
-from tracker_sched.fit import FitResult
-from tracker_sched.remote import RemoteAdvisor
-from tracker_sched.serving import answer, observations_from_records, parse_request
+from tracker_sched.fit.generative import FitResult
 from tracker_sched.sources.files import read_sweep
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"

@@ -15,9 +15,9 @@ from tracker_sched.budget import (
     steps_per_epoch,
     unit_mismatch,
 )
+from tracker_sched.data.validation import validate_sweep
 from tracker_sched.schema import MetricMap, RunRecord, Series
 from tracker_sched.sources.files import record_from_raw
-from tracker_sched.validation import validate_sweep
 
 NONE = BudgetSpec()
 

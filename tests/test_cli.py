@@ -14,7 +14,7 @@ import pytest
 from tiny import tiny_config
 
 from tracker_sched import __version__
-from tracker_sched.bundle import Bundle
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.cli import main
 from tracker_sched.sources.files import read_sweep
 

@@ -17,10 +17,10 @@ import torch
 
 from tests.synthetic import SyntheticSweep, make_sweep, schedule, simulate
 from tests.tiny import history_until, tiny_config
-from tracker_sched.advisor import Advisor
-from tracker_sched.bundle import Bundle, BundleManifest
-from tracker_sched.control import ControlFitConfig, ControlODE, fit_control, interp_input, recheck
-from tracker_sched.control_checks import (
+from tracker_sched.advising.advisor import Advisor
+from tracker_sched.bundle.folder import Bundle, BundleManifest
+from tracker_sched.errors import BundleError, InputError
+from tracker_sched.fit.checks import (
     ControlChecks,
     RankingCheck,
     ResponseCheck,
@@ -29,11 +29,17 @@ from tracker_sched.control_checks import (
     pooled_seed_sd,
     response_flags,
 )
-from tracker_sched.control_planner import ControlPlanner, ControlPlannerConfig, make_planner
-from tracker_sched.errors import BundleError, InputError
-from tracker_sched.fit import fit_sweep
-from tracker_sched.model import ModelConfig
-from tracker_sched.planner import LiveHistory
+from tracker_sched.fit.control import (
+    ControlFitConfig,
+    ControlODE,
+    fit_control,
+    interp_input,
+    recheck,
+)
+from tracker_sched.fit.generative import fit_sweep
+from tracker_sched.model.latent import ModelConfig
+from tracker_sched.planning.control import ControlPlanner, ControlPlannerConfig, make_planner
+from tracker_sched.planning.generative import LiveHistory
 from tracker_sched.schema import RunRecord, Series
 
 GRID, WINDOW = 40, 12

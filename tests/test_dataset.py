@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracker_sched.dataset import (
+from tracker_sched.data.grid import (
     CHANNELS,
     LOG_LR,
     N_CHANNELS,
@@ -26,9 +26,9 @@ from tracker_sched.dataset import (
     target_batch,
     to_grid,
 )
+from tracker_sched.data.validation import CleanRun, validate_sweep
 from tracker_sched.errors import InputError
 from tracker_sched.schema import RunRecord, Series
-from tracker_sched.validation import CleanRun, validate_sweep
 
 # --- resample: known answers ------------------------------------------------------------------
 

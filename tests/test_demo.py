@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tracker_sched import cli
-from tracker_sched.demo import (
+from tracker_sched.demo.run import (
     ALIAS,
     EXPERIMENT,
     MARKER,

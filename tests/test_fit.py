@@ -12,9 +12,9 @@ import pytest
 import torch
 from tiny import tiny_config
 
-from tracker_sched.dataset import CHANNELS, SweepTensors
+from tracker_sched.data.grid import CHANNELS, SweepTensors
 from tracker_sched.errors import FitError, InputError
-from tracker_sched.fit import (
+from tracker_sched.fit.generative import (
     FitResult,
     fit_sweep,
     holdout_loss,
@@ -22,9 +22,9 @@ from tracker_sched.fit import (
     report_windows,
     train_member,
 )
-from tracker_sched.forecast import Forecaster
-from tracker_sched.model import LatentODE
-from tracker_sched.report import METHODS, spearman
+from tracker_sched.fit.report import METHODS, spearman
+from tracker_sched.model.forecast import Forecaster
+from tracker_sched.model.latent import LatentODE
 from tracker_sched.schema import MetricMap, RunRecord, Series
 from tracker_sched.sources.files import read_sweep
 

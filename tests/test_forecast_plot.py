@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.tiny import tiny_config
-from tracker_sched.fit import FitResult, fit_sweep
-from tracker_sched.forecast import Forecaster
-from tracker_sched.forecast_plot import figure_title, plot_fit_forecasts, shown_runs
+from tracker_sched.fit.forecast_plot import figure_title, plot_fit_forecasts, shown_runs
+from tracker_sched.fit.generative import FitResult, fit_sweep
+from tracker_sched.model.forecast import Forecaster
 from tracker_sched.sources.files import read_sweep
 
 pytest.importorskip("matplotlib")

@@ -8,9 +8,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from tracker_sched.dataset import N_CHANNELS
+from tracker_sched.data.grid import N_CHANNELS
 from tracker_sched.errors import InputError
-from tracker_sched.model import LatentODE, ModelConfig, path_length_penalty
+from tracker_sched.model.latent import LatentODE, ModelConfig, path_length_penalty
 
 
 def _model(seed: int = 0, **cfg: object) -> LatentODE:

@@ -29,11 +29,11 @@ import torch
 
 from tests.synthetic import SyntheticSweep, make_sweep
 from tests.tiny import history_until, tiny_config
-from tracker_sched.bundle import Bundle
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
-from tracker_sched.fit import fit_sweep
-from tracker_sched.model import LatentODE, solve_stacked
-from tracker_sched.planner import GenerativePlanner, LiveHistory, PlannerConfig
+from tracker_sched.fit.generative import fit_sweep
+from tracker_sched.model.latent import LatentODE, solve_stacked
+from tracker_sched.planning.generative import GenerativePlanner, LiveHistory, PlannerConfig
 from tracker_sched.schema import Recommendation, Schedule
 
 TOL_DEX = 0.25

@@ -20,13 +20,13 @@ from typing import Any
 import pytest
 from tiny import tiny_config
 
-import tracker_sched.control as control_mod
-import tracker_sched.fit as fit_mod
+import tracker_sched.fit.control as control_mod
+import tracker_sched.fit.generative as fit_mod
 from tracker_sched.cli import main
-from tracker_sched.control import ControlFitConfig, fit_control
+from tracker_sched.data.preflight import preflight
 from tracker_sched.errors import TrackerSchedError
-from tracker_sched.fit import fit_sweep
-from tracker_sched.preflight import preflight
+from tracker_sched.fit.control import ControlFitConfig, fit_control
+from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.schema import RunIssue, RunRecord, Series
 from tracker_sched.sources.files import write_sweep
 

@@ -6,7 +6,7 @@ The invariants, for any input:
   another exception;
 - never a non-finite or non-positive learning rate;
 - never a "planned" status from less than a full window (the one warm-up rule,
-  :func:`tracker_sched.serving.window_ready`, from the run's first logged step).
+  :func:`tracker_sched.advising.serving.window_ready`, from the run's first logged step).
 
 Boundaries: the run schema and its validation, the sweep file reader, the history reader of
 ``tracker-sched recommend``, ``Advisor.observe``/``lr``, and the serving request (the served
@@ -28,22 +28,22 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from tiny import logged_rows
 
-from tracker_sched.advisor import Advisor
-from tracker_sched.bundle import Bundle
-from tracker_sched.cli import read_history
-from tracker_sched.errors import TrackerSchedError
-from tracker_sched.fit import FitResult
-from tracker_sched.limits import MAX_STEPS
-from tracker_sched.schema import Recommendation, RunRecord
-from tracker_sched.serving import (
+from tracker_sched.advising.advisor import Advisor
+from tracker_sched.advising.serving import (
     answer,
     first_logged,
     observations_from_records,
     parse_request,
     window_ready,
 )
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.cli import read_history
+from tracker_sched.data.validation import FLOAT32_MAX, validate_sweep
+from tracker_sched.errors import TrackerSchedError
+from tracker_sched.fit.generative import FitResult
+from tracker_sched.limits import MAX_STEPS
+from tracker_sched.schema import Recommendation, RunRecord
 from tracker_sched.sources.files import read_sweep
-from tracker_sched.validation import FLOAT32_MAX, validate_sweep
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None,

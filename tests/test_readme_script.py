@@ -26,7 +26,7 @@ TIMEOUT_S = 240
 
 PRELUDE = f'''\
 import torch
-from tracker_sched.model import ModelConfig
+from tracker_sched.model.latent import ModelConfig
 TINY = dict(max_iterations=3, eval_every=3, batch_size=8, grid_points=40, window=10,
             model=ModelConfig(latent_dim=4, ode_dim=8, hidden=16, encoder_hidden=16))
 optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tracker_sched.bundle import MANIFEST, Bundle
-from tracker_sched.fit import FitResult
-from tracker_sched.remote import RemoteAdvisor
+from tracker_sched.advising.remote import RemoteAdvisor
+from tracker_sched.bundle.folder import MANIFEST, Bundle
+from tracker_sched.fit.generative import FitResult
 
 SECRETS = ("hf_SECRETTOKEN1", "SECRETKEY2", "SECRETPASS3", "SECRETURL4", "SECRETAUTH5")
 CONFIG: dict[str, Any] = {
@@ -35,13 +35,13 @@ CONFIG: dict[str, Any] = {
     ("keys_seen", False), ("schedule", False), ("seed", False),
 ])
 def test_the_key_rule(key: str, secret: bool) -> None:
-    from tracker_sched.redact import is_secret_key
+    from tracker_sched.util.redact import is_secret_key
 
     assert is_secret_key(key) is secret
 
 
 def test_configs_are_redacted_recursively_and_the_names_listed() -> None:
-    from tracker_sched.redact import REDACTED, redact_config
+    from tracker_sched.util.redact import REDACTED, redact_config
 
     clean, names = redact_config(CONFIG)
     text = json.dumps(clean)
@@ -60,7 +60,7 @@ def test_configs_are_redacted_recursively_and_the_names_listed() -> None:
     ("no url here", "no url here"),
 ])
 def test_text_redaction(text: str, want: str) -> None:
-    from tracker_sched.redact import redact_text
+    from tracker_sched.util.redact import redact_text
 
     assert redact_text(text) == want
 

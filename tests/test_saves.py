@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tracker_sched.bundle import Bundle
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.cli import main
 from tracker_sched.errors import BundleError
-from tracker_sched.fit import FitResult
+from tracker_sched.fit.generative import FitResult
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 
@@ -80,7 +80,7 @@ def _fit_cli(*args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     """A target refused up front is refused before any training step."""
-    import tracker_sched.fit as fit
+    import tracker_sched.fit.generative as fit
 
     def refuse(*_a: object, **_k: object) -> None:
         raise AssertionError("training started although --out was refused")

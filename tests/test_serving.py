@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tracker_sched.advising.serving import observations_from_records
 from tracker_sched.errors import InputError
-from tracker_sched.serving import observations_from_records
 
 
 @pytest.mark.parametrize(("step", "shown"), [

@@ -23,11 +23,9 @@ import yaml
 from pydantic import ValidationError
 
 from tracker_sched.cli import main
-from tracker_sched.confounding import confounding
-from tracker_sched.errors import InputError
-from tracker_sched.schema import RunRecord, Series
-from tracker_sched.sources.files import read_sweep
-from tracker_sched.suggest import (
+from tracker_sched.data.validation import validate_sweep
+from tracker_sched.design.confounding import confounding
+from tracker_sched.design.suggest import (
     MLFLOW_SCHEDULE_PARAM,
     SCHEDULE_PARAM,
     KnotSchedule,
@@ -39,7 +37,9 @@ from tracker_sched.suggest import (
     sweep_summary,
     wandb_sweep_config,
 )
-from tracker_sched.validation import validate_sweep
+from tracker_sched.errors import InputError
+from tracker_sched.schema import RunRecord, Series
+from tracker_sched.sources.files import read_sweep
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 

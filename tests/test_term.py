@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tracker_sched.cli import main
-from tracker_sched.fit import FitResult
+from tracker_sched.fit.generative import FitResult
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 EVIL = ["\x1b[2J\x1b[31mred", "txt\u202egpj.exe", "a\rb", "bell\x07\x9b31m", "nl\nfake line"]
@@ -58,7 +58,7 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 
 def test_escape_shows_what_it_replaced() -> None:
-    from tracker_sched.term import escape
+    from tracker_sched.util.term import escape
 
     assert escape("\x1b[31mx") == "\\x1b[31mx"
     assert escape("a\u202eb") == "a\\u202eb"
@@ -87,7 +87,7 @@ def test_item9_fit_and_inspect_escape_run_ids(evil_sweep: Path, tmp_path: Path,
     # inspect a bundle whose best run id is hostile
     m = tiny_fit.bundle.manifest
     sweep = m.sweep.model_copy(update={"best_run_id": EVIL[0]})
-    from tracker_sched.bundle import Bundle
+    from tracker_sched.bundle.folder import Bundle
 
     dest = Bundle(m.model_copy(update={"sweep": sweep}), tiny_fit.bundle.models).save(
         tmp_path / "evil-best")

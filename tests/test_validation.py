@@ -10,14 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tracker_sched.schema import ROLES, RunIssue, RunRecord, Series
-from tracker_sched.validation import (
+from tracker_sched.data.validation import (
     MIN_POINTS,
     MIN_VAL_POINTS,
     CleanRun,
     ValidatedSweep,
     validate_sweep,
 )
+from tracker_sched.schema import ROLES, RunIssue, RunRecord, Series
 
 STEPS = list(range(10, 501, 10))  # 50 points, 10..500
 

@@ -12,27 +12,31 @@ The public surface::
 
 from typing import TYPE_CHECKING, Any
 
+from tracker_sched import _compat
+
+_compat.install()  # compat: remove in 0.3 (the flat module paths of 0.1)
+
 # Names are imported on first use (PEP 562): MLflow imports our run context provider
 # while it imports itself, and a thin client (RemoteAdvisor) should not pay for torch.
 _EXPORTS = {
-    "Advisor": "tracker_sched.advisor",
-    "AdvisorLR": "tracker_sched.scheduler",
-    "Bundle": "tracker_sched.bundle",
-    "BundleManifest": "tracker_sched.bundle",
+    "Advisor": "tracker_sched.advising.advisor",
+    "AdvisorLR": "tracker_sched.integrations.pytorch.scheduler",
+    "Bundle": "tracker_sched.bundle.folder",
+    "BundleManifest": "tracker_sched.bundle.folder",
     "BundleError": "tracker_sched.errors",
     "FitError": "tracker_sched.errors",
     "InputError": "tracker_sched.errors",
     "MissingDependencyError": "tracker_sched.errors",
     "SourceError": "tracker_sched.errors",
     "TrackerSchedError": "tracker_sched.errors",
-    "FitConfig": "tracker_sched.fit",
-    "FitResult": "tracker_sched.fit",
-    "fit_sweep": "tracker_sched.fit",
-    "ModelConfig": "tracker_sched.model",
-    "GenerativePlanner": "tracker_sched.planner",
-    "LiveHistory": "tracker_sched.planner",
-    "PlannerConfig": "tracker_sched.planner",
-    "FitReport": "tracker_sched.report",
+    "FitConfig": "tracker_sched.fit.generative",
+    "FitResult": "tracker_sched.fit.generative",
+    "fit_sweep": "tracker_sched.fit.generative",
+    "ModelConfig": "tracker_sched.model.latent",
+    "GenerativePlanner": "tracker_sched.planning.generative",
+    "LiveHistory": "tracker_sched.planning.generative",
+    "PlannerConfig": "tracker_sched.planning.generative",
+    "FitReport": "tracker_sched.fit.report",
     "MetricMap": "tracker_sched.schema",
     "Recommendation": "tracker_sched.schema",
     "RunIssue": "tracker_sched.schema",
@@ -41,17 +45,20 @@ _EXPORTS = {
     "Series": "tracker_sched.schema",
     "read_sweep": "tracker_sched.sources.files",
     "write_sweep": "tracker_sched.sources.files",
-    "validate_sweep": "tracker_sched.validation",
-    "RemoteAdvisor": "tracker_sched.remote",
+    "validate_sweep": "tracker_sched.data.validation",
+    "RemoteAdvisor": "tracker_sched.advising.remote",
     "load_bundle": "tracker_sched.stores",
-    "confounding": "tracker_sched.confounding",
-    "suggest_runs": "tracker_sched.suggest",
+    "confounding": "tracker_sched.design.confounding",
+    "suggest_runs": "tracker_sched.design.suggest",
 }
 
 if TYPE_CHECKING:
-    from tracker_sched.advisor import Advisor
-    from tracker_sched.bundle import Bundle, BundleManifest
-    from tracker_sched.confounding import confounding
+    from tracker_sched.advising.advisor import Advisor
+    from tracker_sched.advising.remote import RemoteAdvisor
+    from tracker_sched.bundle.folder import Bundle, BundleManifest
+    from tracker_sched.data.validation import validate_sweep
+    from tracker_sched.design.confounding import confounding
+    from tracker_sched.design.suggest import suggest_runs
     from tracker_sched.errors import (
         BundleError,
         FitError,
@@ -60,12 +67,11 @@ if TYPE_CHECKING:
         SourceError,
         TrackerSchedError,
     )
-    from tracker_sched.fit import FitConfig, FitResult, fit_sweep
-    from tracker_sched.model import ModelConfig
-    from tracker_sched.planner import GenerativePlanner, LiveHistory, PlannerConfig
-    from tracker_sched.remote import RemoteAdvisor
-    from tracker_sched.report import FitReport
-    from tracker_sched.scheduler import AdvisorLR
+    from tracker_sched.fit.generative import FitConfig, FitResult, fit_sweep
+    from tracker_sched.fit.report import FitReport
+    from tracker_sched.integrations.pytorch.scheduler import AdvisorLR
+    from tracker_sched.model.latent import ModelConfig
+    from tracker_sched.planning.generative import GenerativePlanner, LiveHistory, PlannerConfig
     from tracker_sched.schema import (
         MetricMap,
         Recommendation,
@@ -76,8 +82,6 @@ if TYPE_CHECKING:
     )
     from tracker_sched.sources.files import read_sweep, write_sweep
     from tracker_sched.stores import load_bundle
-    from tracker_sched.suggest import suggest_runs
-    from tracker_sched.validation import validate_sweep
 
 
 def __getattr__(name: str) -> Any:

@@ -22,14 +22,14 @@ from tracker_sched.limits import MAX_STEPS
 from tracker_sched.schema import MetricMap, RunIssue
 from tracker_sched.sources.base import SourceResult
 from tracker_sched.sources.files import read_sweep
-from tracker_sched.term import EscapingFilter, escape
+from tracker_sched.util.term import EscapingFilter, escape
 
 if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
-    from tracker_sched.bundle import BundleManifest
-    from tracker_sched.control_checks import ControlChecks
-    from tracker_sched.preflight import Preflight
-    from tracker_sched.report import FitReport
-    from tracker_sched.serving import Observation
+    from tracker_sched.advising.serving import Observation
+    from tracker_sched.bundle.folder import BundleManifest
+    from tracker_sched.data.preflight import Preflight
+    from tracker_sched.fit.checks import ControlChecks
+    from tracker_sched.fit.report import FitReport
 
 SOURCES = ("files", "mlflow", "wandb", "wandb-offline")
 
@@ -37,7 +37,7 @@ SOURCES = ("files", "mlflow", "wandb", "wandb-offline")
 def print(*parts: object, file: TextIO | None = None, sep: str = " ", end: str = "\n") -> None:
     """Every line this module prints (it shadows the builtin on purpose, so that no output
     path is missed): run ids, names and reasons come from trackers, and their control and
-    bidi characters are shown escaped, never sent to the terminal (tracker_sched.term)."""
+    bidi characters are shown escaped, never sent to the terminal (tracker_sched.util.term)."""
     text = escape(sep.join(str(p) for p in parts), lines=True)
     builtins.print(text, file=file if file is not None else sys.stdout, end=end)
 
@@ -50,7 +50,7 @@ def _json(obj: Any) -> str:
 def _steps_arg(minimum: int) -> Any:
     """An argparse type: a whole number of steps in [minimum, MAX_STEPS] (``8.4e2`` is 840)."""
     def parse(text: str) -> int:
-        from tracker_sched.serving import whole_steps
+        from tracker_sched.advising.serving import whole_steps
 
         try:
             return whole_steps(text, "value", minimum=minimum)
@@ -239,7 +239,7 @@ def _read(args: argparse.Namespace) -> SourceResult:
 
 
 def _issue_table(issues: Sequence[RunIssue]) -> str:
-    from tracker_sched.preflight import issue_table
+    from tracker_sched.data.preflight import issue_table
 
     return issue_table(issues)
 
@@ -247,7 +247,7 @@ def _issue_table(issues: Sequence[RunIssue]) -> str:
 def _check(args: argparse.Namespace, result: SourceResult) -> Preflight:
     """The pre-training checks on what was read, with the budget and configuration flags."""
     from tracker_sched.budget import BudgetSpec
-    from tracker_sched.preflight import preflight
+    from tracker_sched.data.preflight import preflight
 
     try:
         budget = BudgetSpec(steps=args.total_steps, key=args.total_steps_key)
@@ -260,7 +260,7 @@ def _check(args: argparse.Namespace, result: SourceResult) -> Preflight:
 
 def _forecast_table(manifest: BundleManifest) -> str:
     """The fit report's forecast table; an accuracy-like metric is shown in points."""
-    from tracker_sched.report import format_forecast
+    from tracker_sched.fit.report import format_forecast
 
     report = manifest.report
     assert report.holdout is not None
@@ -287,10 +287,10 @@ def _read_and_check(args: argparse.Namespace) -> tuple[SourceResult, Preflight]:
 def cmd_fit(args: argparse.Namespace) -> int:
     import torch
 
-    from tracker_sched.bundle import MANIFEST
-    from tracker_sched.fit import FitConfig, fit_sweep
-    from tracker_sched.folders import check_target
-    from tracker_sched.model import ModelConfig
+    from tracker_sched.bundle.folder import MANIFEST
+    from tracker_sched.fit.generative import FitConfig, fit_sweep
+    from tracker_sched.model.latent import ModelConfig
+    from tracker_sched.util.folders import check_target
 
     # Before reading or training: a target the save would refuse must not cost a whole fit.
     check_target(args.out, marker=MANIFEST, what="--out")
@@ -349,7 +349,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(_forecast_table(bundle.manifest))
         if not args.no_plots:
             try:
-                from tracker_sched.forecast_plot import plot_fit_forecasts
+                from tracker_sched.fit.forecast_plot import plot_fit_forecasts
 
                 plot_fit_forecasts(out / "forecast.png", fitted, config.report_taus,
                                    config.window)
@@ -363,9 +363,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def _fit_control(args: argparse.Namespace, base: dict[str, object]) -> int:
     """``fit --mode control``: a control-mode bundle, its checks, and the sweep's confounding."""
-    from tracker_sched.confounding import confounding
-    from tracker_sched.control import ControlFitConfig, fit_control
-    from tracker_sched.control_checks import ControlChecks
+    from tracker_sched.design.confounding import confounding
+    from tracker_sched.fit.checks import ControlChecks
+    from tracker_sched.fit.control import ControlFitConfig, fit_control
 
     if args.solver or args.holdout is not None:
         raise InputError("--solver and --holdout are options of the generative fit; the control "
@@ -474,10 +474,10 @@ def _with_tracking_uri(args: argparse.Namespace, uri: str) -> str:
 
 def read_history(path: str) -> list[Observation]:
     """A metrics file (CSV with a header, or JSON Lines) -> the run's observations, checked
-    as a served request is (:func:`tracker_sched.serving.observations_from_records`)."""
+    as a served request is (:func:`tracker_sched.advising.serving.observations_from_records`)."""
     import csv
 
-    from tracker_sched.serving import observations_from_records
+    from tracker_sched.advising.serving import observations_from_records
 
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -509,8 +509,8 @@ def read_history(path: str) -> list[Observation]:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from tracker_sched.control_planner import PlannerMode, make_planner
-    from tracker_sched.serving import RecommendRequest, answer
+    from tracker_sched.advising.serving import RecommendRequest, answer
+    from tracker_sched.planning.control import PlannerMode, make_planner
     from tracker_sched.stores import load_bundle
 
     observations = read_history(args.history)  # before the bundle: a bad file fails fast
@@ -528,8 +528,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tracker_sched.demo import DemoConfig, run_demo
-    from tracker_sched.demo_report import format_comparison
+    from tracker_sched.demo.report import format_comparison
+    from tracker_sched.demo.run import DemoConfig, run_demo
 
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
@@ -568,11 +568,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if m.report.holdout is not None:
         print(_forecast_table(m))
     if m.control:
-        from tracker_sched.control_checks import ControlChecks
+        from tracker_sched.fit.checks import ControlChecks
 
         print(_control_checks_text(ControlChecks.model_validate(m.control)))
         if "confounding" in m.control:
-            from tracker_sched.confounding import ConfoundingReport
+            from tracker_sched.design.confounding import ConfoundingReport
 
             conf = ConfoundingReport.model_validate(m.control["confounding"])
             print(f"sweep design: {conf.summary()}")
@@ -580,7 +580,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_suggest_runs(args: argparse.Namespace) -> int:
-    from tracker_sched.suggest import suggest_for_sweep
+    from tracker_sched.design.suggest import suggest_for_sweep
 
     result = _read(args)
     made = suggest_for_sweep(result.runs, n=args.n, seed=args.seed, fmt=args.format,

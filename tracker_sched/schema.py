@@ -3,7 +3,7 @@
 Every tracker adapter produces :class:`RunRecord` objects; everything after the
 sources works on them. Structural checks (types, equal lengths) happen here at
 construction; semantic checks on a whole sweep (non-increasing steps, bad lr,
-divergence, duplicates) live in :mod:`tracker_sched.validation`, which records
+divergence, duplicates) live in :mod:`tracker_sched.data.validation`, which records
 a reason for every run it drops or truncates.
 """
 

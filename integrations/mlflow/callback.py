@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tracker_sched.bundle import Bundle
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
 from tracker_sched.schema import ROLES, MetricMap, Recommendation
 
@@ -136,7 +136,7 @@ class MlflowAdvisorCallback:
         fallback_dir: str | os.PathLike[str] | None = None,
         **advisor_options: Any,
     ) -> None:
-        from tracker_sched.advisor import Advisor
+        from tracker_sched.advising.advisor import Advisor
         from tracker_sched.integrations.mlflow import context
 
         bundle_uri: str | None = None

@@ -11,7 +11,7 @@ A deployment is local: its name, model URI and a downloaded copy of the bundle
 are recorded in ``$TRACKER_SCHED_HOME/deployments.json`` (default
 ``~/.tracker_sched``); predictions run in the calling process, no server
 needed. ``predict`` takes either a metrics window (the serving format of
-:mod:`tracker_sched.serving`: rows with ``step``, ``train_loss``,
+:mod:`tracker_sched.advising.serving`: rows with ``step``, ``train_loss``,
 ``val_metric``, ``lr``, plus ``total_steps``) or a run (``{"run_id": ...,
 "total_steps": ...}``: the run's metric histories are read from MLflow and,
 with ``log_back``, the recommendation is written back to that run). It
@@ -153,7 +153,7 @@ def _tracking_uri(uri: str | None) -> Iterator[None]:
 
 def _cache_bundle(name: str, model_uri: str, tracking_uri: str | None) -> dict[str, Any]:
     """Download (or copy) the bundle into the deployment's own folder; return its record."""
-    from tracker_sched.bundle import Bundle
+    from tracker_sched.bundle.folder import Bundle
     from tracker_sched.stores import bundle_path
 
     if not model_uri:
@@ -230,9 +230,9 @@ def _run_observations(client: Any, run_id: str, bundle: Any) -> tuple[list[Any],
     """A run's logged histories as observations (roles by the bundle's keys, else defaults)."""
     from mlflow.exceptions import MlflowException
 
+    from tracker_sched.advising.serving import Observation
     from tracker_sched.integrations.mlflow.callback import map_roles, role_keys
     from tracker_sched.schema import MetricMap
-    from tracker_sched.serving import Observation
     from tracker_sched.sources.mlflow_source import clean_history, parse_param
 
     try:
@@ -258,8 +258,8 @@ def _run_observations(client: Any, run_id: str, bundle: Any) -> tuple[list[Any],
 def predict_recommendation(entry: Mapping[str, Any], inputs: Any,
                            params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The work of ``predict`` for one deployment record; see the module docstring."""
-    from tracker_sched.bundle import Bundle
-    from tracker_sched.serving import answer, observations_from_records, parse_request
+    from tracker_sched.advising.serving import answer, observations_from_records, parse_request
+    from tracker_sched.bundle.folder import Bundle
 
     params = dict(params or {})
     rows = _records(inputs)
@@ -298,9 +298,9 @@ def _predict_run(entry: Mapping[str, Any], bundle: Any, run_id: str, total: Any,
                  log_back: bool, params: Mapping[str, Any]) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
+    from tracker_sched.advising.serving import RecommendRequest, answer
     from tracker_sched.budget import STEP_KEYS, stated_budget
     from tracker_sched.integrations.mlflow.callback import log_recommendation
-    from tracker_sched.serving import RecommendRequest, answer
 
     client = MlflowClient(tracking_uri=params.get("tracking_uri") or entry.get("tracking_uri"))
     observations, run_params = _run_observations(client, run_id, bundle)

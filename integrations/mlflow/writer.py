@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracker_sched.errors import MissingDependencyError
-from tracker_sched.redact import redact_text
 from tracker_sched.schema import Recommendation
+from tracker_sched.util.redact import redact_text
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

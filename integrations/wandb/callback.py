@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracker_sched.budget import STEP_KEYS, stated_budget
-from tracker_sched.bundle import Bundle
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
-from tracker_sched.planner import PlannerConfig
-from tracker_sched.redact import redact_text
+from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.schema import MetricMap, Recommendation, Role
+from tracker_sched.util.redact import redact_text
 
 from ..advised import AdvisedRun
 from ..advised import number as _number

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.corpus.conftest import Corpora
-from tracker_sched.bundle import Bundle
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.cli import main
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracker_sched.advising.serving import recommendation_to_row
 from tracker_sched.schema import Recommendation, Schedule
-from tracker_sched.serving import recommendation_to_row
 
 
 @dataclass

@@ -26,12 +26,12 @@ import pytest
 import torch
 
 from tests.tiny import logged_rows
-from tracker_sched.advisor import Advisor
-from tracker_sched.bundle import MANIFEST, WEIGHTS, Bundle
+from tracker_sched.advising.advisor import Advisor
+from tracker_sched.advising.serving import answer, observations_from_records, parse_request
+from tracker_sched.bundle.folder import MANIFEST, WEIGHTS, Bundle
 from tracker_sched.cli import main
 from tracker_sched.errors import BundleError, InputError
-from tracker_sched.fit import FitResult
-from tracker_sched.serving import answer, observations_from_records, parse_request
+from tracker_sched.fit.generative import FitResult
 from tracker_sched.sources.files import read_sweep
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"

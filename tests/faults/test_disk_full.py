@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tracker_sched.bundle import Bundle
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.cli import main
 from tracker_sched.errors import BundleError
-from tracker_sched.fit import FitResult
+from tracker_sched.fit.generative import FitResult
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 
@@ -92,7 +92,7 @@ def test_disk_full_in_the_cli_says_so_and_never_says_written(
 ) -> None:
     """Survives: the old bundle; the user sees one error line and exit status 1."""
     out, err = io.StringIO(), io.StringIO()
-    import tracker_sched.bundle as bundle_module
+    import tracker_sched.bundle.folder as bundle_module
 
     real_save = bundle_module.Bundle.save
 

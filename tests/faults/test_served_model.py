@@ -15,7 +15,7 @@ import time
 import pytest
 
 from tests.faults.stub_server import Reply, plan_reply, stub_server
-from tracker_sched.remote import RemoteAdvisor
+from tracker_sched.advising.remote import RemoteAdvisor
 
 WARMUP = plan_reply("warmup", lr=0.05, ready_step=5)
 FAST_S = 0.05  # what one observe() may take, at most, whatever the server does

@@ -33,10 +33,10 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from benchmarks.mlflow_server import LocalMlflowServer
-from tracker_sched.bundle import Bundle
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.cli import main
 from tracker_sched.errors import BundleError
-from tracker_sched.fit import FitResult
+from tracker_sched.fit.generative import FitResult
 from tracker_sched.sources.files import read_sweep
 from tracker_sched.sources.mlflow_source import MlflowSource, log_sweep
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from tests.corpus.styles import _finish_wandb, data, mlp, trackers
 from tests.wandb.sweep_helpers import read_log, run_log, summary_of
-from tracker_sched.planner import PlannerConfig
+from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.schema import MetricMap
 
 L = pytest.importorskip("lightning")

@@ -23,10 +23,10 @@ from mlflow.tracking import MlflowClient
 from tiny import tiny_config
 
 from benchmarks.mlflow_server import local_mlflow_server
-from tracker_sched.advisor import Advisor
-from tracker_sched.bundle import Bundle
+from tracker_sched.advising.advisor import Advisor
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
-from tracker_sched.fit import fit_sweep
+from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.integrations.mlflow import MlflowAdvisorCallback, context
 from tracker_sched.integrations.mlflow.callback import (
     LR_APPLIED,
@@ -276,7 +276,7 @@ def test_a_failing_advisor_keeps_the_last_lr(bundle: Bundle, sqlite_uri: str,
 def test_over_a_remote_advisor_whose_model_server_is_down(sqlite_uri: str) -> None:
     """Any advisor works; a remote one that cannot reach its server says so on the run."""
     from benchmarks.mlflow_server import free_port
-    from tracker_sched.remote import RemoteAdvisor
+    from tracker_sched.advising.remote import RemoteAdvisor
 
     remote = RemoteAdvisor(f"http://127.0.0.1:{free_port()}", TOTAL, initial_lr=0.02,
                            timeout=0.5, retries=0)

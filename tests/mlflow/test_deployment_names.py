@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("mlflow")
 
 from tracker_sched.errors import InputError
-from tracker_sched.fit import FitResult
+from tracker_sched.fit.generative import FitResult
 from tracker_sched.integrations.mlflow import deployments
 
 

@@ -16,14 +16,14 @@ pytest.importorskip("mlflow")
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from tracker_sched.data.validation import validate_sweep
 from tracker_sched.errors import InputError, MissingDependencyError, SourceError
-from tracker_sched.fit import FitConfig, fit_sweep
-from tracker_sched.model import ModelConfig
+from tracker_sched.fit.generative import FitConfig, fit_sweep
+from tracker_sched.model.latent import ModelConfig
 from tracker_sched.schema import ROLES, RunRecord
 from tracker_sched.sources import mlflow_source
 from tracker_sched.sources.base import Source
 from tracker_sched.sources.mlflow_source import MlflowSource, log_sweep, parse_param
-from tracker_sched.validation import validate_sweep
 
 EXPERIMENT = "cnn-sweep"
 
@@ -378,7 +378,7 @@ def test_fit_from_the_server(server_sweep: tuple[str, str], one_thread: None,
     result = fit_sweep(runs, config, workers=1, progress=False)
 
     # The same through the command line: `tracker-sched fit --source mlflow`.
-    from tracker_sched.bundle import Bundle
+    from tracker_sched.bundle.folder import Bundle
     from tracker_sched.cli import main
 
     cfg = tmp_path / "fit.json"
@@ -434,7 +434,7 @@ def test_runs_logged_without_steps_are_placed_by_timestamp(sqlite_store: str) ->
     assert run.val_metric.step == [5, 10, 15, 20]
     assert run.total_steps is None and run.metric_keys["step"] == "timestamp"
     assert all(i.action == "repaired" and "no steps logged" in i.reason for i in result.issues)
-    from tracker_sched.preflight import preflight
+    from tracker_sched.data.preflight import preflight
 
     checked = preflight(result.runs, source_issues=result.issues)
     assert checked.problems == []

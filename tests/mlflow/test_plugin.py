@@ -25,9 +25,10 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from tiny import tiny_config
 
-from tracker_sched.bundle import Bundle
+from tracker_sched.advising.serving import observations_from_records, parse_request, recommend
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
-from tracker_sched.fit import fit_sweep
+from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.integrations.mlflow import context, deployments
 from tracker_sched.integrations.mlflow.callback import (
     LR_METRIC,
@@ -36,7 +37,6 @@ from tracker_sched.integrations.mlflow.callback import (
     MlflowAdvisorCallback,
 )
 from tracker_sched.schema import Recommendation, RunRecord
-from tracker_sched.serving import observations_from_records, parse_request, recommend
 from tracker_sched.sources.files import read_sweep
 from tracker_sched.stores.mlflow_store import register_bundle
 

@@ -27,13 +27,13 @@ pytest.importorskip("mlflow")
 from benchmarks.mlflow_server import ServedModel as Served
 from benchmarks.mlflow_server import free_port
 from tests.tiny import logged_rows, tiny_config
-from tracker_sched.advisor import Advisor
-from tracker_sched.bundle import Bundle
-from tracker_sched.fit import fit_sweep
+from tracker_sched.advising.advisor import Advisor
+from tracker_sched.advising.remote import RemoteAdvisor, ServerError
+from tracker_sched.advising.serving import recommendation_to_row, warmup_plan
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.limits import MAX_ROWS
-from tracker_sched.remote import RemoteAdvisor, ServerError
 from tracker_sched.schema import Recommendation, RunRecord, Schedule
-from tracker_sched.serving import recommendation_to_row, warmup_plan
 from tracker_sched.stores.mlflow_store import register_bundle
 
 

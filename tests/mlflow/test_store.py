@@ -20,12 +20,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from tests.tiny import tiny_config
-from tracker_sched.bundle import Bundle
-from tracker_sched.cli import main
-from tracker_sched.errors import BundleError
-from tracker_sched.fit import fit_sweep
-from tracker_sched.schema import Recommendation, RunRecord
-from tracker_sched.serving import (
+from tracker_sched.advising.serving import (
     Observation,
     RecommendRequest,
     answer,
@@ -33,6 +28,11 @@ from tracker_sched.serving import (
     recommendation_from_row,
     recommendation_to_row,
 )
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.cli import main
+from tracker_sched.errors import BundleError
+from tracker_sched.fit.generative import fit_sweep
+from tracker_sched.schema import Recommendation, RunRecord
 from tracker_sched.stores import load_bundle
 from tracker_sched.stores.mlflow_store import download_bundle, register_bundle
 

@@ -24,9 +24,9 @@ import pandas as pd
 from mlflow.artifacts import download_artifacts
 from mlflow.tracking import MlflowClient
 
-from tracker_sched.bundle import MANIFEST, Bundle
+from tracker_sched.bundle.folder import MANIFEST, Bundle
 from tracker_sched.errors import InputError
-from tracker_sched.fit import FitResult
+from tracker_sched.fit.generative import FitResult
 from tracker_sched.limits import MAX_CURRENT_CHARS, MAX_ROWS
 from tracker_sched.stores import load_bundle
 from tracker_sched.stores.mlflow_pyfunc import TrackerSchedModel

@@ -31,13 +31,13 @@ wandb = pytest.importorskip("wandb")
 
 from tests.wandb.graphql_stub import GraphQLStub, StubRun  # noqa: E402
 from tracker_sched.cli import main  # noqa: E402
+from tracker_sched.data.validation import validate_sweep  # noqa: E402
 from tracker_sched.errors import InputError, SourceError  # noqa: E402
 from tracker_sched.schema import MetricMap, RunRecord  # noqa: E402
 from tracker_sched.sources import wandb_api  # noqa: E402
 from tracker_sched.sources.base import Source, SourceResult  # noqa: E402
 from tracker_sched.sources.files import read_sweep  # noqa: E402
 from tracker_sched.sources.wandb_api import WandbApiSource  # noqa: E402
-from tracker_sched.validation import validate_sweep  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 KEYS = {"train_loss": "train/loss", "lr": "lr", "val_metric": "val/acc"}

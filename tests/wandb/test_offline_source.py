@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from tests.wandb.sweep_helpers import offline_env
+from tracker_sched.data.validation import validate_sweep
 from tracker_sched.errors import InputError, MissingDependencyError, SourceError
-from tracker_sched.fit import FitConfig, fit_sweep
-from tracker_sched.model import ModelConfig
+from tracker_sched.fit.generative import FitConfig, fit_sweep
+from tracker_sched.model.latent import ModelConfig
 from tracker_sched.schema import MetricMap, RunRecord
 from tracker_sched.sources.base import Source
 from tracker_sched.sources.files import read_sweep
@@ -29,7 +30,6 @@ from tracker_sched.sources.wandb_offline import (
     _Scan,
     iter_log_records,
 )
-from tracker_sched.validation import validate_sweep
 
 wandb = pytest.importorskip("wandb")
 
@@ -389,7 +389,7 @@ def test_fit_from_a_real_offline_sweep(
     assert fitted.report.runs_used == 8
 
     # The same through the command line: `tracker-sched fit --source wandb-offline`.
-    from tracker_sched.bundle import Bundle
+    from tracker_sched.bundle.folder import Bundle
     from tracker_sched.cli import main
 
     cfg = tmp_path_factory.mktemp("cfg") / "fit.json"

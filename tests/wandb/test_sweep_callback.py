@@ -30,11 +30,11 @@ from tests.wandb.sweep_helpers import (
     run_log,
     summary_of,
 )
-from tracker_sched.bundle import Bundle
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.cli import main
 from tracker_sched.errors import InputError
 from tracker_sched.integrations.wandb import STATUS_CODES, SweepCallback
-from tracker_sched.planner import PlannerConfig
+from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.schema import MetricMap
 from tracker_sched.sources.files import read_sweep
 from tracker_sched.sources.wandb_offline import WandbOfflineSource

@@ -32,10 +32,10 @@ wandb = pytest.importorskip("wandb")
 from tests.tiny import tiny_config  # noqa: E402
 from tests.wandb.graphql_stub import GraphQLStub, StubArtifact  # noqa: E402
 from tests.wandb.sweep_helpers import offline_env  # noqa: E402
-from tracker_sched.bundle import MANIFEST, SCHEMA_VERSION, WEIGHTS, Bundle  # noqa: E402
+from tracker_sched.bundle.folder import MANIFEST, SCHEMA_VERSION, WEIGHTS, Bundle  # noqa: E402
 from tracker_sched.cli import main  # noqa: E402
 from tracker_sched.errors import BundleError, InputError  # noqa: E402
-from tracker_sched.fit import FitResult, fit_sweep  # noqa: E402
+from tracker_sched.fit.generative import FitResult, fit_sweep  # noqa: E402
 from tracker_sched.sources.files import read_sweep  # noqa: E402
 from tracker_sched.sources.wandb_offline import (  # noqa: E402
     _record_class,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tracker_sched.bundle import Bundle
+    from tracker_sched.bundle.folder import Bundle
 
 
 def bundle_path(uri: str | Path, *, dst: str | Path | None = None) -> Path:
@@ -46,7 +46,7 @@ def load_bundle(uri: str | Path) -> Bundle:
     is in memory: repeated loads (a callback per run, a server per request) leave nothing
     behind.
     """
-    from tracker_sched.bundle import Bundle
+    from tracker_sched.bundle.folder import Bundle
 
     if str(uri).startswith(("mlflow:", "wandb:")):
         with tempfile.TemporaryDirectory(prefix="tracker-sched-") as tmp:

@@ -8,7 +8,7 @@ Params: ``total_steps`` (required), ``step`` (the current step; -1, the
 default, means the last row's), ``current`` (the schedule the run follows now,
 as JSON ``{"step": [...], "lr": [...]}``; "" for none).
 Output: a one-row data frame, the columns of
-:func:`tracker_sched.serving.recommendation_to_row` (``schedule`` a JSON string)
+:func:`tracker_sched.advising.serving.recommendation_to_row` (``schedule`` a JSON string)
 and ``ready_step``, the first step at which the run's window is ready (the
 step from which a client should ask for a plan rather than the warm-up).
 Until the run covers the bundle's context window the answer is the warm-up
@@ -76,8 +76,8 @@ class TrackerSchedModel(PythonModel):
     def load_context(self, context: Any) -> None:
         import torch
 
-        from tracker_sched.bundle import Bundle
-        from tracker_sched.control_planner import make_planner
+        from tracker_sched.bundle.folder import Bundle
+        from tracker_sched.planning.control import make_planner
 
         # MLflow's scoring server (the only process that sets this variable) answers
         # requests on a pool of threads, each plan a few milliseconds of small tensor ops:
@@ -94,7 +94,7 @@ class TrackerSchedModel(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        from tracker_sched.serving import (
+        from tracker_sched.advising.serving import (
             answer,
             first_logged,
             observations_from_records,

@@ -26,9 +26,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from tracker_sched.bundle import MANIFEST, Bundle, BundleManifest, upload_copy
+from tracker_sched.bundle.folder import MANIFEST, Bundle, BundleManifest, upload_copy
 from tracker_sched.errors import BundleError, MissingDependencyError
-from tracker_sched.report import FitReport
+from tracker_sched.fit.report import FitReport
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

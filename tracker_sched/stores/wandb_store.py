@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from tracker_sched.errors import BundleError, InputError, MissingDependencyError
 
 if TYPE_CHECKING:
-    from tracker_sched.report import FitReport
+    from tracker_sched.fit.report import FitReport
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,11 @@ def _wandb() -> Any:
 def bundle_metadata(bundle_dir: Path, report: FitReport | None) -> dict[str, Any]:
     """What the artifact says about itself: schema version, versions, runs, fit quality.
 
-    ``report`` is a :class:`~tracker_sched.report.FitReport`; without one, the
+    ``report`` is a :class:`~tracker_sched.fit.report.FitReport`; without one, the
     bundle's own manifest (``bundle.json``) supplies it.
     """
-    from tracker_sched.bundle import MANIFEST, SCHEMA_VERSION, package_versions
-    from tracker_sched.report import FitReport as Report
+    from tracker_sched.bundle.folder import MANIFEST, SCHEMA_VERSION, package_versions
+    from tracker_sched.fit.report import FitReport as Report
 
     try:
         manifest = json.loads((bundle_dir / MANIFEST).read_text())
@@ -136,7 +136,7 @@ def log_bundle_artifact(
     not resolve.
     """
     folder = Path(bundle_dir)
-    from tracker_sched.bundle import MANIFEST
+    from tracker_sched.bundle.folder import MANIFEST
 
     if not (folder / MANIFEST).is_file():
         raise BundleError(f"{folder} is not a bundle folder (no {MANIFEST}); pass the "
@@ -148,7 +148,7 @@ def log_bundle_artifact(
     if own_run:
         active = _start_run(wandb, project, entity)
     try:
-        from tracker_sched.bundle import upload_copy
+        from tracker_sched.bundle.folder import upload_copy
 
         with upload_copy(folder) as staged:  # the bundle's own files, secrets redacted
             artifact = wandb.Artifact(name, type=ARTIFACT_TYPE,
@@ -192,7 +192,7 @@ def download_bundle(ref: str, dst: str | Path | None = None) -> Path:
     no server, offline mode, no ``bundle.json`` inside) is a BundleError naming
     ``ref``.
     """
-    from tracker_sched.bundle import MANIFEST
+    from tracker_sched.bundle.folder import MANIFEST
 
     ref = ref.strip()
     if ref.count("/") > 2 or ":" not in ref.rsplit("/", 1)[-1]:

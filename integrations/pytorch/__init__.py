@@ -1,0 +1,1 @@
+"""PyTorch: :class:`AdvisorLR`, an ``LRScheduler`` driven by an advisor."""

@@ -1,0 +1,353 @@
+"""The remote advisor: the local :class:`~tracker_sched.advising.advisor.Advisor`, over HTTP.
+
+The bundle stays on a server (``mlflow models serve -m models:/NAME@ALIAS
+--env-manager local``); the training job needs only ``requests``:
+
+>>> # advisor = RemoteAdvisor("http://127.0.0.1:5000", total_steps=840, initial_lr=0.05)
+>>> # for step in ...:
+>>> #     advisor.observe(step, train_loss=loss, val_metric=acc, lr=current_lr)
+>>> #     lr = advisor.lr(step)
+
+A failure of the server never reaches the training loop, and neither does its slowness:
+requests run on a background thread. The run follows the plan it has until an answer
+arrives; ``observe`` and ``lr`` never wait on the network. A failing server leaves the plan
+in place, recorded as a fallback with the reason (logged once per distinct reason), and is
+asked again ``replan_every`` observations later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+from typing import Any
+
+import requests
+
+from tracker_sched.advising.following import PlanFollower
+from tracker_sched.advising.serving import CHANNELS, recommendation_from_row, whole_steps
+from tracker_sched.errors import InputError, TrackerSchedError
+from tracker_sched.limits import CLIENT_MAX_ROWS
+from tracker_sched.schema import Recommendation, Schedule
+from tracker_sched.util.redact import redact_text, redact_url
+
+log = logging.getLogger("tracker_sched.remote")
+
+BACKOFF_S = 0.2  # first retry delay; doubles per retry
+
+
+class ServerError(TrackerSchedError):
+    """The served model did not answer usefully; the message says why (never leaves the advisor)."""
+
+
+class RemoteAdvisor(PlanFollower):
+    """Observe metrics, get the lr to use now, from a served tracker-sched model.
+
+    Args:
+        url: the server's base URL (``/invocations`` is appended). Credentials in it
+            (``https://user:token@host``) are used, and never shown: logs, reasons and tags
+            get :attr:`url_shown`.
+        total_steps: the run's planned budget.
+        timeout: seconds per HTTP request (connect and read each).
+        retries: extra attempts after a timeout, a connection error or a 5xx answer,
+            with backoff (0.2 s, 0.4 s, ...). A 4xx answer (bad input) is not retried.
+        replan_every: observations between plans, as in the local advisor; also how
+            many observations a failing server is left alone before it is asked again.
+        max_replans: plans asked for once the window is ready (1: one open-loop plan;
+            None: every ``replan_every`` observations for the whole run).
+        session: a ``requests.Session`` to reuse (auth, proxies, keep-alive).
+        initial_lr: the lr to run at until the server answers (e.g. the optimizer's
+            starting lr); the lr the run passes to :meth:`observe` wins.
+
+    Without ``initial_lr`` the constructor asks the server for the warm-up plan (the sweep's
+    best run's schedule) before returning, and raises :class:`ServerError` if it cannot: there
+    is no lr to run at. With ``initial_lr`` it returns at once and asks in the background.
+
+    Requests run on one background thread, at most one at a time: a due replan while one is
+    in flight waits for it (the queue holds one request), so a slow server costs requests, not
+    training time. :meth:`wait` blocks until the server has answered what was asked (tests,
+    the end of a run); :meth:`close` stops the thread (also ``with RemoteAdvisor(...)``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        total_steps: int,
+        *,
+        timeout: float = 2.0,
+        retries: int = 2,
+        replan_every: int = 10,
+        max_replans: int | None = 1,
+        session: requests.Session | None = None,
+        initial_lr: float | None = None,
+    ) -> None:
+        total = whole_steps(total_steps, "total_steps", minimum=1)
+        if initial_lr is not None and not (math.isfinite(initial_lr) and initial_lr > 0):
+            raise InputError(f"initial_lr must be a positive number, got {initial_lr}")
+        super().__init__(log)
+        self.url = url.rstrip("/") + "/invocations"
+        self.url_shown = redact_url(self.url)
+        self.total_steps = total
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.replan_every = max(1, replan_every)
+        self.max_replans = max_replans
+        self.replans = 0
+        self.requests_sent = 0
+        self._own_session = session is None
+        self.session = session or requests.Session()
+        self._rows: dict[int, dict[str, float]] = {}
+        self._last: dict[str, int] = {}
+        self._run_lr = initial_lr
+        self._since_plan = 0
+        self._since_try = 0
+        self._failing = False
+        self._ready_step: int | None = None
+        # The request thread and the training thread share the counters and the plan: every
+        # change to them holds this lock, and none holds it across a request.
+        self._lock = threading.Lock()
+        self._jobs: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1)
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        if initial_lr is None:
+            try:
+                first = self._request(self._payload(0))
+            except ServerError as exc:
+                raise ServerError(f"{exc}; start the server, or pass initial_lr=... to run "
+                                  "at that lr until the server answers") from exc
+            self._plan = first
+            return
+        self._plan = Recommendation(
+            status="warmup", reason="waiting for the server's first answer; running at the "
+            "run's own lr", step=0, lr_now=initial_lr, schedule=Schedule(step=[], lr=[]))
+        self._submit(0)
+
+    # ------------------------------------------------------------------ the advisor interface
+    def observe(
+        self,
+        step: int,
+        *,
+        train_loss: float | None = None,
+        val_metric: float | None = None,
+        lr: float | None = None,
+    ) -> Recommendation:
+        """Record what the run logged at ``step``; ask the server when due. Never raises, never
+        waits on the network. A step that is no whole number in ``[0, total_steps]`` is
+        refused (logged once) and changes nothing, as in the local advisor."""
+        try:
+            try:
+                at = whole_steps(step, "step")
+                if at > self.total_steps:
+                    raise InputError(f"step {at} is past total_steps={self.total_steps} (a "
+                                     "step in another unit?)")
+            except InputError as exc:
+                self._warn_once(f"observation refused: {exc}")
+                return self._plan
+            with self._lock:
+                self._record(at, train_loss=train_loss, val_metric=val_metric, lr=lr)
+                self._since_plan += 1
+                self._since_try += 1
+                due = self._due(at)
+            if due:
+                self._submit(at)
+        except Exception as exc:  # the training loop must never die because of us
+            with self._lock:
+                self._fallback(self._safe_step(step),
+                               f"remote advisor error: {type(exc).__name__}: {exc}")
+        return self._plan
+
+    def lr(self, step: int) -> float:
+        """The lr to use at ``step`` (log-linear between planned points). Never raises."""
+        out = self._scheduled_lr(step)
+        if out is not None:
+            return out
+        # No schedule from the server yet: the run's own lr.
+        return self._run_lr if self._run_lr is not None else self._plan.lr_now
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no request is queued or in flight; False if ``timeout`` s passed first."""
+        return self._idle.wait(timeout)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop asking: the request thread ends after the request in flight (waited for up to
+        ``timeout`` s; it is a daemon, so it never holds the process). The advisor keeps
+        answering :meth:`lr` from its last plan."""
+        self._closed = True
+        if self._thread is None:
+            return
+        while True:
+            try:
+                self._jobs.put_nowait(None)
+                break
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self._jobs.get_nowait()  # the queued request is dropped: we are closing
+        self._thread.join(timeout)
+        if not self._thread.is_alive() and self._own_session:
+            self.session.close()
+
+    def __enter__(self) -> RemoteAdvisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _record(self, step: int, **values: float | None) -> None:
+        row = self._rows.setdefault(step, {})
+        for key in CHANNELS:
+            raw = values.get(key)
+            if raw is None:
+                continue
+            value = float(raw)
+            if not math.isfinite(value):
+                continue  # a diverged step: missing to the planner, and not valid JSON
+            if key in self._last and step <= self._last[key]:
+                continue  # repeated or out-of-order step: ignore, keep the series clean
+            self._last[key] = step
+            row[key] = value
+            if key == "lr" and value > 0:
+                self._run_lr = value
+        if not row:
+            del self._rows[step]
+        elif len(self._rows) > CLIENT_MAX_ROWS:
+            # A long run that logs every step: thin the older half (every other row), so that
+            # a request stays within the server's row limit and this dict stays bounded.
+            old = sorted(self._rows)[: len(self._rows) // 2]
+            for s in old[1::2]:
+                del self._rows[s]
+
+    def _due(self, step: int) -> bool:
+        if self._closed or not self._idle.is_set():
+            return False  # one request at a time; a due point while one is out waits for it
+        if self._failing:
+            return self._since_try >= self.replan_every  # leave a failing server alone a while
+        if self.max_replans is not None and self.replans >= self.max_replans:
+            return False
+        ready = self._ready_step is None or step >= self._ready_step
+        return ready and self._since_plan >= self.replan_every
+
+    def _payload(self, step: int) -> dict[str, Any]:
+        """What is asked, frozen now: later observations do not change a request in flight."""
+        rows = [{"step": s, **row} for s, row in sorted(self._rows.items())] or [{"step": step}]
+        current = self._plan.schedule.model_dump_json() if self._sched_steps.size else ""
+        return {"dataframe_records": rows,
+                "params": {"total_steps": self.total_steps, "step": int(step),
+                           "current": current}}
+
+    def _submit(self, step: int) -> None:
+        with self._lock:
+            self._since_try = 0
+            payload = self._payload(step)
+            self._idle.clear()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="tracker-sched-remote",
+                                             daemon=True)
+            self._thread.start()
+        with contextlib.suppress(queue.Full):  # _due holds it to one at a time; never block
+            self._jobs.put_nowait(payload)
+
+    def _work(self) -> None:
+        while True:
+            payload = self._jobs.get()
+            if payload is None:
+                return
+            step = int(payload["params"]["step"])
+            try:
+                rec: Recommendation | ServerError = self._request(payload)
+            except ServerError as exc:
+                rec = exc
+            except Exception as exc:  # a bug of ours must not kill the thread silently
+                rec = ServerError(f"{type(exc).__name__}: {exc}")
+            with self._lock:
+                if not self._closed:
+                    self._apply(step, rec)
+                self._idle.set()
+
+    def _apply(self, step: int, answer: Recommendation | ServerError) -> None:
+        if isinstance(answer, ServerError):
+            self._failing = True
+            self._fallback(step, f"server: {answer}; keeping the current plan")
+            return
+        rec = answer
+        self._failing = False
+        if rec.status != "warmup":
+            self.replans += 1
+            self._since_plan = 0
+        if rec.status == "fallback":
+            self._warn_once(rec.reason)
+            # The planner declined. Its answer already follows a planned schedule (sent as
+            # `current`); a warm-up one is kept as is, as the local advisor does.
+            if self._sched_steps.size and self._plan.status != "planned":
+                rec = rec.model_copy(update={"schedule": self._plan.schedule,
+                                             "lr_now": self.lr(step)})
+        self._plan = rec
+
+    def _request(self, payload: dict[str, Any]) -> Recommendation:
+        shown = self.url_shown
+        reason = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+            self.requests_sent += 1
+            try:
+                resp = self.session.post(self.url, json=payload, timeout=self.timeout)
+            except requests.Timeout:
+                reason = f"no answer from {shown} within {self.timeout:g} s"
+                continue
+            except requests.RequestException as exc:
+                reason = f"cannot reach {shown} ({type(exc).__name__})"
+                continue
+            if resp.status_code >= 500:
+                reason = f"{shown} answered HTTP {resp.status_code}: {_server_message(resp)}"
+                continue
+            if resp.status_code != 200:
+                raise ServerError(f"{shown} refused the request (HTTP {resp.status_code}): "
+                                  f"{_server_message(resp)}")
+            rec, ready = _parse_answer(resp, shown)
+            if ready is not None:
+                self._ready_step = ready
+            return rec
+        raise ServerError(f"{reason} ({self.retries + 1} attempts)")
+
+    def _fallback(self, step: int, reason: str) -> None:
+        """Keep the plan we follow, marked as a fallback with the reason."""
+        reason = redact_text(reason)
+        self._warn_once(reason)
+        self._plan = self._plan.model_copy(update={"status": "fallback", "reason": reason,
+                                                   "step": int(step), "lr_now": self.lr(step)})
+
+
+def _server_message(resp: requests.Response) -> str:
+    """The useful line of an MLflow scoring server's error: our own exception's message."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text.strip()[:300] or resp.reason
+    if isinstance(body, dict):
+        trace = str(body.get("stack_trace") or "").strip().splitlines()
+        if trace:
+            return trace[-1][:300]
+        return str(body.get("message") or body)[:300]
+    return str(body)[:300]
+
+
+def _parse_answer(resp: requests.Response, url: str) -> tuple[Recommendation, int | None]:
+    """The recommendation in a ``{"predictions": [row]}`` answer, and the row's ``ready_step``."""
+    try:
+        body: Any = resp.json()
+        row = body["predictions"][0]
+        rec = recommendation_from_row(row)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        # InputError is a ValueError: a row that is no recommendation lands here too.
+        raise ServerError(f"{url} answered something that is not a recommendation "
+                          f"({exc}): {resp.text[:200]!r}") from exc
+    ready = row.get("ready_step")
+    if isinstance(ready, (int, float)) and math.isfinite(ready):
+        return rec, int(ready)
+    return rec, None

@@ -1,0 +1,1 @@
+"""Reading and checking runs: validation, preflight, the progress grid, the sweep summary."""

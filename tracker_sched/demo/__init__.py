@@ -1,0 +1,14 @@
+"""The demo (``tracker-sched demo``): a real sweep on MNIST-1D, a fit, an advised run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tracker_sched import _compat
+
+
+def __getattr__(name: str) -> Any:
+    # compat: remove in 0.3. The 0.1 module tracker_sched.demo is now this package;
+    # its names are read from tracker_sched.demo.run on first use (not imported here:
+    # importing a submodule must not import the whole stage).
+    return _compat.moved_attr(__name__, name, "tracker_sched.demo.run")

@@ -1,0 +1,1 @@
+"""Planning: the generative and the control planner, and the factory of both modes."""

@@ -1,0 +1,500 @@
+"""The generative planner: candidate futures from the fitted model, the best one's schedule.
+
+Given a live run's history, its progress ``tau_now`` and a bundle, one replan
+
+1. resamples the history onto the bundle's grid and encodes the last
+   ``window`` points to a latent per ensemble member;
+2. draws candidate latents: the live latent itself (the current course),
+   seeded Gaussian noise around it (``sigma * |z|``), the latents of the
+   sweep's best runs at the same point of training, and interpolations from
+   the live latent towards them (the regimes "between grid points" that a
+   coarse sweep leaves out);
+3. phase alignment, rule ``"now"``: a candidate is accepted if its decoded
+   state at ``tau_now`` matches the live run's on train loss and the
+   validation metric, within a tolerance set by the window's own noise
+   (the state at now needs no solve);
+4. decodes every accepted candidate of every member in one batched ODE solve;
+5. scores candidates by the predicted validation metric at the end of the
+   budget (``tau = 1``, inside the horizon the model was trained on), as the
+   ensemble mean, respecting the metric's direction;
+6. averages the lr trajectories of the best ``top_k``; and
+7. applies the guards: a cap relative to the sweep's best peak lr, no rise
+   late in training, a limit on the change per replan, a trust region around
+   the incumbent (the sweep's best schedule), and a fallback (keep
+   the current plan, with the reason) when nothing is accepted or the best
+   prediction does not beat the current course by ``min_gain``.
+
+All of it is tensor code: no Python loop over candidates or time points (the
+only loops are the solver's steps and the encoder's window, batched over
+members and candidates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.data.grid import (
+    LOG_LR,
+    N_CHANNELS,
+    TRAIN_LOSS,
+    VAL_METRIC,
+    SweepTensors,
+    context_batch,
+    resample,
+)
+from tracker_sched.errors import InputError
+from tracker_sched.model.latent import LatentODE, StackedField, solve_stacked
+from tracker_sched.schema import Recommendation, Schedule
+
+_TIE = 1e-6  # relative: gains below this are float32 rounding, not a better candidate
+
+
+class PlannerConfig(BaseModel):
+    """Knobs of the generative planner. Every guard is on by default."""
+
+    model_config = ConfigDict(frozen=True)
+
+    candidates: int = Field(default=64, ge=2, description="candidate latents per replan")
+    noise_sigma: float = Field(default=0.15, ge=0, description="noise, relative to |z|")
+    regimes: int = Field(default=5, ge=0, description="sweep's best runs used as regimes")
+    interpolations: tuple[float, ...] = (0.25, 0.5, 0.75)
+    top_k: int = Field(default=3, ge=1)
+    match: Literal["now"] = Field(
+        default="now",
+        description="phase alignment: 'now' reads every candidate from the live time. The "
+        "paper's 'largest lr among matched times' replays earlier, higher-lr phases (a "
+        "selection bias measured in the pre-study) and is not offered.",
+    )
+    tolerance: float = Field(default=2.0, gt=0, description="match tolerance, in noise sds")
+    min_tolerance: float = Field(default=0.05, gt=0, description="floor, standardised units")
+    lr_cap: float = Field(
+        default=1.0, gt=0,
+        description="max lr / the sweep's best peak lr. 1.0 (no extrapolation above the best "
+        "peak) was chosen on the benchmark's validation block: at 1.5 the MNIST-1D CNN, whose "
+        "best peak is at the edge of stability, collapsed (-12.5 points)",
+    )
+    no_rise_after_tau: float = Field(default=0.5, ge=0, le=1)
+    max_change_dex: float = Field(default=0.3, gt=0, description="per replan, log10 units")
+    trust_region_dex: float | None = Field(
+        default=0.3, gt=0,
+        description="band around the incumbent (the sweep's best run's schedule, stretched to "
+        "the run's budget), log10 units; None turns it off. Without it, per-replan limits "
+        "ratchet: the first benchmark drifted to the lr cap and never annealed.",
+    )
+    min_gain: float = Field(default=0.0, ge=0, description="needed over the current course")
+    solver_step_points: int | None = Field(
+        default=None, ge=1,
+        description="grid intervals per rk4 step while planning; None: the bundle's own "
+        "(ModelConfig.step_points). Coarser steps are faster and change the plan only through "
+        "the linear interpolation between steps: at 3 on the MNIST-1D bundle, at most 5e-4 "
+        "decades of lr and the same candidates chosen (docs/planner.md, Latency)",
+    )
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LiveHistory:
+    """What a live run has logged so far; each series on its own steps."""
+
+    train_loss: tuple[np.ndarray, np.ndarray]  # (steps, values)
+    lr: tuple[np.ndarray, np.ndarray]
+    val_metric: tuple[np.ndarray, np.ndarray]
+
+
+class GenerativePlanner:
+    """Plans the remaining schedule of a live run from a fitted bundle."""
+
+    def __init__(self, bundle: Bundle, config: PlannerConfig | None = None) -> None:
+        self.bundle = bundle
+        self.config = config or PlannerConfig()
+        m = bundle.manifest
+        self.norm = m.normalisation
+        self.grid_points = m.grid_points
+        self.window = m.window
+        self.sign = 1.0 if m.metrics.direction == "max" else -1.0
+        self._top = self._regime_tensors()
+        self._stacked: _Stacked | None = None  # built at the first replan (subclasses that
+        # plan their own way, like the control planner, never need it)
+
+    @property
+    def _fast(self) -> _Stacked:
+        """The members' encoders, fields and decoders stacked for batched products: built
+        once per planner, not per replan."""
+        if self._stacked is None:
+            models = self.bundle.models
+            with torch.inference_mode():
+                self._stacked = _Stacked(
+                    field=_PlanField(StackedField([mod.field for mod in models])),
+                    encoder=_PlanEncoder(models),
+                    dec_w=torch.stack([mod.decoder.weight.T for mod in models]).contiguous(),
+                    dec_b=torch.stack([mod.decoder.bias for mod in models])[:, None, :],
+                    anchor_tau=torch.stack([torch.exp(mod.log_anchor_tau) for mod in models]),
+                )
+        return self._stacked
+
+    # ------------------------------------------------------------------ inputs
+    def _regime_tensors(self) -> SweepTensors | None:
+        runs = self.bundle.manifest.sweep.top_runs[: self.config.regimes]
+        if not runs:
+            return None
+        vals = np.array(
+            [[[np.nan if v is None else v for v in (r.train_loss[i], r.log_lr[i],
+                                                     r.val_metric[i])]
+              for i in range(self.grid_points)] for r in runs], dtype=np.float64,
+        )
+        mask = ~np.isnan(vals)
+        z = np.where(mask, self.norm.normalise(np.nan_to_num(vals)), 0.0)
+        return SweepTensors(values=torch.as_tensor(z, dtype=torch.float32),
+                            mask=torch.as_tensor(mask))
+
+    def live_tensors(self, history: LiveHistory, total_steps: int) -> SweepTensors:
+        """The live run on the grid, standardised: ``(1, G, 3)``."""
+        g = self.grid_points
+        vals = np.full((1, g, N_CHANNELS), np.nan)
+        mask = np.zeros((1, g, N_CHANNELS), dtype=bool)
+        series = {TRAIN_LOSS: history.train_loss, LOG_LR: history.lr,
+                  VAL_METRIC: history.val_metric}
+        for c, (steps, values) in series.items():
+            steps = np.asarray(steps, dtype=np.int64)
+            values = np.asarray(values, dtype=np.float64)
+            ok = np.isfinite(values) & (steps >= 0)
+            if c == LOG_LR:
+                ok &= values > 0
+            x = self.norm.transform(c, values[ok])
+            vals[0, :, c], mask[0, :, c] = resample(steps[ok], x, total_steps, g)
+        z = np.where(mask, self.norm.normalise(np.nan_to_num(vals)), 0.0)
+        return SweepTensors(values=torch.as_tensor(z, dtype=torch.float32),
+                            mask=torch.as_tensor(mask))
+
+    def live_window(self, history: LiveHistory, step: int,
+                    total_steps: int) -> tuple[SweepTensors, int]:
+        """The live run on the grid and its last fully observed grid point ("now").
+
+        Raises :class:`InputError` when the step is outside the budget or no grid point has
+        train loss, lr and the validation metric together.
+        """
+        if total_steps <= 0 or not 0 <= step <= total_steps:
+            raise InputError(f"step {step} is outside the budget [0, {total_steps}]")
+        live = self.live_tensors(history, total_steps)
+        observed = live.mask[0].all(dim=1)
+        if not bool(observed.any()):
+            raise InputError("the live window has no point with train loss, lr and val metric")
+        return live, min(int(torch.nonzero(observed).max()), self.grid_points - 2)
+
+    # ------------------------------------------------------------------ planning
+    @torch.inference_mode()
+    def plan(
+        self,
+        history: LiveHistory,
+        *,
+        step: int,
+        total_steps: int,
+        current: Schedule | None = None,
+    ) -> Recommendation:
+        """One replan. Raises :class:`InputError` on unusable input; the advisor catches it."""
+        cfg = self.config
+        g = self.grid_points
+        live, end = self.live_window(history, step, total_steps)
+        k_len = g - end
+        offsets = torch.arange(k_len, dtype=torch.float32) / (g - 1)
+        # The live window and the regimes' windows ending at the same grid point: one batch,
+        # so each member encodes them in one GRU pass.
+        windows = live if self._top is None else SweepTensors(
+            values=torch.cat([live.values, self._top.values]),
+            mask=torch.cat([live.mask, self._top.mask]),
+        )
+        n_win = int(windows.values.shape[0])
+        x_all, len_all = context_batch(windows, torch.arange(n_win), torch.full((n_win,), end),
+                                       torch.full((n_win,), self.window),
+                                       self.bundle.models[0].config.encoder_direction)
+        x_live, len_live = x_all[:1], len_all[:1]
+        gen = torch.Generator().manual_seed(cfg.seed + step)
+
+        z_all = self._fast.encoder(x_all)  # (M, 1 + regimes, latent): all windows have one length
+        h0 = []
+        for model, z in zip(self.bundle.models, z_all, strict=True):
+            z_top = z[1:] if self._top is not None else None
+            h0.append(model.initial_state(self._candidates(z[:1], z_top, gen)))
+        h0_all = torch.stack(h0)  # (M, N, D)
+
+        # Phase alignment ("now"): the candidate's decoded state at now vs the live latent's.
+        # It needs no solve (the state at now is h0), so only accepted candidates are solved.
+        noise = self._noise(live, end)
+        tol = torch.clamp(cfg.tolerance * noise, min=cfg.min_tolerance)
+        raw0 = self._decode(h0_all[:, :, None, :]).mean(dim=0)[:, 0]  # (N, 3)
+        diff = (raw0 - raw0[0:1]).abs()
+        accepted = (diff[:, TRAIN_LOSS] <= tol[TRAIN_LOSS]) & (
+            diff[:, VAL_METRIC] <= tol[VAL_METRIC]
+        )
+        accepted[0] = True  # the current course is always a valid comparison
+        idx = torch.nonzero(accepted)[:, 0]  # accepted candidates; the current course first
+        n_acc = int(idx.numel())
+
+        # One solve for every member and accepted candidate, decoded: (M, A, K, 3).
+        dec_all = self._decode_path(h0_all[:, idx], offsets)
+        decays = torch.exp(-offsets[None, :, None] / self._fast.anchor_tau[:, None, :])  # (M, K, 3)
+        obs = x_live[0, len_live[0] - 1, 1 : 1 + N_CHANNELS]
+        shifts = obs - dec_all[:, 0, 0]  # (M, 3)
+        anchored = dec_all + shifts[:, None, None, :] * decays[:, None, :, :]
+        mean = anchored.mean(dim=0)  # (A, K, 3)
+
+        std_val = self.norm.std[VAL_METRIC]
+        final = anchored[:, :, -1, VAL_METRIC] * std_val + self.norm.mean[VAL_METRIC]  # (M, A)
+        score = self.sign * final.mean(dim=0)
+        spread = final.std(dim=0) if final.shape[0] > 1 else torch.zeros_like(score)
+
+        future_steps = np.rint(np.linspace(0, 1, g)[end:] * total_steps).astype(np.int64)
+        future_steps[0] = min(int(future_steps[0]), step)  # the plan starts now
+        base_log_lr = self._log_lr(mean[0, :, LOG_LR])
+        current_log_lr = self._current(current, future_steps)
+        fallback_log_lr = current_log_lr if current_log_lr is not None else base_log_lr
+
+        def fallback(reason: str) -> Recommendation:
+            sched = self._guard(fallback_log_lr, end)
+            return self._recommendation("fallback", reason, step, future_steps, sched,
+                                        float(final.mean(dim=0)[0]), float(spread[0]), n_acc)
+
+        if n_acc <= 1:
+            return fallback("no candidate matches the live state (phase alignment); "
+                            "keeping the current plan")
+        masked = score.clone()
+        masked[0] = -torch.inf  # candidates other than the current course
+        k = min(cfg.top_k, n_acc - 1)
+        best = torch.topk(masked, k).indices
+        gain = float(score[best].mean() - score[0])
+        # A copy of the current course can score a float32 rounding error above it: a tie.
+        if gain <= cfg.min_gain + _TIE * max(1.0, abs(float(score[0]))):
+            return fallback(f"no candidate beats the current course (best gain {gain:+.4f}); "
+                            "keeping the current plan")
+        log_lr = self._log_lr(mean[best, :, LOG_LR].mean(dim=0))
+        sched = self._guard(log_lr, end, current=current_log_lr,
+                            incumbent=self.incumbent(future_steps, total_steps))
+        pred = float(final.mean(dim=0)[best].mean())
+        return self._recommendation(
+            "planned", f"top {k} of {n_acc} accepted candidates; predicted gain {gain:+.4f}",
+            step, future_steps, sched, pred, float(spread[best].mean()), n_acc,
+        )
+
+    def _decode_path(self, h0: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Solve ``h0 (M, N, D)`` over ``offsets (K,)`` and decode: ``(M, N, K, 3)``.
+
+        Bundles solve with fixed-step rk4: that solve runs here as a plain loop
+        (:func:`_rk4_nodes`), the solver steps are decoded, and the grid points in
+        between are interpolated linearly in the 3 decoded channels rather than
+        the ``D`` latent ones (the decoder is linear, so the order does not matter).
+        Other solvers go through torchdiffeq.
+        """
+        models = self.bundle.models
+        cfg = models[0].config
+        if cfg.solver != "rk4" or offsets.numel() < 2:
+            hs = solve_stacked(models, h0, offsets, interp="linear")
+            return self._decode(hs)
+        grid = _step_grid(offsets, self.config.solver_step_points or cfg.step_points)
+        nodes = self._decode(_rk4_nodes(self._fast.field, h0, grid))  # (M, N, S + 1, 3)
+        # Output k lies in solver step i: the first i whose right end reaches offsets[k].
+        steps = grid.numel() - 1
+        idx = torch.searchsorted(grid[1:], offsets).clamp(max=steps - 1)
+        slope = (offsets - grid[idx]) / (grid[idx + 1] - grid[idx])
+        on_node = slope >= 1.0  # a grid point on a step's end: that node, exactly
+        idx = torch.where(on_node, idx + 1, idx)
+        slope = torch.where(on_node, torch.zeros_like(slope), slope)
+        lo, hi = nodes[:, :, idx], nodes[:, :, (idx + 1).clamp(max=steps)]
+        return lo + slope[None, None, :, None] * (hi - lo)
+
+    def _decode(self, h: torch.Tensor) -> torch.Tensor:
+        """Every member's linear decoder at once: ``(M, N, K, D) -> (M, N, K, 3)``."""
+        m, n, k, d = h.shape
+        fast = self._fast
+        out = torch.baddbmm(fast.dec_b, h.reshape(m, n * k, d), fast.dec_w)
+        return out.reshape(m, n, k, N_CHANNELS)
+
+    def _candidates(
+        self, z_live: torch.Tensor, z_top: torch.Tensor | None, gen: torch.Generator
+    ) -> torch.Tensor:
+        """``(candidates, latent_dim)``: the live latent, the regimes ``z_top`` and
+        interpolations towards them, then seeded noise around the live latent."""
+        cfg = self.config
+        parts = [z_live]
+        if z_top is not None:
+            alphas = torch.tensor(cfg.interpolations, dtype=torch.float32)
+            interp = z_live[None] + alphas[:, None, None] * (z_top[None] - z_live[None])
+            parts += [z_top, interp.reshape(-1, z_live.shape[1])]
+        n_fixed = sum(int(p.shape[0]) for p in parts)
+        n_noise = max(0, cfg.candidates - n_fixed)
+        eps = torch.randn(n_noise, z_live.shape[1], generator=gen)
+        parts.append(z_live + cfg.noise_sigma * z_live.norm() * eps / z_live.shape[1] ** 0.5)
+        return torch.cat(parts)[: max(cfg.candidates, 2)]
+
+    def _noise(self, live: SweepTensors, end: int) -> torch.Tensor:
+        """Per-channel noise sd of the live window (first differences / sqrt 2)."""
+        lo = max(0, end - self.window + 1)
+        v, m = live.values[0, lo : end + 1], live.mask[0, lo : end + 1]
+        d = (v[1:] - v[:-1]) * (m[1:] & m[:-1])
+        n = (m[1:] & m[:-1]).sum(dim=0).clamp_min(1)
+        return (((d**2).sum(dim=0) / n).sqrt() / 2**0.5).to(torch.float32)
+
+    def _log_lr(self, z: torch.Tensor) -> np.ndarray:
+        """Standardised lr channel -> log10 lr."""
+        return np.asarray(z.numpy() * self.norm.std[LOG_LR] + self.norm.mean[LOG_LR])
+
+    @staticmethod
+    def _current(current: Schedule | None, steps: np.ndarray) -> np.ndarray | None:
+        if current is None or not current.step:
+            return None
+        s = np.asarray(current.step, dtype=np.float64)
+        lr = np.log10(np.asarray(current.lr, dtype=np.float64))
+        return np.asarray(np.interp(steps, s, lr))
+
+    def incumbent(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
+        """log10 lr of the sweep's best run's schedule at ``steps`` of a ``total_steps`` run."""
+        sweep = self.bundle.manifest.sweep
+        return np.asarray(np.interp(np.asarray(steps) / total_steps, sweep.warmup_tau,
+                                    np.log10(sweep.warmup_lr)))
+
+    def _guard(
+        self,
+        log_lr: np.ndarray,
+        end: int,
+        *,
+        current: np.ndarray | None = None,
+        incumbent: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Apply the guards in order: change per replan, trust region, cap, no late rise."""
+        cfg = self.config
+        out = np.array(log_lr, dtype=np.float64)
+        if current is not None:  # limited change per replan
+            out = np.clip(out, current - cfg.max_change_dex, current + cfg.max_change_dex)
+        band = cfg.trust_region_dex
+        if incumbent is not None and band is not None:  # the incumbent's band wins a conflict
+            out = np.clip(out, incumbent - band, incumbent + band)
+        cap = np.log10(cfg.lr_cap * self.bundle.manifest.sweep.best_peak_lr)
+        out = np.minimum(out, cap)
+        tau = np.linspace(0, 1, self.grid_points)[end:]
+        late = tau >= cfg.no_rise_after_tau
+        if late.any():  # no rise late in training: a running minimum from the first late point
+            i = int(np.argmax(late))
+            out[i:] = np.minimum.accumulate(out[i:])
+        return out
+
+    def _recommendation(
+        self, status: Literal["planned", "fallback"], reason: str, step: int,
+        steps: np.ndarray, log_lr: np.ndarray, pred: float, spread: float, accepted: int,
+    ) -> Recommendation:
+        lr = np.power(10.0, log_lr)
+        return Recommendation(
+            status=status, reason=reason, step=step, lr_now=float(np.interp(step, steps, lr)),
+            schedule=Schedule(step=[int(s) for s in steps], lr=[float(v) for v in lr]),
+            predicted_final=pred, predicted_spread=spread, samples_accepted=accepted,
+            samples_drawn=self.config.candidates,
+            model_version=self.bundle.manifest.created_at,
+        )
+
+
+@dataclass(frozen=True)
+class _Stacked:
+    field: _PlanField
+    encoder: _PlanEncoder
+    dec_w: torch.Tensor  # (M, D, 3)
+    dec_b: torch.Tensor  # (M, 1, 3)
+    anchor_tau: torch.Tensor  # (M, 3)
+
+
+class _PlanField:
+    """:class:`StackedField` for planning: the same function, fewer and cheaper kernels.
+
+    ``s * tanh(u)`` is computed as ``2s * sigmoid(2u) - s`` (a single-thread tanh
+    kernel costs 6x a sigmoid here), with the factor 2 folded into the last
+    layer's weights, an exact scaling; the two forms agree to float32 rounding.
+    """
+
+    def __init__(self, field: StackedField) -> None:
+        w, b = field.weights, field.biases
+        self.w0, self.b0 = w[0].detach(), b[0].detach()
+        self.w1, self.b1 = w[1].detach(), b[1].detach()
+        self.w2, self.b2 = 2 * w[2].detach(), 2 * b[2].detach()
+        self.scale = field.scale.detach()
+        self.scale2 = 2 * self.scale
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        silu = torch.nn.functional.silu
+        x = silu(torch.baddbmm(self.b0, h, self.w0))
+        x = silu(torch.baddbmm(self.b1, x, self.w1))
+        u = torch.sigmoid(torch.baddbmm(self.b2, x, self.w2))
+        return u.mul_(self.scale2).sub_(self.scale)
+
+
+class _PlanEncoder:
+    """Every member's GRU encoder and latent head as one batched recurrence.
+
+    ``LatentODE.encode`` runs one GRU per member over packed sequences; the
+    planner's windows all have the same length, so the members' GRUs (same
+    sizes, gates r, z, n as in :class:`torch.nn.GRU`) step together through
+    batched products: one loop over the window instead of one per member.
+    """
+
+    def __init__(self, models: list[LatentODE]) -> None:
+        grus = [mod.encoder for mod in models]
+        assert all(g.num_layers == 1 and not g.bidirectional and g.batch_first for g in grus)
+
+        def stacked(name: str) -> torch.Tensor:
+            return torch.stack([g.get_parameter(name).detach() for g in grus])
+
+        self.w_ih = stacked("weight_ih_l0").transpose(1, 2).contiguous()  # (M, in, 3H)
+        self.b_ih = stacked("bias_ih_l0")[:, None, :]
+        self.w_hh = stacked("weight_hh_l0").transpose(1, 2).contiguous()  # (M, H, 3H)
+        self.b_hh = stacked("bias_hh_l0")[:, None, :]
+        self.w_out = torch.stack([mod.to_latent.weight.T for mod in models]).detach()
+        self.b_out = torch.stack([mod.to_latent.bias for mod in models]).detach()[:, None, :]
+        self.hidden = grus[0].hidden_size
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (batch, time, 7)``, every row of full length -> ``z (M, batch, latent)``."""
+        m, (b, t, c), hid = self.w_ih.shape[0], x.shape, self.hidden
+        gi = torch.baddbmm(self.b_ih, x.reshape(1, b * t, c).expand(m, -1, -1), self.w_ih)
+        gi = gi.reshape(m, b, t, 3 * hid)
+        h = x.new_zeros(m, b, hid)
+        for i in range(t):
+            gh = torch.baddbmm(self.b_hh, h, self.w_hh)
+            g = gi[:, :, i]
+            rz = torch.sigmoid(g[..., : 2 * hid] + gh[..., : 2 * hid])
+            r, z = rz[..., :hid], rz[..., hid:]
+            n = torch.tanh(torch.addcmul(g[..., 2 * hid :], r, gh[..., 2 * hid :]))
+            h = torch.lerp(n, h, z)  # (1 - z) n + z h
+        return torch.baddbmm(self.b_out, h, self.w_out)
+
+
+def _step_grid(offsets: torch.Tensor, step_points: int) -> torch.Tensor:
+    """torchdiffeq's fixed-step grid: ``start + i * step``, the last point moved onto the end."""
+    step = (offsets[1] - offsets[0]) * step_points
+    n = int(torch.ceil((offsets[-1] - offsets[0]) / step + 1).item())
+    grid = torch.arange(0, n, dtype=offsets.dtype) * step + offsets[0]
+    grid[-1] = offsets[-1]
+    return grid
+
+
+def _rk4_nodes(
+    field: Callable[[torch.Tensor], torch.Tensor], h0: torch.Tensor, grid: torch.Tensor
+) -> torch.Tensor:
+    """torchdiffeq's rk4 (the 3/8 rule) from ``h0 (M, N, D)`` over ``grid (S + 1,)``:
+    the state at every grid point, ``(M, N, S + 1, D)``. A plain loop of fused updates
+    instead of torchdiffeq's per-step machinery; equal to it within float32 rounding."""
+    ys = [h0]
+    y = h0
+    for dt in (grid[1:] - grid[:-1]).tolist():
+        k1 = field(y)
+        k2 = field(torch.add(y, k1, alpha=dt / 3))
+        k3 = field(torch.add(y, torch.add(k2, k1, alpha=-1 / 3), alpha=dt))
+        k4 = field(torch.add(y, (k1 - k2).add_(k3), alpha=dt))
+        y = torch.add(y, torch.add(k2, k3).mul_(3).add_(k1).add_(k4), alpha=dt * 0.125)
+        ys.append(y)
+    return torch.stack(ys, dim=2)
+
+
+__all__ = ["GenerativePlanner", "LiveHistory", "PlannerConfig"]
