@@ -4,6 +4,7 @@ What a run gets (the names say which lr is which):
 
 ====================================  ===================================================
 ``tracker_sched.lr_recommended``      metric: the lr the advisor recommends, at the step
+                                      (both lr metrics to 5 significant digits)
 ``tracker_sched.lr_applied``          metric: the lr the optimizer really used (read back
                                       from the framework), where a callback can read it
 ``tracker_sched.predicted_final``     metric: the plan's predicted final validation
@@ -61,6 +62,7 @@ TAG_REASON = "tracker_sched.reason"
 PLAN_ARTIFACT = "tracker_sched/plan-step{step}.json"
 TAG_MAX_CHARS = 5000  # MLflow's tag value limit is 8,000 on recent servers, 5,000 on older
 SIGNIFICANT = 6  # digits kept for floats in plan JSON
+LR_DIGITS = 5  # significant digits of the lr metrics (relative error at most 5e-5)
 
 
 def require_mlflow() -> Any:
@@ -76,6 +78,14 @@ def _round(value: float) -> float:
     if not math.isfinite(value) or value == 0:
         return value
     return float(f"{value:.{SIGNIFICANT}g}")
+
+
+def _shown(key: str, value: float) -> float:
+    """Our lr metrics rounded to ``LR_DIGITS`` significant digits, so that the runs table
+    shows them whole (``9.8885e-07``, not ``9.88846518...`` with the exponent cut off)."""
+    if key in (LR_RECOMMENDED, LR_APPLIED) and math.isfinite(value) and value != 0:
+        return float(f"{value:.{LR_DIGITS}g}")
+    return value
 
 
 def plan_json(rec: Recommendation) -> str:
@@ -184,7 +194,7 @@ class MlflowWriter:
 
             stamp = int(time.time() * 1000)
             ops = self.client.log_batch(
-                self.run_id, metrics=[Metric(k, float(v), stamp, int(step))
+                self.run_id, metrics=[Metric(k, _shown(k, float(v)), stamp, int(step))
                                       for k, v in values.items()], synchronous=False)
         except Exception as exc:
             self._tracker_error("metrics", exc)

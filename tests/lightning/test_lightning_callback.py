@@ -120,9 +120,9 @@ def test_applied_lr_read_back_from_mlflow(advised: dict[str, Any]) -> None:
     recommended = history(client, run_id, "tracker_sched.lr_recommended")
     common = sorted(set(body) & set(recommended))
     assert len(common) >= 25
-    for step in common:
-        assert body[step] == pytest.approx(recommended[step], rel=1e-6)
-        assert head[step] == pytest.approx(recommended[step] / 10, rel=1e-6)  # ratio kept
+    for step in common:  # our lr metrics are rounded to 5 significant digits
+        assert body[step] == pytest.approx(recommended[step], rel=1e-4)
+        assert head[step] == pytest.approx(recommended[step] / 10, rel=1e-4)  # ratio kept
     # Not the module's StepLR (0.05 halved each epoch): the advisor's schedule.
     own = {s: PEAK * 0.5 ** (s // BATCHES) for s in common}
     assert max(abs(body[s] - own[s]) / own[s] for s in common) > 0.05

@@ -123,14 +123,14 @@ def test_applied_lr_read_back_from_mlflow(advised: dict[str, Any]) -> None:
     recommended = history(client, run_id, "tracker_sched.lr_recommended")
     assert sorted(logged) == list(range(2, MAX_STEPS + 1, 2))
     assert sorted(recommended) == sorted(logged)
-    for step, lr in logged.items():
-        assert lr == pytest.approx(recommended[step], rel=1e-6)
+    for step, lr in logged.items():  # our lr metrics are rounded to 5 significant digits
+        assert lr == pytest.approx(recommended[step], rel=1e-4)
     # Not the Trainer's own linear decay: the advisor's schedule was applied.
     own = {s: PEAK * (1 - (s - 1) / MAX_STEPS) for s in logged}
     assert max(abs(logged[s] - own[s]) / own[s] for s in logged) > 0.05
     cb: AdvisorCallback = advised["cb"]
     assert cb.advised.applied_steps == len(logged) and cb.advised.mismatched_steps == 0
-    assert history(client, run_id, "tracker_sched.lr_applied") == pytest.approx(logged)
+    assert history(client, run_id, "tracker_sched.lr_applied") == pytest.approx(logged, rel=1e-4)
     # The plan: a marker at the warm-up and at the plan, its prediction, its artifact, tags.
     plan = cb.advised.plan
     assert plan is not None
