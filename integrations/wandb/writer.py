@@ -92,9 +92,7 @@ class WandbWriter:
         if self._defined:
             return
         self._defined = True
-        try:
-            if self.step_key is not None:
-                self.run.define_metric(self.step_key, hidden=True)
+        try:  # the step column itself is the framework's to declare, not ours
             for name in CHARTED:
                 self.run.define_metric(name, step_metric=self.step_key)
         except Exception as exc:
