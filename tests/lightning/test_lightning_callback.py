@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tests.corpus.styles import _finish_wandb, data, mlp, trackers
-from tests.wandb.sweep_helpers import read_log, run_log, summary_of
+from tests.wandb.sweep_helpers import read_log, summary_of
 from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.schema import MetricMap
 
@@ -85,15 +85,19 @@ def advised(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     uri = f"sqlite:///{root}/mlflow.db"
     cb = AdvisorCallback(f"file:{tiny_bundle_dir}", planner=PlannerConfig(candidates=8),
                          replan_every=5)
+    import wandb
+
     with trackers(root, uri, "pl-advised", "pl-advised") as wandb_dir:
+        wandb.teardown()  # settings an earlier test left behind must not decide where it logs
         loggers = [MLFlowLogger(experiment_name="pl-advised", tracking_uri=uri,
                                 run_name="advised"),
                    WandbLogger(project="pl-advised", save_dir=str(wandb_dir), offline=True)]
         trainer = fit(cb, loggers)
-        wandb_id = loggers[1].experiment.id
+        wandb_id, files = loggers[1].experiment.id, Path(loggers[1].experiment.dir)
         _finish_wandb()
+        wandb.teardown()
     return {"cb": cb, "trainer": trainer, "client": mlflow.tracking.MlflowClient(uri),
-            "run_id": loggers[0].run_id, "wandb_log": run_log(wandb_dir, wandb_id)}
+            "run_id": loggers[0].run_id, "wandb_log": files.parent / f"run-{wandb_id}.wandb"}
 
 
 def history(client: Any, run_id: str, key: str) -> dict[int, float]:

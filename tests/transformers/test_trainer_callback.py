@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tests.corpus.styles import N_FEATURES, _finish_wandb, data, trackers
-from tests.wandb.sweep_helpers import read_log, run_log, summary_of
+from tests.wandb.sweep_helpers import read_log, summary_of
 from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.schema import MetricMap
 
@@ -89,17 +89,19 @@ def advised(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     uri = f"sqlite:///{root}/mlflow.db"
     cb = AdvisorCallback(f"file:{tiny_bundle_dir}", planner=PlannerConfig(candidates=8),
                          replan_every=5)
-    with trackers(root, uri, "hf-advised", "hf-advised") as wandb_dir:
+    import wandb
+
+    with trackers(root, uri, "hf-advised", "hf-advised"):
+        wandb.teardown()  # settings an earlier test left behind must not decide where it logs
         t = trainer(root, cb, ["mlflow", "wandb"])
         t.train()
-        import wandb
-
-        wandb_id = wandb.run.id
+        wandb_id, files = wandb.run.id, Path(wandb.run.dir)
         _finish_wandb()
+        wandb.teardown()
     client = mlflow.tracking.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("hf-advised").experiment_id])
     return {"cb": cb, "trainer": t, "client": client, "run_id": run.info.run_id,
-            "wandb_log": run_log(wandb_dir, wandb_id)}
+            "wandb_log": files.parent / f"run-{wandb_id}.wandb"}
 
 
 def history(client: Any, run_id: str, key: str) -> dict[int, float]:
