@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep = read_sweep(sweep_path).runs
     bundle_dir = ns.bundle or ns.runs_dir / f"bundle_{ns.model}_default"
     if not (bundle_dir / "bundle.json").exists():
-        from tracker_sched.fit.generative import FitConfig, fit_sweep
+        from tracker_sched.fit.config import FitConfig
+        from tracker_sched.fit.generative import fit_sweep
 
         print(f"fitting the sweep with the default FitConfig -> {bundle_dir}")
         t_fit = time.perf_counter()

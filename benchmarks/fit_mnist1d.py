@@ -26,10 +26,12 @@ import numpy as np
 import torch
 
 from benchmarks.make_sweep import config_table, format_table, make_sweep, write_jsonl
+from tracker_sched.bundle.manifest import ForecastReport
 from tracker_sched.data.grid import SweepTensors, to_grid
 from tracker_sched.data.validation import validate_sweep
-from tracker_sched.fit.generative import FitConfig, fit_sweep
-from tracker_sched.fit.report import ForecastReport, forecast_report, format_forecast
+from tracker_sched.fit.config import FitConfig
+from tracker_sched.fit.generative import fit_sweep
+from tracker_sched.fit.report import forecast_report, format_forecast
 from tracker_sched.sources.files import read_sweep
 
 SWEEP_SEEDS = (0, 1)

@@ -31,7 +31,8 @@ import numpy as np
 
 from benchmarks.mlflow_server import local_mlflow_server
 from tracker_sched.schema import RunRecord, Series
-from tracker_sched.sources.mlflow_source import MlflowSource, log_sweep
+from tracker_sched.sources.mlflow_log import log_sweep
+from tracker_sched.sources.mlflow_source import MlflowSource
 
 
 def synthetic_sweep(runs: int, steps: int) -> list[RunRecord]:

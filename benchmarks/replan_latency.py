@@ -43,15 +43,12 @@ import torch
 
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.data.grid import SweepTensors, context_batch
-from tracker_sched.fit.generative import FitConfig, fit_sweep
+from tracker_sched.fit.config import FitConfig
+from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.model.latent import StackedField, solve_stacked
-from tracker_sched.planning.generative import (
-    GenerativePlanner,
-    LiveHistory,
-    PlannerConfig,
-    _rk4_nodes,
-    _step_grid,
-)
+from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
+from tracker_sched.planning.history import LiveHistory
+from tracker_sched.planning.kernels import rk4_nodes, step_grid
 from tracker_sched.schema import Recommendation, Series
 from tracker_sched.sources.files import read_sweep
 
@@ -105,7 +102,7 @@ def _breakdown(
     x, ln = context_batch(windows, torch.arange(n), torch.full((n,), end),
                           torch.full((n,), bundle.manifest.window), direction)
     offsets = torch.arange(g - end, dtype=torch.float32) / (g - 1)
-    grid = _step_grid(offsets, models[0].config.step_points)
+    grid = step_grid(offsets, models[0].config.step_points)
     out: dict[str, tuple[float, float]] = {}
     with torch.inference_mode():
         z = planner._fast.encoder(x)
@@ -124,10 +121,10 @@ def _breakdown(
             _cpu_p50(lambda: planner._fast.encoder(x), repeats))
         out["solve 64: torchdiffeq rk4 -> plain rk4 loop (tanh field)"] = (
             _cpu_p50(lambda: solve_stacked(models, h0, offsets, interp="linear"), repeats),
-            _cpu_p50(lambda: _rk4_nodes(lambda y: stacked(None, y), h0, grid), repeats))
+            _cpu_p50(lambda: rk4_nodes(lambda y: stacked(None, y), h0, grid), repeats))
         out["solve 64: tanh field -> 2 sigmoid(2u) - 1 field"] = (
             out["solve 64: torchdiffeq rk4 -> plain rk4 loop (tanh field)"][1],
-            _cpu_p50(lambda: _rk4_nodes(planner._fast.field, h0, grid), repeats))
+            _cpu_p50(lambda: rk4_nodes(planner._fast.field, h0, grid), repeats))
 
         def interpolate_then_decode() -> None:
             planner._decode(solve_stacked(models, h0, offsets, interp="linear"))

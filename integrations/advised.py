@@ -27,8 +27,10 @@ import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
+from tracker_sched.advising.following import AdvisorLike
+from tracker_sched.numbers import to_float
 from tracker_sched.schema import ROLES, MetricMap, Recommendation, Role, infer_direction
 
 if TYPE_CHECKING:
@@ -42,33 +44,10 @@ APPLIED_RTOL = 1e-6
 _REMEMBERED_STEPS = 4096  # recommended lrs kept for the applied check (bounded)
 
 
-@runtime_checkable
-class AdvisorLike(Protocol):
-    """What a callback needs: :class:`~tracker_sched.Advisor` or a remote one."""
-
-    @property
-    def plan(self) -> Recommendation: ...
-
-    def observe(self, step: int, *, train_loss: float | None = None,
-                val_metric: float | None = None, lr: float | None = None) -> Recommendation: ...
-
-    def lr(self, step: int) -> float: ...
-
-
 def number(value: object) -> float | None:
-    """A logged value as a float; None for what is not a plain number (bools, text, media)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    item = getattr(value, "item", None)  # a 0-d torch tensor or numpy scalar
-    if callable(item):
-        try:
-            out = item()
-        except (TypeError, ValueError, RuntimeError):
-            return None
-        return float(out) if isinstance(out, int | float) and not isinstance(out, bool) else None
-    return None
+    """A logged value as a float; None for what is not a plain number (bools, text, media).
+    :func:`tracker_sched.numbers.to_float`, the one rule."""
+    return to_float(value)
 
 
 def same_lr(a: float, b: float) -> bool:

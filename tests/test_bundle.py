@@ -11,7 +11,8 @@ import pytest
 import torch
 from tiny import tiny_config
 
-from tracker_sched.bundle.folder import MANIFEST, SCHEMA_VERSION, WEIGHTS, Bundle
+from tracker_sched.bundle.folder import MANIFEST, WEIGHTS, Bundle
+from tracker_sched.bundle.manifest import SCHEMA_VERSION
 from tracker_sched.errors import BundleError
 from tracker_sched.fit.generative import FitResult, fit_sweep, report_windows
 from tracker_sched.sources.files import read_sweep

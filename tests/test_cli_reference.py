@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tracker_sched.cli import build_parser
-from tracker_sched.cli_reference import cli_reference
+from tracker_sched.cli.reference import cli_reference
 
 
 def test_every_command_and_option_is_in_the_reference() -> None:

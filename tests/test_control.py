@@ -18,7 +18,8 @@ import torch
 from tests.synthetic import SyntheticSweep, make_sweep, schedule, simulate
 from tests.tiny import history_until, tiny_config
 from tracker_sched.advising.advisor import Advisor
-from tracker_sched.bundle.folder import Bundle, BundleManifest
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.bundle.manifest import BundleManifest
 from tracker_sched.errors import BundleError, InputError
 from tracker_sched.fit.checks import (
     ControlChecks,
@@ -29,17 +30,12 @@ from tracker_sched.fit.checks import (
     pooled_seed_sd,
     response_flags,
 )
-from tracker_sched.fit.control import (
-    ControlFitConfig,
-    ControlODE,
-    fit_control,
-    interp_input,
-    recheck,
-)
+from tracker_sched.fit.control import ControlFitConfig, fit_control, recheck
 from tracker_sched.fit.generative import fit_sweep
+from tracker_sched.model.control import ControlODE, interp_input
 from tracker_sched.model.latent import ModelConfig
 from tracker_sched.planning.control import ControlPlanner, ControlPlannerConfig, make_planner
-from tracker_sched.planning.generative import LiveHistory
+from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import RunRecord, Series
 
 GRID, WINDOW = 40, 12

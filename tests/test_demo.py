@@ -16,15 +16,8 @@ from typing import Any
 import pytest
 
 from tracker_sched import cli
-from tracker_sched.demo.run import (
-    ALIAS,
-    EXPERIMENT,
-    MARKER,
-    MODEL_NAME,
-    DemoConfig,
-    check_folder,
-    run_demo,
-)
+from tracker_sched.demo.results import DemoConfig
+from tracker_sched.demo.run import ALIAS, EXPERIMENT, MARKER, MODEL_NAME, check_folder, run_demo
 from tracker_sched.errors import InputError, MissingDependencyError
 
 pytest.importorskip("mlflow")

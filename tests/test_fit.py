@@ -12,17 +12,18 @@ import pytest
 import torch
 from tiny import tiny_config
 
+from tracker_sched.bundle.manifest import METHODS
 from tracker_sched.data.grid import CHANNELS, SweepTensors
 from tracker_sched.errors import FitError, InputError
 from tracker_sched.fit.generative import (
     FitResult,
     fit_sweep,
     holdout_loss,
-    prepare,
     report_windows,
     train_member,
 )
-from tracker_sched.fit.report import METHODS, spearman
+from tracker_sched.fit.prepare import prepare
+from tracker_sched.fit.report import spearman
 from tracker_sched.model.forecast import Forecaster
 from tracker_sched.model.latent import LatentODE
 from tracker_sched.schema import MetricMap, RunRecord, Series

@@ -14,10 +14,12 @@ from tests.tiny import history_until
 from tracker_sched.advising.advisor import MAX_FAILURES, Advisor
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
-from tracker_sched.fit.generative import FitConfig, fit_sweep
+from tracker_sched.fit.config import FitConfig
+from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.integrations.pytorch.scheduler import AdvisorLR
 from tracker_sched.model.latent import ModelConfig, solve_stacked
-from tracker_sched.planning.generative import GenerativePlanner, LiveHistory, PlannerConfig
+from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
+from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import Recommendation, RunRecord, Schedule
 from tracker_sched.sources.files import read_sweep
 

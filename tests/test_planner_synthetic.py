@@ -33,7 +33,8 @@ from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
 from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.model.latent import LatentODE, solve_stacked
-from tracker_sched.planning.generative import GenerativePlanner, LiveHistory, PlannerConfig
+from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
+from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import Recommendation, Schedule
 
 TOL_DEX = 0.25

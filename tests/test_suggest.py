@@ -25,17 +25,19 @@ from pydantic import ValidationError
 from tracker_sched.cli import main
 from tracker_sched.data.validation import validate_sweep
 from tracker_sched.design.confounding import confounding
+from tracker_sched.design.export import (
+    format_suggestions,
+    mlflow_params,
+    read_planned_runs,
+    wandb_sweep_config,
+)
 from tracker_sched.design.suggest import (
     MLFLOW_SCHEDULE_PARAM,
     SCHEDULE_PARAM,
     KnotSchedule,
     SuggestedRun,
-    format_suggestions,
-    mlflow_params,
-    read_planned_runs,
     suggest_runs,
     sweep_summary,
-    wandb_sweep_config,
 )
 from tracker_sched.errors import InputError
 from tracker_sched.schema import RunRecord, Series

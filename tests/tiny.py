@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracker_sched.fit.generative import FitConfig
+from tracker_sched.fit.config import FitConfig
 from tracker_sched.model.latent import ModelConfig
-from tracker_sched.planning.generative import LiveHistory
+from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import RunRecord, Series
 
 

@@ -22,21 +22,21 @@ _EXPORTS = {
     "Advisor": "tracker_sched.advising.advisor",
     "AdvisorLR": "tracker_sched.integrations.pytorch.scheduler",
     "Bundle": "tracker_sched.bundle.folder",
-    "BundleManifest": "tracker_sched.bundle.folder",
+    "BundleManifest": "tracker_sched.bundle.manifest",
     "BundleError": "tracker_sched.errors",
     "FitError": "tracker_sched.errors",
     "InputError": "tracker_sched.errors",
     "MissingDependencyError": "tracker_sched.errors",
     "SourceError": "tracker_sched.errors",
     "TrackerSchedError": "tracker_sched.errors",
-    "FitConfig": "tracker_sched.fit.generative",
+    "FitConfig": "tracker_sched.fit.config",
     "FitResult": "tracker_sched.fit.generative",
     "fit_sweep": "tracker_sched.fit.generative",
     "ModelConfig": "tracker_sched.model.latent",
     "GenerativePlanner": "tracker_sched.planning.generative",
-    "LiveHistory": "tracker_sched.planning.generative",
+    "LiveHistory": "tracker_sched.planning.history",
     "PlannerConfig": "tracker_sched.planning.generative",
-    "FitReport": "tracker_sched.fit.report",
+    "FitReport": "tracker_sched.bundle.manifest",
     "MetricMap": "tracker_sched.schema",
     "Recommendation": "tracker_sched.schema",
     "RunIssue": "tracker_sched.schema",
@@ -55,7 +55,8 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from tracker_sched.advising.advisor import Advisor
     from tracker_sched.advising.remote import RemoteAdvisor
-    from tracker_sched.bundle.folder import Bundle, BundleManifest
+    from tracker_sched.bundle.folder import Bundle
+    from tracker_sched.bundle.manifest import BundleManifest, FitReport
     from tracker_sched.data.validation import validate_sweep
     from tracker_sched.design.confounding import confounding
     from tracker_sched.design.suggest import suggest_runs
@@ -67,11 +68,12 @@ if TYPE_CHECKING:
         SourceError,
         TrackerSchedError,
     )
-    from tracker_sched.fit.generative import FitConfig, FitResult, fit_sweep
-    from tracker_sched.fit.report import FitReport
+    from tracker_sched.fit.config import FitConfig
+    from tracker_sched.fit.generative import FitResult, fit_sweep
     from tracker_sched.integrations.pytorch.scheduler import AdvisorLR
     from tracker_sched.model.latent import ModelConfig
-    from tracker_sched.planning.generative import GenerativePlanner, LiveHistory, PlannerConfig
+    from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
+    from tracker_sched.planning.history import LiveHistory
     from tracker_sched.schema import (
         MetricMap,
         Recommendation,

@@ -79,24 +79,28 @@ def install() -> None:
         sys.meta_path.append(_MovedFinder())
 
 
-def moved_attr(package: str, name: str, old_module: str) -> Any:
-    """A name of the 0.1 module ``package`` (now a package), read from ``old_module``.
+def moved_attr(package: str, name: str, *old_modules: str) -> Any:
+    """A name of the 0.1 module ``package`` (now a package), read from where it went.
 
     Args:
         package: the package's name (its ``__name__``).
         name: the attribute asked for.
-        old_module: the module that holds what the 0.1 module of that name held.
+        old_modules: the modules that now hold what the 0.1 module of that name held,
+            searched in order.
 
     Returns:
-        The attribute of ``old_module``.
+        The attribute of the first of ``old_modules`` that has it.
 
     Raises:
-        AttributeError: ``old_module`` has no such name either (so that ``from package
-            import submodule`` goes on to import the submodule).
+        AttributeError: none has it (so that ``from package import submodule`` goes on to
+            import the submodule).
     """
-    if name.startswith("__"):
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
-    try:
-        return getattr(importlib.import_module(old_module), name)
-    except AttributeError:
-        raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+    if not name.startswith("__"):
+        for module in old_modules:
+            value = getattr(importlib.import_module(module), name, _MISSING)
+            if value is not _MISSING:
+                return value
+    raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+
+_MISSING = object()

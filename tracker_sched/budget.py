@@ -42,6 +42,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tracker_sched.identity import flatten
+from tracker_sched.numbers import to_float
 
 #: Config keys that state the budget in optimizer steps, first match wins.
 STEP_KEYS: tuple[str, ...] = ("total_steps", "max_steps", "num_training_steps")
@@ -105,16 +106,7 @@ def config_value(config: Mapping[str, Any], key: str) -> Any:
 
 def _number(value: Any) -> float | None:
     """A config value as a finite number (MLflow params arrive as text)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
+    return to_float(value, text=True, finite=True)
 
 
 def positive_steps(value: Any) -> int | None:

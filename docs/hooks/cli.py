@@ -10,6 +10,6 @@ MARKER = "<!-- cli-reference -->"
 def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
     if MARKER not in markdown:
         return markdown
-    from tracker_sched.cli_reference import cli_reference
+    from tracker_sched.cli.reference import cli_reference
 
     return markdown.replace(MARKER, cli_reference())

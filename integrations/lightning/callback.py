@@ -48,9 +48,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from tracker_sched.advising.following import AdvisorLike
 from tracker_sched.schema import MetricMap
 
-from ..advised import AdvisedRun, AdvisorLike
+from ..advised import AdvisedRun
 from ..mlflow import writer as mlflow_names
 from ..wandb import writer as wandb_names
 

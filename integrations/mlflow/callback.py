@@ -33,11 +33,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from tracker_sched.advising.following import AdvisorLike
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
 from tracker_sched.schema import ROLES, MetricMap, Recommendation
 
-from ..advised import AdvisorLike
 from .writer import (
     LR_APPLIED,
     LR_METRIC_V0,

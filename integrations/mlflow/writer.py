@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tracker_sched.errors import MissingDependencyError
+from tracker_sched._optional import require
 from tracker_sched.schema import Recommendation
 from tracker_sched.util.redact import redact_text
 
@@ -67,11 +67,7 @@ LR_DIGITS = 5  # significant digits of the lr metrics (relative error at most 5e
 
 def require_mlflow() -> Any:
     """``import mlflow``, or :class:`MissingDependencyError` naming the extra."""
-    try:
-        import mlflow
-    except ImportError as exc:
-        raise MissingDependencyError("mlflow", "mlflow") from exc
-    return mlflow
+    return require("mlflow")
 
 
 def _round(value: float) -> float:

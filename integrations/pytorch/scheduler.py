@@ -9,20 +9,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from tracker_sched.advising.advisor import Advisor
+from tracker_sched.advising.following import AdvisorLike
 from tracker_sched.bundle.folder import Bundle
 
-
-class LrSource(Protocol):
-    """What the scheduler needs: :class:`Advisor` and
-    :class:`~tracker_sched.advising.remote.RemoteAdvisor` both qualify."""
-
-    def lr(self, step: int) -> float: ...
+LrSource = AdvisorLike  # compat: remove in 0.3 (the scheduler's own name for the interface)
 
 
 class AdvisorLR(LRScheduler):
@@ -32,7 +28,7 @@ class AdvisorLR(LRScheduler):
     per-group lrs (e.g. a lower lr for the backbone) keeps that structure.
     """
 
-    def __init__(self, optimizer: Optimizer, advisor: LrSource, last_epoch: int = -1) -> None:
+    def __init__(self, optimizer: Optimizer, advisor: AdvisorLike, last_epoch: int = -1) -> None:
         self.advisor = advisor
         super().__init__(optimizer, last_epoch)
 

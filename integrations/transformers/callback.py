@@ -47,9 +47,10 @@ from typing import Any, Literal
 import torch
 from transformers import TrainerCallback
 
+from tracker_sched.advising.following import AdvisorLike
 from tracker_sched.schema import MetricMap
 
-from ..advised import AdvisedRun, AdvisorLike, number
+from ..advised import AdvisedRun, number
 from ..mlflow import writer as mlflow_names
 from ..wandb import writer as wandb_names
 

@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tracker_sched.errors import MissingDependencyError
+from tracker_sched._optional import require
 from tracker_sched.schema import Recommendation
 
 log = logging.getLogger("tracker_sched.integrations.wandb")
@@ -47,11 +47,7 @@ CHARTED = (LR_RECOMMENDED, LR_APPLIED, STATUS, PREDICTED_FINAL)
 
 def require_wandb() -> Any:
     """``import wandb``, or :class:`MissingDependencyError` naming the extra."""
-    try:
-        import wandb
-    except ImportError as exc:
-        raise MissingDependencyError("wandb", "wandb") from exc
-    return wandb
+    return require("wandb")
 
 
 def plan_media(rec: Recommendation) -> dict[str, object]:

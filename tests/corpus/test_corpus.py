@@ -21,9 +21,10 @@ from tiny import tiny_config
 
 from tests.corpus.conftest import SOURCES, Corpora
 from tests.corpus.styles import STYLES
-from tracker_sched.bundle.folder import SweepSummary
 from tracker_sched.data.preflight import preflight
-from tracker_sched.fit.generative import fit_sweep, prepare
+from tracker_sched.data.summary import SweepSummary
+from tracker_sched.fit.generative import fit_sweep
+from tracker_sched.fit.prepare import prepare
 from tracker_sched.sources.files import read_sweep, write_sweep
 
 pytestmark = pytest.mark.slow

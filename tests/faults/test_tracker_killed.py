@@ -38,7 +38,8 @@ from tracker_sched.cli import main
 from tracker_sched.errors import BundleError
 from tracker_sched.fit.generative import FitResult
 from tracker_sched.sources.files import read_sweep
-from tracker_sched.sources.mlflow_source import MlflowSource, log_sweep
+from tracker_sched.sources.mlflow_log import log_sweep
+from tracker_sched.sources.mlflow_source import MlflowSource
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}

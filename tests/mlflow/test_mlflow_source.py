@@ -18,12 +18,14 @@ from mlflow.tracking import MlflowClient
 
 from tracker_sched.data.validation import validate_sweep
 from tracker_sched.errors import InputError, MissingDependencyError, SourceError
-from tracker_sched.fit.generative import FitConfig, fit_sweep
+from tracker_sched.fit.config import FitConfig
+from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.model.latent import ModelConfig
 from tracker_sched.schema import ROLES, RunRecord
-from tracker_sched.sources import mlflow_source
+from tracker_sched.sources import mlflow_history
 from tracker_sched.sources.base import Source
-from tracker_sched.sources.mlflow_source import MlflowSource, log_sweep, parse_param
+from tracker_sched.sources.mlflow_log import log_sweep
+from tracker_sched.sources.mlflow_source import MlflowSource, parse_param
 
 EXPERIMENT = "cnn-sweep"
 
@@ -131,13 +133,13 @@ def test_bulk_chunks_stay_within_the_point_limit(
     uri, parent = server_sweep
     want = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri).read().runs
     # 94 points a run: a 300-point limit forces requests of at most 3 runs and splits.
-    monkeypatch.setattr(mlflow_source, "BULK_MAX_POINTS", 300)
+    monkeypatch.setattr(mlflow_history, "BULK_MAX_POINTS", 300)
     source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri,
                           bulk_endpoint="full")
     assert source.read().runs == want
     assert source.history_path == "bulk"
     # A single run over the limit cannot be read in bulk: the client pages it instead.
-    monkeypatch.setattr(mlflow_source, "BULK_MAX_POINTS", 50)
+    monkeypatch.setattr(mlflow_history, "BULK_MAX_POINTS", 50)
     source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri,
                           bulk_endpoint="full")
     assert source.read().runs == want
@@ -152,7 +154,7 @@ def test_interval_endpoint_reads_long_histories_exactly_or_sampled_on_request(
                         use_bulk=False).read().runs
     # 94 points a run against a 50-point interval cap: every series may have been
     # sampled, so each is read again through the exact endpoint.
-    monkeypatch.setattr(mlflow_source, "INTERVAL_MAX_POINTS", 50)
+    monkeypatch.setattr(mlflow_history, "INTERVAL_MAX_POINTS", 50)
     source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri)
     assert source.read().runs == want
     assert source.history_path == "bulk"
@@ -173,7 +175,7 @@ def test_missing_interval_endpoint_uses_the_exact_bulk_endpoint(
 ) -> None:
     uri, parent = server_sweep
     want = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri).read().runs
-    monkeypatch.setattr(mlflow_source, "INTERVAL_ENDPOINT", "/api/2.0/mlflow/metrics/no-such")
+    monkeypatch.setattr(mlflow_history, "INTERVAL_ENDPOINT", "/api/2.0/mlflow/metrics/no-such")
     source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri)
     assert source.read().runs == want
     assert source.history_path == "bulk"
@@ -185,8 +187,8 @@ def test_missing_bulk_endpoint_falls_back_to_the_client(
 ) -> None:
     uri, parent = server_sweep
     want = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri).read().runs
-    monkeypatch.setattr(mlflow_source, "BULK_ENDPOINT", "/ajax-api/2.0/mlflow/metrics/no-such")
-    monkeypatch.setattr(mlflow_source, "INTERVAL_ENDPOINT", "/api/2.0/mlflow/metrics/no-such")
+    monkeypatch.setattr(mlflow_history, "BULK_ENDPOINT", "/ajax-api/2.0/mlflow/metrics/no-such")
+    monkeypatch.setattr(mlflow_history, "INTERVAL_ENDPOINT", "/api/2.0/mlflow/metrics/no-such")
     source = MlflowSource(EXPERIMENT, parent_run_id=parent, tracking_uri=uri)
     assert source.read().runs == want
     assert source.history_path == "client"
@@ -198,7 +200,7 @@ def test_bulk_endpoint_contract(server_sweep: tuple[str, str]) -> None:
     uri, parent = server_sweep
     ids = [r.info.run_id for r in MlflowClient(uri).search_runs(
         [experiment_id(uri)], f"tags.mlflow.parentRunId = '{parent}'")]
-    url = uri + mlflow_source.BULK_ENDPOINT
+    url = uri + mlflow_history.BULK_ENDPOINT
     params: dict[str, Any] = {"run_id": ids[:2], "metric_key": "lr"}
     resp = requests.get(url, params=params, timeout=30)
     assert resp.status_code == 200
@@ -214,7 +216,7 @@ def test_bulk_endpoint_contract(server_sweep: tuple[str, str]) -> None:
     assert "more than 100 run_ids" in too_many.text
     # The interval endpoint: every point when a run has at most max_results, else an even
     # sample keeping the first and last.
-    url = uri + mlflow_source.INTERVAL_ENDPOINT
+    url = uri + mlflow_history.INTERVAL_ENDPOINT
     full = requests.get(url, params={"run_ids": ids[:2], "metric_key": "lr",
                                      "max_results": 2500}, timeout=30).json()["metrics"]
     assert len(full) == 2 * 94

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tracker_sched.schema import RunRecord
-from tracker_sched.sources.wandb_offline import _Scan, iter_log_records
+from tracker_sched.sources.wandb_log import Scan, iter_log_records
 
 wandb = pytest.importorskip("wandb")
 
@@ -111,11 +111,11 @@ def replay_sweep(root: Path, records: list[RunRecord], sweep_id: str) -> list[st
     return ids
 
 
-def read_log(path: Path) -> tuple[list[Any], _Scan]:
+def read_log(path: Path) -> tuple[list[Any], Scan]:
     """Every intact record of a ``.wandb`` file, decoded, with the reader's damage scan."""
     from wandb.proto import wandb_internal_pb2
 
-    scan = _Scan()
+    scan = Scan()
     records = []
     with path.open("rb") as fh:
         for _, _, payload in iter_log_records(fh, scan):

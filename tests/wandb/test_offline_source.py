@@ -18,18 +18,14 @@ import pytest
 from tests.wandb.sweep_helpers import offline_env
 from tracker_sched.data.validation import validate_sweep
 from tracker_sched.errors import InputError, MissingDependencyError, SourceError
-from tracker_sched.fit.generative import FitConfig, fit_sweep
+from tracker_sched.fit.config import FitConfig
+from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.model.latent import ModelConfig
 from tracker_sched.schema import MetricMap, RunRecord
 from tracker_sched.sources.base import Source
 from tracker_sched.sources.files import read_sweep
-from tracker_sched.sources.wandb_offline import (
-    BLOCK_LEN,
-    FILE_HEADER,
-    WandbOfflineSource,
-    _Scan,
-    iter_log_records,
-)
+from tracker_sched.sources.wandb_log import BLOCK_LEN, FILE_HEADER, Scan, iter_log_records
+from tracker_sched.sources.wandb_offline import WandbOfflineSource
 
 wandb = pytest.importorskip("wandb")
 
@@ -231,7 +227,7 @@ def _history_record_spans(path: Path) -> list[tuple[int, int]]:
 
     spans = []
     with path.open("rb") as fh:
-        for start, end, payload in iter_log_records(fh, _Scan()):
+        for start, end, payload in iter_log_records(fh, Scan()):
             rec = wandb_internal_pb2.Record()  # type: ignore[attr-defined]
             rec.ParseFromString(payload)
             if rec.WhichOneof("record_type") == "history":
@@ -272,7 +268,7 @@ def test_records_split_across_blocks_are_reassembled(multi_block: Path) -> None:
     assert len(spans) == ROWS
     assert multi_block.stat().st_size > 4 * BLOCK_LEN
     with multi_block.open("rb") as fh:
-        scan = _Scan()
+        scan = Scan()
         records = list(iter_log_records(fh, scan))
     assert scan.damage == []
     assert any(end - start > BLOCK_LEN for start, end, _ in records)  # first/middle/last

@@ -32,17 +32,14 @@ wandb = pytest.importorskip("wandb")
 from tests.tiny import tiny_config  # noqa: E402
 from tests.wandb.graphql_stub import GraphQLStub, StubArtifact  # noqa: E402
 from tests.wandb.sweep_helpers import offline_env  # noqa: E402
-from tracker_sched.bundle.folder import MANIFEST, SCHEMA_VERSION, WEIGHTS, Bundle  # noqa: E402
+from tracker_sched.bundle.folder import MANIFEST, WEIGHTS, Bundle  # noqa: E402
+from tracker_sched.bundle.manifest import SCHEMA_VERSION  # noqa: E402
 from tracker_sched.cli import main  # noqa: E402
 from tracker_sched.errors import BundleError, InputError  # noqa: E402
 from tracker_sched.fit.generative import FitResult, fit_sweep  # noqa: E402
 from tracker_sched.sources.files import read_sweep  # noqa: E402
-from tracker_sched.sources.wandb_offline import (  # noqa: E402
-    _record_class,
-    _Scan,
-    find_logs,
-    iter_log_records,
-)
+from tracker_sched.sources.wandb_log import Scan, iter_log_records, record_class  # noqa: E402
+from tracker_sched.sources.wandb_offline import find_logs  # noqa: E402
 from tracker_sched.stores import load_bundle  # noqa: E402
 from tracker_sched.stores.wandb_store import (  # noqa: E402
     ARTIFACT_TYPE,
@@ -79,11 +76,11 @@ def records(root: Path) -> dict[str, list[Any]]:
     """
     assert wandb.run is None, "finish the run before reading its log"
     wandb.teardown()
-    record_cls = _record_class()
+    record_cls = record_class()
     out: dict[str, list[Any]] = {}
     for log in find_logs(root / "wandb"):
         with log.open("rb") as fh:
-            for _, _, payload in iter_log_records(fh, _Scan()):
+            for _, _, payload in iter_log_records(fh, Scan()):
                 rec = record_cls()
                 rec.ParseFromString(payload)
                 kind = rec.WhichOneof("record_type")

@@ -15,12 +15,13 @@ from typing import Literal
 import numpy as np
 
 from tracker_sched.advising.following import PlanFollower
-from tracker_sched.advising.serving import whole_steps, window_ready
+from tracker_sched.advising.serving import warmup_plan, whole_steps, window_ready
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
 from tracker_sched.planning.control import ControlPlannerConfig, make_planner, mode_for
-from tracker_sched.planning.generative import LiveHistory, PlannerConfig
-from tracker_sched.schema import Recommendation, Schedule
+from tracker_sched.planning.generative import PlannerConfig
+from tracker_sched.planning.history import LiveHistory
+from tracker_sched.schema import Recommendation
 
 log = logging.getLogger("tracker_sched.advisor")
 
@@ -76,14 +77,7 @@ class Advisor(PlanFollower):
         self._accepted: deque[int] = deque(maxlen=4096)
         self._behind: list[tuple[int, dict[str, float]]] = []  # see _take_behind
         self._undo: tuple[int, Recommendation, int] | None = None  # (made at, before, replans)
-        sweep = bundle.manifest.sweep
-        steps = [round(t * self.total_steps) for t in sweep.warmup_tau]
-        self._plan = Recommendation(
-            status="warmup", reason="following the sweep's best run until a full window exists",
-            step=0, lr_now=sweep.warmup_lr[0],
-            schedule=Schedule(step=steps, lr=list(sweep.warmup_lr)),
-            model_version=bundle.manifest.created_at,
-        )
+        self._plan = warmup_plan(bundle, self.total_steps)  # the served model's, the same
 
     def observe(
         self,

@@ -9,11 +9,32 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from tracker_sched.schema import Recommendation
+
+
+@runtime_checkable
+class AdvisorLike(Protocol):
+    """The advisor interface, the one definition: what a training loop, :class:`AdvisorLR`
+    and the tracker callbacks use. :class:`~tracker_sched.advising.advisor.Advisor` and
+    :class:`~tracker_sched.advising.remote.RemoteAdvisor` both are one."""
+
+    @property
+    def plan(self) -> Recommendation:
+        """The plan the run follows now."""
+        ...
+
+    def observe(self, step: int, *, train_loss: float | None = None,
+                val_metric: float | None = None, lr: float | None = None) -> Recommendation:
+        """Record what the run logged at ``step``; return the plan to follow."""
+        ...
+
+    def lr(self, step: int) -> float:
+        """The learning rate to use at ``step``."""
+        ...
 
 
 class PlanFollower:

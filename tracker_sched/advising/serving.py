@@ -20,13 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tracker_sched.errors import InputError
 from tracker_sched.limits import MAX_ROWS, MAX_SCHEDULE_POINTS, MAX_STEPS
-from tracker_sched.schema import Recommendation, Schedule
+from tracker_sched.planning.history import LiveHistory
+from tracker_sched.schema import ROLES, Recommendation, Schedule
 
 if TYPE_CHECKING:  # torch: a thin client (RemoteAdvisor) uses this module without it
     from tracker_sched.bundle.folder import Bundle
-    from tracker_sched.planning.generative import GenerativePlanner, LiveHistory, PlannerConfig
+    from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
 
-CHANNELS = ("train_loss", "val_metric", "lr")
+CHANNELS = ROLES  # an observation's metrics: the roles, in the one order of schema.ROLES
 
 
 def whole_steps(value: Any, what: str, *, minimum: int = 0) -> int:
@@ -126,7 +127,6 @@ def parse_request(payload: Mapping[str, Any]) -> RecommendRequest:
 
 def history_from_observations(observations: Sequence[Observation]) -> LiveHistory:
     """Per-channel (steps, values), sorted by step; a repeated step keeps its last value."""
-    from tracker_sched.planning.generative import LiveHistory
 
     cols: dict[str, dict[int, float]] = {k: {} for k in CHANNELS}
     for o in observations:

@@ -9,6 +9,7 @@ from tracker_sched import _compat
 
 def __getattr__(name: str) -> Any:
     # compat: remove in 0.3. The 0.1 module tracker_sched.bundle is now this package;
-    # its names are read from tracker_sched.bundle.folder on first use (not imported here:
-    # importing a submodule must not import the whole stage).
-    return _compat.moved_attr(__name__, name, "tracker_sched.bundle.folder")
+    # its names are read from the modules that now hold them, on first use (not imported
+    # here: importing a submodule must not import the whole stage).
+    return _compat.moved_attr(__name__, name, "tracker_sched.bundle.folder",
+                              "tracker_sched.bundle.manifest", "tracker_sched.data.summary")

@@ -22,34 +22,30 @@ touched. Config secrets are redacted on the way (:mod:`tracker_sched.util.redact
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import hashlib
 import io
-import itertools
 import json
-import math
 import os
-import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from tracker_sched import limits
-from tracker_sched.data.grid import Normalisation
+from tracker_sched.bundle.manifest import (
+    SCHEMA_VERSION,
+    BundleManifest,
+)
 from tracker_sched.errors import BundleError
-from tracker_sched.fit.report import FitReport
 from tracker_sched.model.forecast import Forecaster
-from tracker_sched.model.latent import LatentODE, ModelConfig
+from tracker_sched.model.kinds import MODEL_CLASSES
+from tracker_sched.model.latent import LatentODE
 from tracker_sched.util.folders import check_target, install, staging_dir
 from tracker_sched.util.redact import redact_config
 
-SCHEMA_VERSION = 1
 MANIFEST = "bundle.json"
 WEIGHTS = "weights.pt"
 REPORT = "report.json"
@@ -57,156 +53,6 @@ PLOT = "forecast.png"
 # The files a bundle folder is made of, in the order a save puts them in place: the manifest,
 # which names the weights by their digest, last. Nothing else in the folder is ours.
 OWNED = (WEIGHTS, PLOT, REPORT, MANIFEST)
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
-
-
-class RunTrace(BaseModel):
-    """A sweep run on the progress grid (transformed units; None where unobserved)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    run_id: str
-    config: dict[str, Any] = Field(default_factory=dict)
-    config_id: str | None = Field(default=None, description="its configuration "
-                                  "(tracker_sched.identity); None in bundles before 0.2")
-    total_steps: int
-    final_val: float | None
-    train_loss: list[float | None]
-    log_lr: list[float | None]
-    val_metric: list[float | None]
-
-    @model_validator(mode="after")
-    def _finite_values(self) -> RunTrace:
-        for name in ("train_loss", "log_lr", "val_metric"):
-            if any(v is not None and not _finite(v) for v in getattr(self, name)):
-                raise ValueError(f"top run {self.run_id}: {name} holds a non-finite value")
-        if self.final_val is not None and not _finite(self.final_val):
-            raise ValueError(f"top run {self.run_id}: final_val is not finite")
-        return self
-
-
-class SweepSummary(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    runs_used: int
-    best_run_id: str
-    best_config: dict[str, Any]
-    best_config_mean_final_val: float
-    best_config_runs: int
-    lr_min: float
-    lr_max: float
-    best_peak_lr: float
-    warmup_tau: list[float] = Field(description="tau grid of the warm-up plan")
-    warmup_lr: list[float] = Field(description="the best run's lr on that grid")
-    top_runs: list[RunTrace] = Field(description="best runs first, for planners")
-    configurations: int | None = Field(default=None, description="configurations among the "
-                                       "runs used (seeds and run identity aside)")
-    hyperparameters: list[str] = Field(default_factory=list, description="config keys that "
-                                       "tell the sweep's configurations apart")
-    best_hyperparameters: dict[str, Any] = Field(default_factory=dict, description="the best "
-                                                 "configuration's values of those keys")
-    runs_by_state: dict[str, int] = Field(default_factory=dict, description="runs used, by "
-                                          "tracker state; only finished runs can be the best")
-    runs_complete: int | None = Field(default=None, description="runs used that reached the "
-                                      "end of their budget")
-    budgets: list[int] = Field(default_factory=list, description="the distinct budgets "
-                               "(total steps) of the runs used")
-
-    @model_validator(mode="after")
-    def _usable(self) -> SweepSummary:
-        for name in ("lr_min", "lr_max", "best_peak_lr"):
-            value = getattr(self, name)
-            if not (_finite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value}")
-        if not _finite(self.best_config_mean_final_val):
-            raise ValueError("best_config_mean_final_val is not finite")
-        tau, lr = self.warmup_tau, self.warmup_lr
-        if len(tau) < 2 or len(tau) != len(lr):
-            raise ValueError(f"the warm-up plan needs as many (>= 2) tau as lr values, got "
-                             f"{len(tau)} and {len(lr)}")
-        if any(not (_finite(t) and 0 <= t <= 1) for t in tau) or any(
-                b < a for a, b in itertools.pairwise(tau)):
-            raise ValueError("warmup_tau must rise from 0 to 1")
-        if any(not (_finite(x) and x > 0) for x in lr):
-            raise ValueError("warmup_lr must hold positive, finite learning rates")
-        return self
-
-
-class MetricRoles(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    train_loss: str | None = None
-    lr: str | None = None
-    val_metric: str
-    direction: Literal["max", "min"]
-
-
-class BundleManifest(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    schema_version: int
-    kind: Literal["latent_ode", "control_ode"] = Field(
-        default="latent_ode",
-        description="latent_ode: the lr is decoded (generative mode); control_ode: the lr "
-        "is an input of the dynamics (control mode, tracker_sched.fit.control). Bundles written "
-        "before the field existed are latent_ode.",
-    )
-    created_at: str
-    members: int = Field(ge=1, le=limits.MAX_MEMBERS)
-    model: ModelConfig
-    fit: dict[str, Any]
-    grid_points: int = Field(ge=10, le=limits.MAX_GRID_POINTS)
-    window: int = Field(ge=2)
-    normalisation: Normalisation
-    metrics: MetricRoles
-    sweep: SweepSummary
-    report: FitReport
-    versions: dict[str, str]
-    control: dict[str, Any] | None = Field(
-        default=None,
-        description="control_ode only: the fit's lr-response and counterfactual-ranking "
-        "checks (tracker_sched.fit.control.ControlChecks as JSON), read by the control planner",
-    )
-    redacted: list[str] = Field(
-        default_factory=list,
-        description="config keys whose values were redacted before saving (names only; the "
-        "rule is in tracker_sched.util.redact)",
-    )
-    weights_sha256: str | None = Field(
-        default=None,
-        description="digest of weights.pt: a folder caught between two saves cannot pair one "
-        "bundle's manifest with another's weights (None: written before the field existed)",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> BundleManifest:
-        g = self.grid_points
-        if self.window > g:
-            raise ValueError(f"window {self.window} is longer than the grid ({g} points)")
-        if len(self.sweep.warmup_tau) != g:
-            raise ValueError(f"the warm-up plan has {len(self.sweep.warmup_tau)} points, the "
-                             f"grid {g}")
-        for run in self.sweep.top_runs:
-            if {len(run.train_loss), len(run.log_lr), len(run.val_metric)} != {g}:
-                raise ValueError(f"top run {run.run_id} is not on the {g}-point grid")
-        return self
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("tracker-sched", "torch", "torchdiffeq", "pydantic", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class Bundle:
@@ -287,7 +133,7 @@ class Bundle:
                         and not bool(torch.isfinite(tensor).all())):
                     raise BundleError(f"{wpath}: member {i}'s {name} holds NaN or infinite "
                                       "weights; the bundle is corrupt")
-            model = _model_class(manifest.kind)(manifest.model)
+            model = MODEL_CLASSES[manifest.kind](manifest.model)
             try:
                 model.load_state_dict(sd, strict=True)
             except RuntimeError as exc:
@@ -371,12 +217,3 @@ def upload_copy(folder: str | os.PathLike[str]) -> Iterator[Path]:
             if (src / name).is_file():
                 shutil.copyfile(src / name, out / name)
         yield out
-
-
-def _model_class(kind: str) -> type[LatentODE]:
-    """The module class of a bundle kind (imported lazily: control builds on this module)."""
-    if kind == "control_ode":
-        from tracker_sched.fit.control import ControlODE
-
-        return ControlODE
-    return LatentODE

@@ -26,12 +26,20 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from tracker_sched.data.validation import CleanRun
 from tracker_sched.errors import FitError, InputError
-from tracker_sched.schema import Direction, Role
+from tracker_sched.schema import ROLES, Direction, Role
 
+# The grid's channels: the roles of schema.ROLES in that one order, the lr as log10 lr.
+CHANNEL_ROLES: tuple[Role, ...] = ROLES
 CHANNELS: tuple[str, str, str] = ("train_loss", "log_lr", "val_metric")
-CHANNEL_ROLES: tuple[Role, Role, Role] = ("train_loss", "lr", "val_metric")
 TRAIN_LOSS, LOG_LR, VAL_METRIC = 0, 1, 2
 N_CHANNELS = 3
+assert tuple("log_lr" if r == "lr" else r for r in CHANNEL_ROLES) == CHANNELS
+
+# One encoder input row (context_batch): tau, the channels' values, the channels' masks.
+TAU = 0
+VALUES = slice(1, 1 + N_CHANNELS)
+MASKS = slice(1 + N_CHANNELS, 1 + 2 * N_CHANNELS)
+INPUT_DIM = 1 + 2 * N_CHANNELS
 
 Transform = Literal["log10", "identity"]
 MIN_STD = 1e-10  # a smaller std (a fit uses 1.0 below 1e-8) turns every value into inf
@@ -245,8 +253,9 @@ def context_batch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoder inputs for windows ``[end - length + 1, end]`` of the given runs.
 
-    Returns ``(x, lengths)``: ``x`` is ``(batch, max_len, 1 + 2 * 3)`` holding
-    tau, the masked channel values and the channel masks, ordered from the
+    Returns ``(x, lengths)``: ``x`` is ``(batch, max_len, INPUT_DIM)`` holding
+    tau, the masked channel values and the channel masks (:data:`TAU`, :data:`VALUES`,
+    :data:`MASKS`), ordered from the
     newest point back (``"backward"``) or from the oldest point on
     (``"forward"``); rows are left-aligned and padded with zeros.
     """

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import Counter, defaultdict
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tracker_sched.bundle.folder import RunTrace, SweepSummary
 from tracker_sched.data.grid import LOG_LR, TRAIN_LOSS, VAL_METRIC, GridSweep
 from tracker_sched.data.validation import CleanRun
 from tracker_sched.errors import FitError
@@ -14,6 +17,83 @@ from tracker_sched.identity import Configurations
 from tracker_sched.schema import Direction
 
 TOP_RUNS = 5
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+class RunTrace(BaseModel):
+    """A sweep run on the progress grid (transformed units; None where unobserved)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    config_id: str | None = Field(default=None, description="its configuration "
+                                  "(tracker_sched.identity); None in bundles before 0.2")
+    total_steps: int
+    final_val: float | None
+    train_loss: list[float | None]
+    log_lr: list[float | None]
+    val_metric: list[float | None]
+
+    @model_validator(mode="after")
+    def _finite_values(self) -> RunTrace:
+        for name in ("train_loss", "log_lr", "val_metric"):
+            if any(v is not None and not _finite(v) for v in getattr(self, name)):
+                raise ValueError(f"top run {self.run_id}: {name} holds a non-finite value")
+        if self.final_val is not None and not _finite(self.final_val):
+            raise ValueError(f"top run {self.run_id}: final_val is not finite")
+        return self
+
+
+class SweepSummary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    runs_used: int
+    best_run_id: str
+    best_config: dict[str, Any]
+    best_config_mean_final_val: float
+    best_config_runs: int
+    lr_min: float
+    lr_max: float
+    best_peak_lr: float
+    warmup_tau: list[float] = Field(description="tau grid of the warm-up plan")
+    warmup_lr: list[float] = Field(description="the best run's lr on that grid")
+    top_runs: list[RunTrace] = Field(description="best runs first, for planners")
+    configurations: int | None = Field(default=None, description="configurations among the "
+                                       "runs used (seeds and run identity aside)")
+    hyperparameters: list[str] = Field(default_factory=list, description="config keys that "
+                                       "tell the sweep's configurations apart")
+    best_hyperparameters: dict[str, Any] = Field(default_factory=dict, description="the best "
+                                                 "configuration's values of those keys")
+    runs_by_state: dict[str, int] = Field(default_factory=dict, description="runs used, by "
+                                          "tracker state; only finished runs can be the best")
+    runs_complete: int | None = Field(default=None, description="runs used that reached the "
+                                      "end of their budget")
+    budgets: list[int] = Field(default_factory=list, description="the distinct budgets "
+                               "(total steps) of the runs used")
+
+    @model_validator(mode="after")
+    def _usable(self) -> SweepSummary:
+        for name in ("lr_min", "lr_max", "best_peak_lr"):
+            value = getattr(self, name)
+            if not (_finite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        if not _finite(self.best_config_mean_final_val):
+            raise ValueError("best_config_mean_final_val is not finite")
+        tau, lr = self.warmup_tau, self.warmup_lr
+        if len(tau) < 2 or len(tau) != len(lr):
+            raise ValueError(f"the warm-up plan needs as many (>= 2) tau as lr values, got "
+                             f"{len(tau)} and {len(lr)}")
+        if any(not (_finite(t) and 0 <= t <= 1) for t in tau) or any(
+                b < a for a, b in itertools.pairwise(tau)):
+            raise ValueError("warmup_tau must rise from 0 to 1")
+        if any(not (_finite(x) and x > 0) for x in lr):
+            raise ValueError("warmup_lr must hold positive, finite learning rates")
+        return self
+
 
 
 def _listed(x: np.ndarray, m: np.ndarray) -> list[float | None]:

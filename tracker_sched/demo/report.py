@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tracker_sched.demo.results import ArmRun, DemoConfig, DemoResult
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
-
-    from tracker_sched.demo.run import ArmRun, DemoConfig, DemoResult
 
 
 def comparison_rows(runs: Sequence[ArmRun]) -> list[dict[str, Any]]:

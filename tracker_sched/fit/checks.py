@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from tracker_sched.data.grid import LOG_LR, VAL_METRIC, Normalisation, context_batch
-from tracker_sched.fit.generative import PreparedSweep
+from tracker_sched.fit.prepare import PreparedSweep
 from tracker_sched.fit.report import spearman
 from tracker_sched.identity import config_id
+from tracker_sched.model.control import ControlEnsemble
 
-if TYPE_CHECKING:
-    from tracker_sched.fit.control import ControlEnsemble
 
 class ResponseCheckConfig(BaseModel):
     """Thresholds of the lr-response check; defaults flag what the pre-study saw fail."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import multiprocessing as mp
 import os
 import time
@@ -13,86 +12,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from tracker_sched.budget import BudgetSpec
-from tracker_sched.bundle.folder import (
-    SCHEMA_VERSION,
-    Bundle,
-    BundleManifest,
-    MetricRoles,
-    SweepSummary,
-    now_iso,
-    package_versions,
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.bundle.manifest import (
+    FitReport,
 )
 from tracker_sched.data.grid import (
-    GridSweep,
-    Normalisation,
     SweepTensors,
-    choose_transforms,
     context_batch,
-    fit_normalisation,
     target_batch,
-    to_grid,
 )
-from tracker_sched.data.preflight import MIN_RUNS, Preflight, preflight
-from tracker_sched.data.summary import summarise
-from tracker_sched.data.validation import CleanRun, ValidatedSweep
-from tracker_sched.fit.report import FitReport, cross_fit_report, forecast_report
-from tracker_sched.limits import MAX_GRID_POINTS, MAX_MEMBERS
+from tracker_sched.data.preflight import Preflight
+from tracker_sched.fit.config import FitConfig
+from tracker_sched.fit.prepare import PreparedSweep, assemble_bundle, prepare, run_counts
+from tracker_sched.fit.report import cross_fit_report, forecast_report
+from tracker_sched.fit.training import WindowSampler, masked_mse, optimizer, update
 from tracker_sched.model.forecast import Forecaster
-from tracker_sched.model.latent import LatentODE, ModelConfig, path_length_penalty
-from tracker_sched.schema import Direction, MetricMap, RunIssue, RunRecord
+from tracker_sched.model.latent import LatentODE, path_length_penalty
+from tracker_sched.schema import MetricMap, RunIssue, RunRecord
 from tracker_sched.util.workers import spawn_pool
-
-
-class FitConfig(BaseModel):
-    """Options of a fit. Defaults are sized for a ~50-run sweep on 2 CPU cores (a few minutes)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    grid_points: int = Field(default=100, ge=10, le=MAX_GRID_POINTS,
-                             description="points on the tau grid")
-    window: int = Field(default=30, ge=2, description="live context window, grid points")
-    window_range: tuple[float, float] = Field(
-        default=(0.5, 2.0), description="training context lengths, as multiples of window"
-    )
-    min_end_tau: float = Field(default=0.05, ge=0.0, lt=1.0)
-    holdout_fraction: float = Field(
-        default=0.2, ge=0.0, lt=1.0,
-        description="share of whole runs held out (single split: ensemble 1 or cross_fit off)",
-    )
-    cross_fit: bool = Field(
-        default=True,
-        description="with ensemble K >= 2: member k holds out fold k of K, so the ensemble "
-        "sees every run and the report forecasts every run out of fold",
-    )
-    batch_size: int = Field(default=128, ge=1)
-    max_iterations: int = Field(default=400, ge=1)
-    eval_every: int = Field(default=50, ge=1)
-    patience: int = Field(default=4, ge=1, description="evaluations without improvement")
-    learning_rate: float = Field(default=3e-3, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    path_weight: float = Field(default=0.01, ge=0)
-    channel_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    ensemble: int = Field(default=4, ge=1, le=MAX_MEMBERS,
-                          description="fit seeds averaged in the forecast")
-    seed: int = 0
-    report_taus: tuple[float, ...] = (0.25, 0.5, 0.75)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-
-    @model_validator(mode="after")
-    def _check(self) -> FitConfig:
-        lo, hi = self.window_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"window_range must satisfy 0 < lo <= hi, got {self.window_range}")
-        if self.window > self.grid_points:
-            raise ValueError(f"window ({self.window}) cannot be longer than the grid "
-                             f"({self.grid_points} points)")
-        if any(not 0 < t < 1 for t in self.report_taus):
-            raise ValueError(f"report_taus must lie in (0, 1), got {self.report_taus}")
-        return self
 
 
 @dataclass
@@ -104,91 +44,6 @@ class MemberHistory:
     train_loss: list[float] = field(default_factory=list)
     holdout_loss: list[tuple[int, float]] = field(default_factory=list)
     wall_s: float = 0.0
-
-
-@dataclass
-class PreparedSweep:
-    """A validated sweep on the grid, split and standardised."""
-
-    validated: ValidatedSweep
-    direction: Direction
-    val_key: str
-    grid: GridSweep
-    norm: Normalisation
-    train_idx: np.ndarray
-    holdout_idx: np.ndarray
-    folds: list[tuple[np.ndarray, np.ndarray]]  # (train, holdout) run indices per member
-    summary: SweepSummary  # named before training, so no data error can come after it
-    checked: Preflight
-
-    @property
-    def cross_fit(self) -> bool:
-        return len(self.folds) > 1 and not np.array_equal(self.folds[0][1], self.folds[1][1])
-
-    @property
-    def runs(self) -> list[CleanRun]:
-        return self.validated.runs
-
-    @property
-    def issues(self) -> list[RunIssue]:
-        return self.validated.issues
-
-    def tensors(self, idx: np.ndarray) -> SweepTensors:
-        return SweepTensors.from_grid(self.grid.subset(idx), self.norm)
-
-
-def run_counts(prep: PreparedSweep) -> dict[str, Any]:
-    """The fit report's counts of the runs used: by state, complete, configurations."""
-    return {"runs_by_state": prep.checked.runs_by_state(),
-            "runs_complete": sum(1 for r in prep.runs if r.complete),
-            "configurations": prep.checked.configurations.describe()}
-
-
-def prepare(
-    records: Sequence[RunRecord],
-    config: FitConfig,
-    metric_map: MetricMap | None = None,
-    *,
-    budget: BudgetSpec | None = None,
-    ignore_config_keys: Sequence[str] = (),
-    source_issues: Sequence[RunIssue] = (),
-    checked: Preflight | None = None,
-) -> PreparedSweep:
-    """Check (:mod:`tracker_sched.data.preflight`: every error the data can cause is raised here,
-    before any training), choose transforms, resample, name the sweep's best, split off
-    whole runs and standardise. ``checked``: a pre-flight already run on ``records``."""
-    if checked is None:
-        checked = preflight(records, metric_map=metric_map, budget=budget,
-                            ignore_config_keys=ignore_config_keys, source_issues=source_issues)
-    checked.raise_for_problems()
-    validated, direction = checked.validated, checked.direction
-    assert direction is not None  # a problem otherwise
-    transforms = choose_transforms(validated.runs, direction)
-    grid = to_grid(validated.runs, config.grid_points, transforms)
-    summary = summarise(validated.runs, grid, direction, validated.configurations)
-    n = len(validated.runs)
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(n)
-    k = config.ensemble
-    if config.cross_fit and k >= 2 and n // k >= 1 and n - (n + k - 1) // k >= MIN_RUNS:
-        # Fold f holds out every k-th run of a seeded permutation: folds are disjoint
-        # and cover the sweep. Standardisation uses all runs (a per-channel mean/std).
-        folds = [
-            (np.sort(np.setdiff1d(order, order[f::k])), np.sort(order[f::k])) for f in range(k)
-        ]
-        norm = fit_normalisation(grid, transforms)
-    else:
-        n_hold = round(config.holdout_fraction * n)
-        if config.holdout_fraction > 0:
-            n_hold = min(max(n_hold, 1), n - MIN_RUNS) if n > MIN_RUNS else 0
-        split = (np.sort(order[n_hold:]), np.sort(order[:n_hold]))
-        folds = [split] * k
-        norm = fit_normalisation(grid.subset(split[0]), transforms)
-    return PreparedSweep(
-        validated=validated, direction=direction, val_key=checked.val_key, grid=grid, norm=norm,
-        train_idx=folds[0][0], holdout_idx=folds[0][1], folds=folds, summary=summary,
-        checked=checked,
-    )
 
 
 def report_windows(
@@ -208,13 +63,6 @@ def report_windows(
     return run_idx, end_idx, torch.full_like(end_idx, config.window)
 
 
-def _masked_mse(
-    pred: torch.Tensor, y: torch.Tensor, m: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    w = m.to(pred.dtype) * weights
-    return ((pred - y) ** 2 * w).sum() / w.sum().clamp_min(1.0)
-
-
 def train_member(
     train: SweepTensors,
     holdout: SweepTensors | None,
@@ -227,25 +75,13 @@ def train_member(
     """Train one latent ODE; early stopping on the holdout's report windows."""
     gen = torch.Generator().manual_seed(seed)
     model = LatentODE(config.model, generator=gen)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
     total = config.max_iterations
-    warm = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total)),
-    )
+    opt, sched = optimizer(model, config.learning_rate, config.weight_decay, total)
     weights = torch.tensor(config.channel_weights, dtype=torch.float32)
     g = train.grid_points
-    n_train = int(train.values.shape[0])
-    observed = train.mask.any(dim=2)  # (runs, G)
-    last_obs = torch.where(
-        observed, torch.arange(g)[None, :], torch.zeros_like(observed, dtype=torch.long)
-    ).max(dim=1).values
-    min_end = max(1, round(config.min_end_tau * (g - 1)))
-    lo = max(2, round(config.window * config.window_range[0]))
-    hi = max(lo, round(config.window * config.window_range[1]))
+    sampler = WindowSampler(train, window=config.window, window_range=config.window_range,
+                            min_end_tau=config.min_end_tau, batch_size=config.batch_size,
+                            generator=gen)
 
     eval_windows = report_windows(holdout, config) if holdout is not None else None
     history = MemberHistory(seed=seed, iterations=0, best_iteration=0, best_holdout_loss=None)
@@ -255,24 +91,15 @@ def train_member(
     bar = tqdm(total=total, desc=f"fit seed {seed}", disable=not progress, leave=False)
     for it in range(1, total + 1):
         model.train()
-        run_idx = torch.randint(n_train, (config.batch_size,), generator=gen)
-        top = torch.maximum(last_obs[run_idx], torch.full_like(run_idx, min_end))
-        u = torch.rand(config.batch_size, generator=gen)
-        end_idx = torch.minimum(min_end + (u * (top - min_end + 1)).long(), top)
-        length = torch.randint(lo, hi + 1, (config.batch_size,), generator=gen)
-        horizon = g - int(end_idx.min())
+        win = sampler.sample()
+        run_idx, end_idx, length, horizon = win.run_idx, win.end_idx, win.length, win.horizon
         offsets = torch.arange(horizon, dtype=torch.float32) / (g - 1)
         x, lengths = context_batch(train, run_idx, end_idx, length, config.model.encoder_direction)
         y, m = target_batch(train, run_idx, end_idx, horizon)
         pred, h = model(x, lengths, offsets)
         inside = (end_idx[:, None] + torch.arange(horizon)[None, :]) < g
-        loss = _masked_mse(pred, y, m, weights)
-        total_loss = loss + config.path_weight * path_length_penalty(h, inside)
-        opt.zero_grad(set_to_none=True)
-        total_loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss = masked_mse(pred, y, m, weights)
+        update(model, opt, sched, loss + config.path_weight * path_length_penalty(h, inside))
         history.train_loss.append(float(loss.detach()))
         history.iterations = it
         if on_step is not None:
@@ -315,7 +142,7 @@ def holdout_loss(
     pred = Forecaster([model]).forecast(data, run_idx, end_idx, length)
     model.train()
     y, m = target_batch(data, run_idx, end_idx, pred.shape[1])
-    return float(_masked_mse(pred, y, m, weights))
+    return float(masked_mse(pred, y, m, weights))
 
 
 
@@ -472,22 +299,5 @@ def fit_sweep(
         holdout=forecast,
         **run_counts(prep),
     )
-    keys = {role: prep.runs[0].record.metric_keys.get(role) for role in ("train_loss", "lr")}
-    manifest = BundleManifest(
-        schema_version=SCHEMA_VERSION,
-        created_at=now_iso(),
-        members=len(models),
-        model=config.model,
-        fit=config.model_dump(mode="json", exclude={"model"}),
-        grid_points=config.grid_points,
-        window=config.window,
-        normalisation=prep.norm,
-        metrics=MetricRoles(
-            train_loss=keys["train_loss"], lr=keys["lr"], val_metric=prep.val_key,
-            direction=prep.direction,
-        ),
-        sweep=prep.summary,
-        report=report,
-        versions=package_versions(),
-    )
-    return FitResult(bundle=Bundle(manifest, models), report=report, prepared=prep)
+    bundle = assemble_bundle(prep, config, config.model, models, report)
+    return FitResult(bundle=bundle, report=report, prepared=prep)

@@ -8,20 +8,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from tracker_sched._optional import require
 from tracker_sched.data.grid import CHANNELS, Normalisation, SweepTensors
-from tracker_sched.errors import MissingDependencyError
 from tracker_sched.model.forecast import Forecaster
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise MissingDependencyError("matplotlib", "plots") from exc
-    return plt
+    require("matplotlib").use("Agg")
+    return require("matplotlib.pyplot")
 
 
 def plot_forecasts(

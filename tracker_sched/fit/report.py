@@ -17,88 +17,18 @@ their budget: the planner ranks candidate futures by exactly that prediction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from tracker_sched.bundle.manifest import (
+    METHODS,
+    ForecastReport,
+    ForecastRow,
+    RankRow,
+)
 from tracker_sched.data.grid import CHANNELS, N_CHANNELS, VAL_METRIC, Normalisation, SweepTensors
 from tracker_sched.model.forecast import Forecaster
-from tracker_sched.schema import RunIssue
-
-METHODS = ("model", "nearest", "last")
-
-
-class ForecastRow(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    tau: float
-    channel: str
-    method: str
-    rmse_pooled: float
-    rmse_median_run: float
-    runs: int
-
-
-class RankRow(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    tau: float
-    method: str
-    spearman: float | None
-    runs: int
-
-
-class ForecastReport(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    window: int
-    forecast: list[ForecastRow]
-    ranking: list[RankRow]
-
-    def row(self, tau: float, channel: str, method: str) -> ForecastRow:
-        for r in self.forecast:
-            if abs(r.tau - tau) < 1e-9 and r.channel == channel and r.method == method:
-                return r
-        raise KeyError((tau, channel, method))
-
-    def rank(self, tau: float, method: str) -> RankRow:
-        for r in self.ranking:
-            if abs(r.tau - tau) < 1e-9 and r.method == method:
-                return r
-        raise KeyError((tau, method))
-
-
-class FitReport(BaseModel):
-    """Everything a fit tells its user; printed as a table and saved as JSON."""
-
-    model_config = ConfigDict(frozen=True)
-
-    runs_total: int
-    runs_used: int
-    runs_fit: int
-    runs_holdout: int
-    scheme: Literal["holdout", "cross-fit"] = "holdout"
-    folds: int = 1
-    holdout_ids: list[str]
-    issues: list[RunIssue]
-    direction: str
-    val_key: str
-    wall_s: float
-    members: list[dict[str, float | int | None]]
-    holdout: ForecastReport | None
-    runs_by_state: dict[str, int] = Field(default_factory=dict, description="runs used, by "
-                                          "tracker state: only finished runs can be the best")
-    runs_complete: int | None = Field(default=None, description="runs used that reached the "
-                                      "end of their budget")
-    configurations: str | None = Field(default=None, description='e.g. "9 configurations x 2 '
-                                       'seeds" (tracker_sched.identity)')
-    note: str = (
-        "Held-out runs also drive early stopping (checkpoint choice only). With cross-fit, "
-        "each run is forecast by the one member that never trained on it, so the report "
-        "understates the full ensemble; benchmarks report fresh seeds the fit never saw."
-    )
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:

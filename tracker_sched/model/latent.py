@@ -13,7 +13,8 @@ decoded in one batched solve on a shared offset grid.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 from torchdiffeq import odeint
 
-from tracker_sched.data.grid import N_CHANNELS, EncoderDirection
+from tracker_sched.data.grid import INPUT_DIM, MASKS, N_CHANNELS, VALUES, EncoderDirection
 from tracker_sched.errors import InputError
 from tracker_sched.limits import MAX_WIDTH
 
@@ -53,14 +54,79 @@ class ModelConfig(BaseModel):
     atol: float = Field(default=1e-5, gt=0)
 
 
-def solver_options(
-    cfg: ModelConfig, offsets: torch.Tensor, interp: Literal["cubic", "linear"]
-) -> dict[str, object] | None:
-    """torchdiffeq options: fixed solvers step ``step_points`` grid intervals at a time and
-    interpolate the grid points in between."""
-    if cfg.solver in ("rk4", "euler", "midpoint") and cfg.step_points > 1 and offsets.numel() > 1:
-        return {"step_size": float(offsets[1] - offsets[0]) * cfg.step_points, "interp": interp}
+FIXED_STEP_SOLVERS = ("rk4", "euler", "midpoint")
+
+
+def solver_kwargs(
+    cfg: ModelConfig, dt: float | None, interp: Literal["cubic", "linear"] = "linear"
+) -> dict[str, Any]:
+    """The keyword arguments of ``torchdiffeq.odeint`` for ``cfg``: the one solver rule.
+
+    Args:
+        cfg: the model's solver, tolerances and ``step_points``.
+        dt: the progress-grid interval. A fixed-step solver steps ``step_points`` of them
+            at a time and interpolates (``interp``) the grid points in between; ``None``
+            lets it step at the output times themselves.
+        interp: how a fixed-step solver fills in the points between its steps.
+
+    Returns:
+        ``method``, ``rtol``, ``atol`` and, for a fixed-step solver given ``dt``, ``options``.
+    """
+    kwargs: dict[str, Any] = {"method": cfg.solver, "rtol": cfg.rtol, "atol": cfg.atol}
+    if cfg.solver in FIXED_STEP_SOLVERS and dt is not None:
+        kwargs["options"] = {"step_size": dt * cfg.step_points, "interp": interp}
+    return kwargs
+
+
+def grid_interval(cfg: ModelConfig, offsets: torch.Tensor) -> float | None:
+    """The grid interval of ``offsets`` when solver steps span several of them, else None."""
+    if cfg.step_points > 1 and offsets.numel() > 1:
+        return float(offsets[1] - offsets[0])
     return None
+
+
+class FieldMLP(nn.Sequential):
+    """The MLP inside every vector field: ``first -> SiLU -> middle -> SiLU -> last``.
+
+    An ``nn.Sequential``, so that its weights keep their stored names (``net.0``,
+    ``net.2``, ``net.4``) and bundles load across versions; code reads the layers by
+    name (:attr:`linears`), never by position.
+    """
+
+    def __init__(self, n_in: int, hidden: int, n_out: int) -> None:
+        super().__init__(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden),
+                         nn.SiLU(), nn.Linear(hidden, n_out))
+
+    @property
+    def linears(self) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+        """The ``(first, middle, last)`` linear layers."""
+        first, _, middle, _, last = self
+        assert isinstance(first, nn.Linear) and isinstance(middle, nn.Linear)
+        assert isinstance(last, nn.Linear)
+        return first, middle, last
+
+
+class StackedMLP:
+    """Several members' :class:`FieldMLP` as one batched function (the one stacked kernel).
+
+    ``x (members, batch, n_in) -> (members, batch, n_out)`` by batched matrix products,
+    what makes a replan take milliseconds. Weights are detached copies; ``last_factor``
+    scales the last layer (an exact scaling the planner folds into it).
+    """
+
+    def __init__(self, mlps: Sequence[FieldMLP], last_factor: float = 1.0) -> None:
+        layers = list(zip(*(mlp.linears for mlp in mlps), strict=True))
+        self.w = [torch.stack([lin.weight.detach().T for lin in layer]) for layer in layers]
+        self.b = [torch.stack([lin.bias.detach() for lin in layer])[:, None, :]
+                  for layer in layers]
+        if last_factor != 1.0:
+            self.w[2], self.b[2] = last_factor * self.w[2], last_factor * self.b[2]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.w, self.b
+        x = nn.functional.silu(torch.baddbmm(b[0], x, w[0]))
+        x = nn.functional.silu(torch.baddbmm(b[1], x, w[1]))
+        return torch.baddbmm(b[2], x, w[2])
 
 
 class VectorField(nn.Module):
@@ -68,10 +134,7 @@ class VectorField(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, dim),
-        )
+        self.net = FieldMLP(dim, hidden, dim)
         self.log_scale = nn.Parameter(torch.tensor(1.0))
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -91,7 +154,7 @@ class LatentODE(nn.Module):
             self._init_from(generator)
 
     def _build(self, config: ModelConfig) -> None:
-        in_dim = 1 + 2 * N_CHANNELS
+        in_dim = INPUT_DIM
         self.encoder = nn.GRU(in_dim, config.encoder_hidden, batch_first=True)
         self.to_latent = nn.Linear(config.encoder_hidden, config.latent_dim)
         self.lift = nn.Sequential(
@@ -130,9 +193,7 @@ class LatentODE(nn.Module):
         """Integrate ``h0 (batch, ode_dim)`` over ``offsets (K,)`` -> ``(batch, K, ode_dim)``."""
         cfg = self.config
         hs: torch.Tensor = odeint(
-            self.field, h0, offsets, method=cfg.solver, rtol=cfg.rtol, atol=cfg.atol,
-            options=solver_options(cfg, offsets, "cubic"),
-        )
+            self.field, h0, offsets, **solver_kwargs(cfg, grid_interval(cfg, offsets), "cubic"))
         return hs.transpose(0, 1)
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
@@ -163,30 +224,13 @@ class StackedField(nn.Module):
     matrix products: what makes a replan take milliseconds.
     """
 
-    def __init__(self, fields: list[VectorField]) -> None:
+    def __init__(self, fields: Sequence[VectorField]) -> None:
         super().__init__()
-        layers: list[list[nn.Linear]] = []
-        for i in (0, 2, 4):
-            layer = [f.net[i] for f in fields]
-            assert all(isinstance(lin, nn.Linear) for lin in layer)
-            layers.append(layer)  # type: ignore[arg-type]
-        self.weights = nn.ParameterList(
-            [nn.Parameter(torch.stack([lin.weight.detach().T for lin in layer]))
-             for layer in layers]
-        )
-        self.biases = nn.ParameterList(
-            [nn.Parameter(torch.stack([lin.bias.detach() for lin in layer])[:, None, :])
-             for layer in layers]
-        )
-        self.scale = nn.Parameter(
-            torch.stack([torch.exp(f.log_scale.detach()) for f in fields])[:, None, None]
-        )
+        self.mlp = StackedMLP([f.net for f in fields])
+        self.scale = torch.stack([torch.exp(f.log_scale.detach()) for f in fields])[:, None, None]
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        w, b = self.weights, self.biases
-        x = nn.functional.silu(torch.baddbmm(b[0], h, w[0]))
-        x = nn.functional.silu(torch.baddbmm(b[1], x, w[1]))
-        return self.scale * torch.tanh(torch.baddbmm(b[2], x, w[2]))
+        return self.scale * torch.tanh(self.mlp(h))
 
 
 def solve_stacked(
@@ -204,10 +248,8 @@ def solve_stacked(
     solver step points (and so the end of the budget) are exact either way.
     """
     cfg = models[0].config
-    hs: torch.Tensor = odeint(
-        StackedField([m.field for m in models]), h0, offsets, method=cfg.solver,
-        rtol=cfg.rtol, atol=cfg.atol, options=solver_options(cfg, offsets, interp),
-    )
+    hs: torch.Tensor = odeint(StackedField([m.field for m in models]), h0, offsets,
+                              **solver_kwargs(cfg, grid_interval(cfg, offsets), interp))
     return hs.permute(1, 2, 0, 3)
 
 
@@ -217,7 +259,7 @@ def last_observation(
     """The newest point of each context window: ``(values (batch, 3), observed (batch, 3))``."""
     row = (lengths - 1) if direction == "forward" else torch.zeros_like(lengths)
     last = x[torch.arange(x.shape[0]), row]
-    return last[:, 1 : 1 + N_CHANNELS], last[:, 1 + N_CHANNELS :] > 0.5
+    return last[:, VALUES], last[:, MASKS] > 0.5
 
 
 def anchor_at_context(

@@ -39,8 +39,9 @@ from tracker_sched.bundle.folder import Bundle
 from tracker_sched.data.grid import VAL_METRIC, context_batch
 from tracker_sched.errors import InputError
 from tracker_sched.fit.checks import ControlChecks
-from tracker_sched.fit.control import KIND, ControlEnsemble
-from tracker_sched.planning.generative import GenerativePlanner, LiveHistory, PlannerConfig
+from tracker_sched.model.control import KIND, ControlEnsemble
+from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
+from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import Recommendation, Schedule
 
 

@@ -31,8 +31,6 @@ members and candidates).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -45,12 +43,15 @@ from tracker_sched.data.grid import (
     N_CHANNELS,
     TRAIN_LOSS,
     VAL_METRIC,
+    VALUES,
     SweepTensors,
     context_batch,
     resample,
 )
 from tracker_sched.errors import InputError
-from tracker_sched.model.latent import LatentODE, StackedField, solve_stacked
+from tracker_sched.model.latent import solve_stacked
+from tracker_sched.planning.history import LiveHistory
+from tracker_sched.planning.kernels import PlanEncoder, PlanField, Stacked, rk4_nodes, step_grid
 from tracker_sched.schema import Recommendation, Schedule
 
 _TIE = 1e-6  # relative: gains below this are float32 rounding, not a better candidate
@@ -99,15 +100,6 @@ class PlannerConfig(BaseModel):
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class LiveHistory:
-    """What a live run has logged so far; each series on its own steps."""
-
-    train_loss: tuple[np.ndarray, np.ndarray]  # (steps, values)
-    lr: tuple[np.ndarray, np.ndarray]
-    val_metric: tuple[np.ndarray, np.ndarray]
-
-
 class GenerativePlanner:
     """Plans the remaining schedule of a live run from a fitted bundle."""
 
@@ -120,19 +112,19 @@ class GenerativePlanner:
         self.window = m.window
         self.sign = 1.0 if m.metrics.direction == "max" else -1.0
         self._top = self._regime_tensors()
-        self._stacked: _Stacked | None = None  # built at the first replan (subclasses that
+        self._stacked: Stacked | None = None  # built at the first replan (subclasses that
         # plan their own way, like the control planner, never need it)
 
     @property
-    def _fast(self) -> _Stacked:
+    def _fast(self) -> Stacked:
         """The members' encoders, fields and decoders stacked for batched products: built
         once per planner, not per replan."""
         if self._stacked is None:
             models = self.bundle.models
             with torch.inference_mode():
-                self._stacked = _Stacked(
-                    field=_PlanField(StackedField([mod.field for mod in models])),
-                    encoder=_PlanEncoder(models),
+                self._stacked = Stacked(
+                    field=PlanField([mod.field for mod in models]),
+                    encoder=PlanEncoder(models),
                     dec_w=torch.stack([mod.decoder.weight.T for mod in models]).contiguous(),
                     dec_b=torch.stack([mod.decoder.bias for mod in models])[:, None, :],
                     anchor_tau=torch.stack([torch.exp(mod.log_anchor_tau) for mod in models]),
@@ -240,7 +232,7 @@ class GenerativePlanner:
         # One solve for every member and accepted candidate, decoded: (M, A, K, 3).
         dec_all = self._decode_path(h0_all[:, idx], offsets)
         decays = torch.exp(-offsets[None, :, None] / self._fast.anchor_tau[:, None, :])  # (M, K, 3)
-        obs = x_live[0, len_live[0] - 1, 1 : 1 + N_CHANNELS]
+        obs = x_live[0, len_live[0] - 1, VALUES]
         shifts = obs - dec_all[:, 0, 0]  # (M, 3)
         anchored = dec_all + shifts[:, None, None, :] * decays[:, None, :, :]
         mean = anchored.mean(dim=0)  # (A, K, 3)
@@ -286,7 +278,7 @@ class GenerativePlanner:
         """Solve ``h0 (M, N, D)`` over ``offsets (K,)`` and decode: ``(M, N, K, 3)``.
 
         Bundles solve with fixed-step rk4: that solve runs here as a plain loop
-        (:func:`_rk4_nodes`), the solver steps are decoded, and the grid points in
+        (:func:`rk4_nodes`), the solver steps are decoded, and the grid points in
         between are interpolated linearly in the 3 decoded channels rather than
         the ``D`` latent ones (the decoder is linear, so the order does not matter).
         Other solvers go through torchdiffeq.
@@ -296,8 +288,8 @@ class GenerativePlanner:
         if cfg.solver != "rk4" or offsets.numel() < 2:
             hs = solve_stacked(models, h0, offsets, interp="linear")
             return self._decode(hs)
-        grid = _step_grid(offsets, self.config.solver_step_points or cfg.step_points)
-        nodes = self._decode(_rk4_nodes(self._fast.field, h0, grid))  # (M, N, S + 1, 3)
+        grid = step_grid(offsets, self.config.solver_step_points or cfg.step_points)
+        nodes = self._decode(rk4_nodes(self._fast.field, h0, grid))  # (M, N, S + 1, 3)
         # Output k lies in solver step i: the first i whose right end reaches offsets[k].
         steps = grid.numel() - 1
         idx = torch.searchsorted(grid[1:], offsets).clamp(max=steps - 1)
@@ -395,106 +387,6 @@ class GenerativePlanner:
             samples_drawn=self.config.candidates,
             model_version=self.bundle.manifest.created_at,
         )
-
-
-@dataclass(frozen=True)
-class _Stacked:
-    field: _PlanField
-    encoder: _PlanEncoder
-    dec_w: torch.Tensor  # (M, D, 3)
-    dec_b: torch.Tensor  # (M, 1, 3)
-    anchor_tau: torch.Tensor  # (M, 3)
-
-
-class _PlanField:
-    """:class:`StackedField` for planning: the same function, fewer and cheaper kernels.
-
-    ``s * tanh(u)`` is computed as ``2s * sigmoid(2u) - s`` (a single-thread tanh
-    kernel costs 6x a sigmoid here), with the factor 2 folded into the last
-    layer's weights, an exact scaling; the two forms agree to float32 rounding.
-    """
-
-    def __init__(self, field: StackedField) -> None:
-        w, b = field.weights, field.biases
-        self.w0, self.b0 = w[0].detach(), b[0].detach()
-        self.w1, self.b1 = w[1].detach(), b[1].detach()
-        self.w2, self.b2 = 2 * w[2].detach(), 2 * b[2].detach()
-        self.scale = field.scale.detach()
-        self.scale2 = 2 * self.scale
-
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        silu = torch.nn.functional.silu
-        x = silu(torch.baddbmm(self.b0, h, self.w0))
-        x = silu(torch.baddbmm(self.b1, x, self.w1))
-        u = torch.sigmoid(torch.baddbmm(self.b2, x, self.w2))
-        return u.mul_(self.scale2).sub_(self.scale)
-
-
-class _PlanEncoder:
-    """Every member's GRU encoder and latent head as one batched recurrence.
-
-    ``LatentODE.encode`` runs one GRU per member over packed sequences; the
-    planner's windows all have the same length, so the members' GRUs (same
-    sizes, gates r, z, n as in :class:`torch.nn.GRU`) step together through
-    batched products: one loop over the window instead of one per member.
-    """
-
-    def __init__(self, models: list[LatentODE]) -> None:
-        grus = [mod.encoder for mod in models]
-        assert all(g.num_layers == 1 and not g.bidirectional and g.batch_first for g in grus)
-
-        def stacked(name: str) -> torch.Tensor:
-            return torch.stack([g.get_parameter(name).detach() for g in grus])
-
-        self.w_ih = stacked("weight_ih_l0").transpose(1, 2).contiguous()  # (M, in, 3H)
-        self.b_ih = stacked("bias_ih_l0")[:, None, :]
-        self.w_hh = stacked("weight_hh_l0").transpose(1, 2).contiguous()  # (M, H, 3H)
-        self.b_hh = stacked("bias_hh_l0")[:, None, :]
-        self.w_out = torch.stack([mod.to_latent.weight.T for mod in models]).detach()
-        self.b_out = torch.stack([mod.to_latent.bias for mod in models]).detach()[:, None, :]
-        self.hidden = grus[0].hidden_size
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (batch, time, 7)``, every row of full length -> ``z (M, batch, latent)``."""
-        m, (b, t, c), hid = self.w_ih.shape[0], x.shape, self.hidden
-        gi = torch.baddbmm(self.b_ih, x.reshape(1, b * t, c).expand(m, -1, -1), self.w_ih)
-        gi = gi.reshape(m, b, t, 3 * hid)
-        h = x.new_zeros(m, b, hid)
-        for i in range(t):
-            gh = torch.baddbmm(self.b_hh, h, self.w_hh)
-            g = gi[:, :, i]
-            rz = torch.sigmoid(g[..., : 2 * hid] + gh[..., : 2 * hid])
-            r, z = rz[..., :hid], rz[..., hid:]
-            n = torch.tanh(torch.addcmul(g[..., 2 * hid :], r, gh[..., 2 * hid :]))
-            h = torch.lerp(n, h, z)  # (1 - z) n + z h
-        return torch.baddbmm(self.b_out, h, self.w_out)
-
-
-def _step_grid(offsets: torch.Tensor, step_points: int) -> torch.Tensor:
-    """torchdiffeq's fixed-step grid: ``start + i * step``, the last point moved onto the end."""
-    step = (offsets[1] - offsets[0]) * step_points
-    n = int(torch.ceil((offsets[-1] - offsets[0]) / step + 1).item())
-    grid = torch.arange(0, n, dtype=offsets.dtype) * step + offsets[0]
-    grid[-1] = offsets[-1]
-    return grid
-
-
-def _rk4_nodes(
-    field: Callable[[torch.Tensor], torch.Tensor], h0: torch.Tensor, grid: torch.Tensor
-) -> torch.Tensor:
-    """torchdiffeq's rk4 (the 3/8 rule) from ``h0 (M, N, D)`` over ``grid (S + 1,)``:
-    the state at every grid point, ``(M, N, S + 1, D)``. A plain loop of fused updates
-    instead of torchdiffeq's per-step machinery; equal to it within float32 rounding."""
-    ys = [h0]
-    y = h0
-    for dt in (grid[1:] - grid[:-1]).tolist():
-        k1 = field(y)
-        k2 = field(torch.add(y, k1, alpha=dt / 3))
-        k3 = field(torch.add(y, torch.add(k2, k1, alpha=-1 / 3), alpha=dt))
-        k4 = field(torch.add(y, (k1 - k2).add_(k3), alpha=dt))
-        y = torch.add(y, torch.add(k2, k3).mul_(3).add_(k1).add_(k4), alpha=dt * 0.125)
-        ys.append(y)
-    return torch.stack(ys, dim=2)
 
 
 __all__ = ["GenerativePlanner", "LiveHistory", "PlannerConfig"]

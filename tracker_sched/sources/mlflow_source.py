@@ -27,58 +27,37 @@ See ``docs/mlflow.md``.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import math
 import re
-import sys
-import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import JsonValue, ValidationError
 
-from tracker_sched.budget import stated_budget
-from tracker_sched.errors import InputError, MissingDependencyError, SourceError
-from tracker_sched.schema import ROLES, MetricMap, RunIssue, RunRecord, missing_roles_message
+from tracker_sched._optional import require
+from tracker_sched.errors import InputError, SourceError
+from tracker_sched.schema import MetricMap, RunIssue, RunRecord, missing_roles_message
 from tracker_sched.sources.base import SourceResult
 from tracker_sched.sources.files import record_from_raw
+from tracker_sched.sources.mlflow_history import (
+    INTERVAL_MAX_POINTS,
+    HistoryReader,
+    Point,
+)
 
 if TYPE_CHECKING:
-    import requests
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
-BULK_ENDPOINT = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
-INTERVAL_ENDPOINT = "/api/2.0/mlflow/metrics/get-history-bulk-interval"
-INTERVAL_MAX_POINTS = 2_500  # per run and request (MAX_RESULTS_PER_RUN, mlflow server)
-# Limits of the bulk endpoint (mlflow/server/handlers.py, get_metric_history_bulk_handler):
-# more than 100 run ids is a 400; more than 25,000 points is silently cut off.
-BULK_MAX_RUNS = 100
-BULK_MAX_POINTS = 25_000
-LOG_BATCH_MAX_METRICS = 1000  # MLflow's log_batch limit
-LOG_BATCH_MAX_PARAMS = 100
 PARENT_TAG = "mlflow.parentRunId"
 RUN_ID_TAG = "tracker_sched.run_id"
 _STATES = {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed", "RUNNING": "running"}
 _INT = re.compile(r"[+-]?\d+")
 
-Point = tuple[int, int, float]  # (step, timestamp_ms, value)
-
-
-class _BulkUnavailable(Exception):
-    """The bulk endpoint cannot serve this store; use the client instead."""
-
-
 def _mlflow() -> Any:
-    try:
-        import mlflow
-    except ImportError as exc:
-        raise MissingDependencyError("mlflow", "mlflow") from exc
-    return mlflow
+    return require("mlflow")
 
 
 def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
@@ -142,26 +121,7 @@ def steps_from_timestamps(history: dict[str, list[Point]], loss_key: str | None
     return out
 
 
-def _progress(total: int, enabled: bool | None, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    disable = not sys.stderr.isatty() if enabled is None else not enabled
-    return tqdm(total=total, desc=desc, unit="run", disable=disable, leave=False)
-
-
-def _by_run(metrics: list[dict[str, Any]], run_ids: list[str]) -> dict[str, list[Point]]:
-    """A bulk response's points per run. Protobuf JSON may send int64 fields as strings."""
-    by_run: dict[str, list[Point]] = {rid: [] for rid in run_ids}
-    try:
-        for m in metrics:
-            by_run.setdefault(m["run_id"], []).append(
-                (int(m.get("step", 0)), int(m.get("timestamp", 0)), float(m["value"])))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise _BulkUnavailable(f"unexpected metric in a bulk response: {exc}") from exc
-    return by_run
-
-
-class MlflowSource:
+class MlflowSource(HistoryReader):
     """``--source mlflow --project EXPERIMENT [--sweep PARENT_RUN_ID] [--filter F]``.
 
     Args:
@@ -293,173 +253,6 @@ class MlflowSource:
                 f"{parent.info.experiment_id}, not to {self.experiment!r} ({experiment_id})"
             )
 
-    # -- histories --------------------------------------------------------------------------
-
-    def _bulk_session(self, uri: str) -> requests.Session:
-        """A session with MLflow's own request headers and auth; raises _BulkUnavailable
-        for schemes that only MLflow's transport implements (SigV4, auth plugins, Databricks)."""
-        import requests
-        from mlflow.tracking.request_header.registry import resolve_request_headers
-        from mlflow.utils.credentials import get_default_host_creds
-
-        creds = get_default_host_creds(uri)  # type: ignore[no-untyped-call]
-        if creds.aws_sigv4 or creds.auth:
-            raise _BulkUnavailable("the tracking auth scheme needs MLflow's own client")
-        session = requests.Session()
-        session.headers.update(resolve_request_headers())  # type: ignore[no-untyped-call]
-        if creds.username and creds.password:
-            session.auth = (creds.username, creds.password)
-        elif creds.token:
-            session.headers["Authorization"] = f"Bearer {creds.token}"
-        if creds.ignore_tls_verification:
-            session.verify = False
-        elif creds.server_cert_path:
-            session.verify = creds.server_cert_path
-        if creds.client_cert_path:
-            session.cert = creds.client_cert_path
-        try:  # MLflow 3 workspaces (MLFLOW_WORKSPACE): the header MLflow's client sends
-            from mlflow.utils.workspace_context import get_request_workspace
-            from mlflow.utils.workspace_utils import WORKSPACE_HEADER_NAME
-        except ImportError:
-            return session
-        if workspace := get_request_workspace():
-            session.headers.setdefault(WORKSPACE_HEADER_NAME, workspace)
-        return session
-
-    def _get_metrics(self, session: requests.Session, url: str,
-                     params: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        """One bulk request: its ``metrics`` list; any failure is _BulkUnavailable."""
-        import requests
-
-        try:
-            resp = session.get(url, params=params, timeout=self.timeout_s)
-        except requests.RequestException as exc:
-            raise _BulkUnavailable(f"request failed: {exc}") from exc
-        if resp.status_code != 200:
-            raise _BulkUnavailable(f"HTTP {resp.status_code}: {resp.text[:200]}")
-        try:
-            body = resp.json() if resp.content.strip() else {}
-            metrics = body.get("metrics", [])
-            if not isinstance(metrics, list):
-                raise TypeError("metrics is not a list")
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise _BulkUnavailable(f"unexpected response: {resp.text[:200]}") from exc
-        return metrics
-
-    def _bulk_get(
-        self, session: requests.Session, uri: str, key: str, run_ids: list[str],
-    ) -> Iterator[tuple[str, list[Point]]]:
-        """Histories of ``key`` for ``run_ids``; a chunk that comes back full is split."""
-        metrics = self._get_metrics(session, uri.rstrip("/") + BULK_ENDPOINT, [
-            *(("run_id", rid) for rid in run_ids), ("metric_key", key),
-            ("max_results", str(BULK_MAX_POINTS))])
-        if len(metrics) >= BULK_MAX_POINTS:
-            if len(run_ids) == 1:  # one run alone fills a response: page it with the client
-                raise _BulkUnavailable(f"run {run_ids[0]} has over {BULK_MAX_POINTS} points")
-            half = len(run_ids) // 2
-            yield from self._bulk_get(session, uri, key, run_ids[:half])
-            yield from self._bulk_get(session, uri, key, run_ids[half:])
-            return
-        yield from _by_run(metrics, run_ids).items()
-
-    def _interval_get(
-        self, session: requests.Session, uri: str, key: str, run_ids: list[str],
-    ) -> dict[str, list[Point]]:
-        """Histories of ``key`` for up to 100 runs, at most 2,500 points per run."""
-        n = self.sample_points or INTERVAL_MAX_POINTS
-        metrics = self._get_metrics(session, uri.rstrip("/") + INTERVAL_ENDPOINT, [
-            *(("run_ids", rid) for rid in run_ids), ("metric_key", key), ("max_results", str(n))])
-        by_run = _by_run(metrics, run_ids)
-        for points in by_run.values():
-            points.sort(key=lambda p: (p[1], p[0], p[2]))  # the order get_metric_history uses
-        return by_run
-
-    def _full_get(self, session: requests.Session, uri: str, key: str,
-                  run_ids: list[str], first: int = 10) -> dict[str, list[Point]]:
-        """Exact histories through the 25,000-point bulk endpoint, chunked by size."""
-        out: dict[str, list[Point]] = {}
-        # Start small (a full response is a wasted request) and grow from what comes back.
-        per_run, i = min(BULK_MAX_RUNS, max(1, first)), 0
-        while i < len(run_ids):
-            part = run_ids[i:i + per_run]
-            n_points = 0
-            for rid, points in self._bulk_get(session, uri, key, part):
-                out[rid] = points
-                n_points += len(points)
-            i += len(part)
-            if n_points:  # size the next requests by what this one held
-                per_run = max(1, min(BULK_MAX_RUNS,
-                                     int(0.8 * BULK_MAX_POINTS * len(part) / n_points)))
-        return out
-
-    def _read_bulk(self, uri: str, keys: dict[str, list[str]], bar: Any,
-                   out: dict[str, dict[str, list[Point]]]) -> None:
-        session = self._bulk_session(uri)
-        run_ids = list(keys)
-        jobs: list[tuple[str, list[str]]] = []  # (key, run ids of one request)
-        for start in range(0, len(run_ids), BULK_MAX_RUNS):
-            chunk = run_ids[start:start + BULK_MAX_RUNS]
-            for key in sorted({k for rid in chunk for k in keys[rid]}):
-                jobs.append((key, [rid for rid in chunk if key in keys[rid]]))
-        total_keys = sum(len(k) for k in keys.values()) or 1
-
-        def job(key: str, part: list[str]) -> tuple[str, dict[str, list[Point]]]:
-            if self.bulk_endpoint == "full":
-                return key, self._full_get(session, uri, key, part)
-            try:
-                got = self._interval_get(session, uri, key, part)
-            except _BulkUnavailable as exc:  # an older server: the exact endpoint only
-                log.debug("interval endpoint unavailable (%s); using %s", exc, BULK_ENDPOINT)
-                return key, self._full_get(session, uri, key, part)
-            if self.sample_points is None:
-                cut = [rid for rid, pts in got.items() if len(pts) >= INTERVAL_MAX_POINTS]
-                if cut:  # possibly sampled: read these exactly
-                    first = int(0.8 * BULK_MAX_POINTS / INTERVAL_MAX_POINTS)
-                    got.update(self._full_get(session, uri, key, cut, first))
-            return key, got
-
-        try:
-            with ThreadPoolExecutor(max_workers=self.bulk_workers) as pool:
-                for key, got in pool.map(lambda j: job(*j), jobs):
-                    for rid, points in got.items():
-                        out[rid][key] = points
-                    bar.update(len(got) * len(keys) / total_keys)
-        finally:
-            session.close()
-
-    def _read_client(self, client: MlflowClient, keys: dict[str, list[str]], bar: Any,
-                     out: dict[str, dict[str, list[Point]]]) -> None:
-        def one_run(rid: str) -> tuple[str, dict[str, list[Point]]]:
-            hist = {}
-            for key in keys[rid]:
-                hist[key] = [(int(m.step), int(m.timestamp), float(m.value))
-                             for m in client.get_metric_history(rid, key)]
-            return rid, hist
-
-        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            for rid, hist in pool.map(one_run, list(keys)):
-                out[rid] = hist
-                bar.update(1)
-
-    def _histories(self, client: MlflowClient, uri: str,
-                   keys: dict[str, list[str]]) -> dict[str, dict[str, list[Point]]]:
-        out: dict[str, dict[str, list[Point]]] = {rid: {} for rid in keys}
-        is_http = uri.lower().startswith(("http://", "https://"))
-        if self.use_bulk and is_http:
-            with _progress(len(keys), self.progress, "mlflow histories (bulk)") as bar:
-                try:
-                    self._read_bulk(uri, keys, bar, out)
-                    self.history_path = "bulk"
-                    return out
-                except _BulkUnavailable as exc:
-                    log.warning("MLflow bulk history endpoint unavailable (%s); "
-                                "falling back to get_metric_history", exc)
-        out = {rid: {} for rid in keys}
-        with _progress(len(keys), self.progress, "mlflow histories") as bar:
-            self._read_client(client, keys, bar, out)
-        self.history_path = "client"
-        return out
-
     # -- records ----------------------------------------------------------------------------
 
     def read(self) -> SourceResult:
@@ -551,66 +344,3 @@ class MlflowSource:
                 f"{loss_key or 'longest series'}'s points in the order of their timestamps, and "
                 "the budget is the last of them", repaired) if x)
         return rec, repaired
-
-
-def _param_value(value: JsonValue) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _batches(params: list[Any], metrics: list[Any]) -> Iterator[tuple[list[Any], list[Any]]]:
-    """log_batch payloads within MLflow's limits: 100 params, 1000 metrics, 1000 entities."""
-    while params or metrics:
-        p, params = params[:LOG_BATCH_MAX_PARAMS], params[LOG_BATCH_MAX_PARAMS:]
-        room = LOG_BATCH_MAX_METRICS - len(p)
-        m, metrics = metrics[:room], metrics[room:]
-        yield p, m
-
-
-def log_sweep(
-    runs: Sequence[RunRecord],
-    experiment: str,
-    *,
-    tracking_uri: str | None = None,
-    parent_name: str = "sweep",
-) -> str:
-    """Log RunRecords as MLflow child runs under one new parent run; return the parent's id.
-
-    Each child gets the record's config as params (plus ``total_steps`` when the
-    config has no budget param), its series under the keys of ``metric_keys``
-    (else the role names) with their steps, one ``log_batch`` per 1,000 metrics,
-    and the record's state. The experiment is created if missing.
-    """
-    _mlflow()
-    from mlflow.entities import Metric, Param, RunStatus, RunTag
-
-    client, _ = _client(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
-    parent_id: str = client.create_run(exp_id, run_name=parent_name).info.run_id
-    status = {v: k for k, v in _STATES.items()}
-    t0 = int(time.time() * 1000)
-    for rec in runs:
-        child = client.create_run(exp_id, run_name=rec.name or rec.run_id, tags={
-            PARENT_TAG: parent_id, RUN_ID_TAG: rec.run_id})
-        cid = child.info.run_id
-        config = {k: v for k, v in rec.config.items() if k != "_keys_seen"}
-        stated = stated_budget(config)
-        if rec.total_steps is not None and "total_steps" not in config and (
-                stated is None or stated.steps != rec.total_steps):
-            config["total_steps"] = rec.total_steps
-        params = [Param(k, _param_value(v)) for k, v in config.items()]
-        metrics: list[Metric] = []
-        for role in ROLES:
-            series = rec.series(role)
-            if series is None:
-                continue
-            key = rec.metric_keys.get(role, role)
-            # Timestamps increase with the step so "last logged" is well defined on read.
-            metrics.extend(Metric(key, float(v), t0 + i, int(s))
-                           for i, (s, v) in enumerate(zip(series.step, series.value, strict=True)))
-        for batch_params, batch_metrics in _batches(params, metrics):
-            client.log_batch(cid, metrics=batch_metrics, params=batch_params)
-        client.set_terminated(cid, status=status.get(rec.state, "FINISHED"))
-    client.log_batch(parent_id, tags=[RunTag("tracker_sched.sweep_runs", str(len(runs)))])
-    client.set_terminated(parent_id, status=RunStatus.to_string(RunStatus.FINISHED))
-    return parent_id

@@ -23,7 +23,8 @@ from typing import Any
 
 from pydantic import JsonValue, ValidationError
 
-from tracker_sched.errors import InputError, MissingDependencyError, SourceError
+from tracker_sched._optional import require
+from tracker_sched.errors import InputError, SourceError
 from tracker_sched.schema import MetricMap, RunIssue, RunRecord, missing_roles_message
 from tracker_sched.sources.base import SourceResult
 from tracker_sched.sources.files import record_from_raw
@@ -44,11 +45,7 @@ HISTORY_PAGE_SIZE = 1000
 
 
 def _wandb() -> Any:
-    try:
-        import wandb
-    except ImportError as exc:
-        raise MissingDependencyError("wandb", "wandb") from exc
-    return wandb
+    return require("wandb")
 
 
 def split_project(project: str) -> tuple[str, str]:

@@ -26,11 +26,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tracker_sched.numbers import to_float
+
 AUTO = "auto"
 #: Step metrics frameworks log (HF Trainer, Lightning), tried when none is declared.
 KNOWN_STEP_KEYS: tuple[str, ...] = ("train/global_step", "trainer/global_step")
-_NON_FINITE = {"NaN": math.nan, "nan": math.nan, "Infinity": math.inf, "inf": math.inf,
-               "-Infinity": -math.inf, "-inf": -math.inf}
 
 Row = Mapping[str, Any]
 Metrics = dict[str, dict[int, float]]  # key -> step -> value
@@ -39,14 +39,7 @@ Metrics = dict[str, dict[int, float]]  # key -> step -> value
 def number(value: Any) -> float | None:
     """A history value as float; None for text, bools, lists, media. NaN stays NaN
     (the API may send non-finite floats as their names)."""
-    if isinstance(value, str):
-        return _NON_FINITE.get(value)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        return float(value)
-    except OverflowError:  # an int too large for a float
-        return None
+    return to_float(value)
 
 
 def whole_step(value: Any) -> int | None:

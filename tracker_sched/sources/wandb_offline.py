@@ -4,19 +4,7 @@
 ``offline-run-<time>-<id>/run-<id>.wandb``; wandb ships no Python reader for
 these files (``wandb sync`` is done by the Go ``wandb-core``), so this is ours.
 
-The format, checked against files written by wandb 0.31:
-
-* a 7-byte file header: ``b":W&B"``, the magic ``0xBEE1`` as little-endian
-  ``uint16`` (bytes ``e1 be``) and a version byte ``0``;
-* then the LevelDB log layout: the file is cut into 32 KiB blocks counted from
-  byte 0 (so the header takes the first 7 bytes of block 0). A block holds
-  chunks, each a 7-byte header (``crc32: uint32 LE``, ``length: uint16 LE``,
-  ``type: uint8``) and ``length`` bytes of data. Chunks never cross a block; a
-  block tail shorter than a chunk header is zero padding. Types: 1 full record,
-  2 first, 3 middle, 4 last fragment of a record;
-* the checksum is the plain (unmasked) IEEE CRC-32 of the type byte followed by
-  the data: ``zlib.crc32(data, zlib.crc32(bytes([type])))``;
-* each record is a serialized ``wandb.proto.wandb_internal_pb2.Record``.
+The file format and its decoder are :mod:`tracker_sched.sources.wandb_log`.
 
 Damage (a cut-off file, a chunk whose checksum fails) costs only the records
 it touches: good records before and after it are kept, and the run gets a
@@ -28,16 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import struct
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from pydantic import ValidationError
 
-from tracker_sched.errors import MissingDependencyError, SourceError
+from tracker_sched.errors import SourceError
 from tracker_sched.schema import MetricMap, RunIssue, RunRecord
 from tracker_sched.sources.base import SourceResult
 from tracker_sched.sources.files import record_from_raw
@@ -49,140 +34,11 @@ from tracker_sched.sources.wandb_history import (
     repeat_note,
     rows_to_metrics,
 )
-
-FILE_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
-BLOCK_LEN = 32 * 1024
-CHUNK_HEADER = struct.Struct("<IHB")  # crc32, length, type
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-
-
-def _record_class() -> Any:
-    try:
-        from wandb.proto import wandb_internal_pb2
-    except ImportError as exc:
-        raise MissingDependencyError("wandb", "wandb") from exc
-    return wandb_internal_pb2.Record  # type: ignore[attr-defined]
-
-
-def _crc(ctype: int, data: bytes) -> int:
-    return zlib.crc32(data, zlib.crc32(bytes([ctype])))
-
-
-class _NotALog(Exception):
-    """The file does not start with a W&B transaction-log header."""
+from tracker_sched.sources.wandb_log import NotALog, Scan, iter_log_records, record_class
 
 
 class _NoStep(Exception):
     """No history row has the step key."""
-
-
-@dataclass
-class _Damage:
-    start: int
-    end: int
-    why: str
-
-
-@dataclass
-class _Scan:
-    """What one pass over a log found: damaged byte ranges and the record count."""
-
-    damage: list[_Damage] = field(default_factory=list)
-    records: int = 0
-
-    def bad(self, start: int, end: int, why: str) -> None:
-        if end <= start:
-            return
-        last = self.damage[-1] if self.damage else None
-        if last is not None and start <= last.end:
-            last.end = max(last.end, end)
-            if why not in last.why:
-                last.why += f", {why}"
-        else:
-            self.damage.append(_Damage(start, end, why))
-
-
-def iter_log_records(fh: BinaryIO, scan: _Scan) -> Iterator[tuple[int, int, bytes]]:
-    """Yield ``(start, end, payload)`` for every intact record of a log, in file order.
-
-    Unreadable bytes are noted in ``scan`` and skipped: after a chunk whose
-    checksum fails, reading resumes at the next chunk when the chunk's length is
-    plausible, else at the next block.
-    """
-    header = fh.read(len(FILE_HEADER))
-    if len(header) < len(FILE_HEADER):
-        raise _NotALog(f"only {len(header)} bytes, shorter than the 7-byte W&B header")
-    if header[:4] != FILE_HEADER[:4] or header[4:6] != FILE_HEADER[4:6]:
-        raise _NotALog(f"header {header.hex()} is not ':W&B' + magic 0xBEE1")
-    if header[6] != FILE_HEADER[6]:
-        raise _NotALog(f"log format version {header[6]}; this reader knows version 0")
-
-    block_start = 0
-    block = header + fh.read(BLOCK_LEN - len(header))
-    pos = len(header)
-    pending: bytearray | None = None
-    pending_start = 0
-
-    def drop_pending(why: str, until: int) -> None:
-        nonlocal pending
-        if pending is not None:
-            scan.bad(pending_start, until, why)
-            pending = None
-
-    while True:
-        at = block_start + pos
-        room = len(block) - pos
-        last_block = len(block) < BLOCK_LEN
-        if room < CHUNK_HEADER.size or _is_zero_fill(block, pos):
-            if last_block:
-                if any(block[pos:]):
-                    scan.bad(at, block_start + len(block), "file cut off inside a chunk")
-                break
-            if any(block[pos:]):  # padding is zeros; anything else is damage
-                scan.bad(at, block_start + len(block), "garbage in block padding")
-            block_start += len(block)
-            block = fh.read(BLOCK_LEN)
-            pos = 0
-            if not block:
-                break
-            continue
-        crc, length, ctype = CHUNK_HEADER.unpack_from(block, pos)
-        end = pos + CHUNK_HEADER.size + length
-        if end > len(block):
-            why = "file cut off inside a chunk" if last_block else "chunk length past block end"
-            drop_pending(why, at)
-            scan.bad(at, block_start + len(block), why)
-            pos = len(block)
-            continue
-        data = bytes(block[pos + CHUNK_HEADER.size : end])
-        if ctype not in (FULL, FIRST, MIDDLE, LAST) or crc != _crc(ctype, data):
-            why = "bad checksum" if ctype in (FULL, FIRST, MIDDLE, LAST) else "unknown chunk type"
-            drop_pending(why, at)
-            scan.bad(at, block_start + end, why)
-            pos = end
-            continue
-        if ctype == FULL:
-            drop_pending("record missing its last fragment", at)
-            scan.records += 1
-            yield at, block_start + end, data
-        elif ctype == FIRST:
-            drop_pending("record missing its last fragment", at)
-            pending, pending_start = bytearray(data), at
-        elif pending is None:
-            scan.bad(at, block_start + end, "fragment of a record whose start was lost")
-        elif ctype == MIDDLE:
-            pending += data
-        else:
-            scan.records += 1
-            yield pending_start, block_start + end, bytes(pending + data)
-            pending = None
-        pos = end
-    drop_pending("file cut off inside a record", block_start + len(block))
-
-
-def _is_zero_fill(block: bytes, pos: int) -> bool:
-    # A chunk header of all zeros marks preallocated, never-written space.
-    return block[pos : pos + CHUNK_HEADER.size] == b"\0" * CHUNK_HEADER.size
 
 
 @dataclass
@@ -251,14 +107,14 @@ def _declare(raw: _RawRun, metric: Any) -> None:
         raw.declared_steps.append(step)
 
 
-def _read_run(path: Path) -> tuple[_RawRun | None, _Scan, str | None]:
+def _read_run(path: Path) -> tuple[_RawRun | None, Scan, str | None]:
     """Parse one ``.wandb`` file. Returns (run or None, scan, reason it was excluded)."""
-    record_cls = _record_class()
+    record_cls = record_class()
     from google.protobuf.message import DecodeError
 
     file_id = path.stem[4:] if path.stem.startswith("run-") else path.stem
     raw = _RawRun(run_id=file_id)
-    scan = _Scan()
+    scan = Scan()
     try:
         with path.open("rb") as fh:
             for start, end, payload in iter_log_records(fh, scan):
@@ -270,7 +126,7 @@ def _read_run(path: Path) -> tuple[_RawRun | None, _Scan, str | None]:
                     scan.bad(start, end, "record does not decode")
                     continue
                 _apply_record(raw, rec)
-    except _NotALog as exc:
+    except NotALog as exc:
         return None, scan, f"not a W&B transaction log: {exc}"
     except OSError as exc:
         return None, scan, f"cannot read {path}: {exc}"
@@ -334,7 +190,7 @@ def _to_record(raw: _RawRun, metric_map: MetricMap, step_key: str) -> tuple[RunR
     return rec, repeat_note(conflicts, rec.metric_keys.values(), key)
 
 
-def _damage_text(scan: _Scan) -> str:
+def _damage_text(scan: Scan) -> str:
     return "; ".join(f"bytes {d.start}-{d.end} unreadable ({d.why})" for d in scan.damage)
 
 
@@ -371,7 +227,7 @@ def read_offline(
     A run whose file is damaged keeps its intact records and gets a ``repaired``
     issue; a file with no records, or that is no transaction log, is excluded.
     """
-    _record_class()  # fail early, with the extra to install, if wandb is missing
+    record_class()  # fail early, with the extra to install, if wandb is missing
     metric_map = metric_map or MetricMap()
     runs: list[RunRecord] = []
     issues: list[RunIssue] = []

@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from tracker_sched.bundle.folder import BundleManifest
-from tracker_sched.fit.report import FitReport
+from tracker_sched.bundle.manifest import BundleManifest, FitReport
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -26,9 +26,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from tracker_sched.bundle.folder import MANIFEST, Bundle, BundleManifest, upload_copy
-from tracker_sched.errors import BundleError, MissingDependencyError
-from tracker_sched.fit.report import FitReport
+from tracker_sched._optional import require
+from tracker_sched.bundle.folder import MANIFEST, Bundle, upload_copy
+from tracker_sched.bundle.manifest import BundleManifest, FitReport
+from tracker_sched.errors import BundleError
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -43,11 +44,7 @@ _RUNS = re.compile(r"^runs:/(?P<run>[^/]+)(?:/(?P<path>.*))?$")
 
 
 def _mlflow() -> ModuleType:
-    try:
-        import mlflow
-    except ImportError as exc:
-        raise MissingDependencyError("mlflow", "mlflow") from exc
-    return mlflow
+    return require("mlflow")
 
 
 @contextlib.contextmanager

@@ -28,10 +28,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tracker_sched.errors import BundleError, InputError, MissingDependencyError
+from tracker_sched._optional import require
+from tracker_sched.errors import BundleError, InputError
 
 if TYPE_CHECKING:
-    from tracker_sched.fit.report import FitReport
+    from tracker_sched.bundle.manifest import FitReport
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,7 @@ _ALIAS = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 def _wandb() -> Any:
-    try:
-        import wandb
-    except ImportError as exc:
-        raise MissingDependencyError("wandb", "wandb") from exc
-    return wandb
+    return require("wandb")
 
 
 def bundle_metadata(bundle_dir: Path, report: FitReport | None) -> dict[str, Any]:
@@ -55,8 +52,9 @@ def bundle_metadata(bundle_dir: Path, report: FitReport | None) -> dict[str, Any
     ``report`` is a :class:`~tracker_sched.fit.report.FitReport`; without one, the
     bundle's own manifest (``bundle.json``) supplies it.
     """
-    from tracker_sched.bundle.folder import MANIFEST, SCHEMA_VERSION, package_versions
-    from tracker_sched.fit.report import FitReport as Report
+    from tracker_sched.bundle.folder import MANIFEST
+    from tracker_sched.bundle.manifest import SCHEMA_VERSION, package_versions
+    from tracker_sched.bundle.manifest import FitReport as Report
 
     try:
         manifest = json.loads((bundle_dir / MANIFEST).read_text())

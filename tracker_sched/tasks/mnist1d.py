@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tracker_sched.errors import MissingDependencyError
+from tracker_sched._optional import require
 from tracker_sched.schema import RunRecord, Series
 
 N_TRAIN = 3500
@@ -81,10 +81,8 @@ def use_splits(splits: Splits) -> None:
 
 
 def _generate_splits() -> Splits:
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError as exc:
-        raise MissingDependencyError("mnist1d", "demo") from exc
+    data = require("mnist1d.data")
+    get_dataset_args, make_dataset = data.get_dataset_args, data.make_dataset
 
     state = np.random.get_state()
     try:
@@ -321,12 +319,7 @@ def train_run(
     sf = optimizer == "schedulefree"
     opt: torch.optim.Optimizer
     if sf:
-        try:
-            import schedulefree
-        except ImportError as exc:
-            raise MissingDependencyError("schedulefree", "bench") from exc
-
-        opt = schedulefree.AdamWScheduleFree(
+        opt = require("schedulefree").AdamWScheduleFree(
             net.parameters(), lr=float(peak_lr), weight_decay=WEIGHT_DECAY,
             warmup_steps=max(1, total_steps // 20),
         )

@@ -1,0 +1,7 @@
+"""``python -m tracker_sched.cli``."""
+
+import sys
+
+from tracker_sched.cli.main import main
+
+sys.exit(main())
