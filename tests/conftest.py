@@ -75,3 +75,17 @@ def planner_bundle(fixture_runs: list[RunRecord]) -> Bundle:
         model=ModelConfig(latent_dim=6, ode_dim=12, hidden=24, encoder_hidden=24),
     )
     return fit_sweep(fixture_runs, cfg, workers=1, progress=False).bundle
+
+
+@pytest.fixture(scope="session")
+def stop_fit() -> Iterator[tuple[FitResult, object]]:
+    """A 2-member cross-fitted tiny ensemble of a 30-run synthetic sweep (200 steps) and the
+    sweep (tests.synthetic.SyntheticSweep), once per session: the stop-decision tests
+    (tests/advising/test_stopping.py, tests/optuna, tests/ray, the callbacks) share it."""
+    from tests.synthetic import make_sweep
+    from tests.tiny import tiny_config
+    from tracker_sched.fit.generative import fit_sweep
+
+    sweep = make_sweep(total_steps=200)
+    yield fit_sweep(sweep.runs, tiny_config(ensemble=2, max_iterations=60), workers=1,
+                    progress=False), sweep

@@ -19,7 +19,12 @@ What goes back to the run, so that MLflow's UI shows it:
 - artifact ``tracker_sched/plan-step<N>.json``: each new plan (a
   :class:`~tracker_sched.schema.Recommendation` as JSON);
 - tags ``tracker_sched.bundle_version``, ``tracker_sched.status``,
-  ``tracker_sched.reason`` (updated when they change).
+  ``tracker_sched.reason`` (updated when they change);
+- with the opt-in stop (``stop=StopRule(...)``): once the odds of beating the incumbent stay
+  low, :attr:`MlflowAdvisorCallback.should_stop` turns True (the loop checks it and ends)
+  and the run is tagged ``tracker_sched.stopped=true`` with the odds
+  (``tracker_sched.stop_p_beat``, ``.stop_step``, ``.stop_incumbent``, ``.stop_reason``).
+  Nothing logged is removed: the run simply ends early.
 
 Training never waits on the tracker: plans and tags go through one background
 thread with a bounded queue (a write that does not fit is dropped and counted),
@@ -46,6 +51,7 @@ from tracker_sched._optional import require
 from tracker_sched.advising.following import AdvisorLike
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
+from tracker_sched.model.stop_odds import Incumbent, StopDecision, StopRule, StopWatch
 from tracker_sched.schema import ROLES, MetricMap, Recommendation
 from tracker_sched.util.redact import redact_text
 
@@ -61,6 +67,7 @@ TAG_BUNDLE_VERSION = "tracker_sched.bundle_version"
 TAG_STATUS = "tracker_sched.status"
 TAG_REASON = "tracker_sched.reason"
 PLAN_ARTIFACT = "tracker_sched/plan-step{step}.json"
+TAG_STOPPED = "tracker_sched.stopped"
 TAG_MAX_CHARS = 5000  # MLflow's tag value limit is 8,000 on recent servers, 5,000 on older
 
 
@@ -126,6 +133,18 @@ def log_recommendation(client: MlflowClient, run_id: str, rec: Recommendation, *
         client.set_tag(run_id, key, value)
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def stop_tags(decision: StopDecision, step: int) -> dict[str, str]:
+    """The tags that mark a run stopped by tracker-sched, with its odds."""
+    return {TAG_STOPPED: "true", "tracker_sched.stop_step": str(step),
+            "tracker_sched.stop_p_beat": _num(decision.p_beat),
+            "tracker_sched.stop_incumbent": _num(decision.incumbent),
+            "tracker_sched.stop_reason": redact_text(decision.reason)[:TAG_MAX_CHARS]}
+
+
 class MlflowAdvisorCallback:
     """Advise a live MLflow run and write each recommendation back to it.
 
@@ -144,6 +163,9 @@ class MlflowAdvisorCallback:
         flush_timeout_s: how long ``close()`` waits for the tracker.
         fallback_dir: where plans that could not be written to the tracker are
             saved instead (``plan-step<N>.json``), so that a tracker outage loses nothing.
+        stop: opt in to stop decisions with this rule (default None: never stops).
+        incumbent: the validation metric to beat (as logged), or a function returning it
+            (e.g. the best finished run of the sweep so far); None never stops.
         advisor_options: passed to :class:`~tracker_sched.advising.advisor.Advisor`
             (``replan_every``, ``max_replans``, ``config``) when built from a bundle.
     """
@@ -160,6 +182,8 @@ class MlflowAdvisorCallback:
         queue_size: int = 64,
         flush_timeout_s: float = 10.0,
         fallback_dir: str | os.PathLike[str] | None = None,
+        stop: StopRule | None = None,
+        incumbent: Incumbent = None,
         **advisor_options: Any,
     ) -> None:
         from tracker_sched.advising.advisor import Advisor
@@ -219,6 +243,7 @@ class MlflowAdvisorCallback:
         self._stop_sent = False
         self._tags: dict[str, str] = {}
         self._last_plan: Recommendation | None = None
+        self.stop_watch = StopWatch(stop, incumbent) if stop is not None else None
 
         first = {TAG_BUNDLE_VERSION: self.bundle_version or "", TAG_BUNDLE: bundle_uri or ""}
         self._set_tags({k: v for k, v in first.items() if v})
@@ -264,11 +289,20 @@ class MlflowAdvisorCallback:
         self._apply(new_lr)
         self._log_async({LR_METRIC: new_lr}, step)
         self._publish(rec)
+        if self.stop_watch is not None and val_metric is not None:
+            decision = self.stop_watch.check(self.advisor, step)
+            if decision is not None:
+                self._set_tags(stop_tags(decision, step))
         return new_lr
 
     @property
     def plan(self) -> Recommendation:
         return self.advisor.plan
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the opt-in stop decided the run should end (the loop checks it)."""
+        return self.stop_watch is not None and self.stop_watch.should_stop
 
     # ------------------------------------------------------------------ closing
     def close(self, timeout_s: float | None = None) -> bool:

@@ -23,6 +23,7 @@ from tracker_sched.advising.advisor import Advisor
 from tracker_sched.budget import STEP_KEYS, stated_budget
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
+from tracker_sched.model.stop_odds import Incumbent, StopRule, StopWatch
 from tracker_sched.numbers import to_float
 from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.schema import ROLES, MetricMap, Recommendation, Role, infer_direction
@@ -68,6 +69,13 @@ class SweepCallback:
             recommendation, keeping the groups' ratios to the first group.
         run: the W&B run; default ``wandb.run``.
         planner, replan_every, max_replans: passed to the advisor.
+        stop: opt in to stop decisions with this rule (default None: never stops). Once the
+            odds of beating ``incumbent`` stay low, :attr:`should_stop` turns True (the loop
+            checks it and ends; wandb keeps every row logged), the run gets the tag
+            ``tracker_sched.stopped`` and the summary ``tracker_sched/stopped`` with the odds;
+            each decision's ``tracker_sched/p_beat`` is logged beside the lr.
+        incumbent: the validation metric to beat (as logged), or a function returning it
+            (e.g. the sweep's best finished run so far); None never stops.
         metric_map: this run's key names where they differ from the bundle's
             (explicit keys only). By default a role is read from the bundle's
             key, else from the usual names (``train/loss``, ``loss``, ``lr``,
@@ -102,6 +110,8 @@ class SweepCallback:
         replan_every: int = 10,
         max_replans: int | None = 1,
         metric_map: MetricMap | None = None,
+        stop: StopRule | None = None,
+        incumbent: Incumbent = None,
     ) -> None:
         active: Any = run if run is not None else _wandb().run
         if active is None:
@@ -133,6 +143,7 @@ class SweepCallback:
         self._last_lr: float | None = None
         self._logged_plan: Recommendation | None = None
         self._base: list[float] = []  # the groups' initial lrs, read at the first update
+        self.stop_watch = StopWatch(stop, incumbent) if stop is not None else None
         try:
             loaded = bundle if isinstance(bundle, Bundle) else _load(bundle)
             self.advisor = Advisor(loaded, self.total_steps, config=planner,
@@ -181,6 +192,8 @@ class SweepCallback:
                                   f"{PREFIX}status": STATUS_CODES[rec.status]}
         if rec.predicted_final is not None:
             row[f"{PREFIX}predicted_final"] = rec.predicted_final
+        if self.stop_watch is not None and values["val_metric"] is not None:
+            row.update(self._check_stop(step))
         if self._is_new_plan(rec):
             self._logged_plan = rec
             try:
@@ -192,6 +205,11 @@ class SweepCallback:
                                "plan_step": rec.step, "model_version": rec.model_version})
         self._log_row(row, step)
         return lr
+
+    @property
+    def should_stop(self) -> bool:
+        """True once the opt-in stop decided the run should end (the loop checks it)."""
+        return self.stop_watch is not None and self.stop_watch.should_stop
 
     def lr(self, step: int) -> float | None:
         """The planned lr at ``step``, set on the optimizer; for steps between :meth:`log` calls.
@@ -217,6 +235,26 @@ class SweepCallback:
         return out
 
     # ------------------------------------------------------------------ internals
+    def _check_stop(self, step: int) -> dict[str, object]:
+        """Ask for a stop decision; mark the run when it says stop. Its p_beat, for the row."""
+        watch = self.stop_watch
+        assert watch is not None
+        decision = watch.check(self.advisor, step)
+        latest = watch.decision
+        row: dict[str, object] = {}
+        if latest is not None and latest.p_beat is not None:
+            row[f"{PREFIX}p_beat"] = latest.p_beat
+        if decision is not None:
+            self._set_summary({"stopped": True, "stop_step": step, "stop_p_beat": decision.p_beat,
+                               "stop_incumbent": decision.incumbent,
+                               "stop_reason": redact_text(decision.reason)})
+            try:
+                self.run.tags = (*tuple(self.run.tags or ()), "tracker_sched.stopped")
+            except Exception as exc:
+                self._fail("tags", f"tagging the stopped run failed: {type(exc).__name__}: "
+                                   f"{exc}")
+        return row
+
     def _key_for(self, role: Role, metrics: Mapping[str, object]) -> str | None:
         explicit: str | None = getattr(self._explicit, role)
         if explicit is not None:  # the user named it: no guessing, present or not

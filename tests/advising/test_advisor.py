@@ -4,7 +4,6 @@ never a raise."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,9 +11,6 @@ import pytest
 from tracker_sched.advising.advisor import MAX_FAILURES, Advisor
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.schema import Recommendation, RunRecord
-
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
-
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,6 @@ import pytest
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.schema import Recommendation, RunRecord
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
-
-
 
 @pytest.fixture(scope="module")
 def runs(fixture_runs: list[RunRecord]) -> list[RunRecord]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,9 +13,6 @@ from tracker_sched.model.latent import solve_stacked
 from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
 from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import RunRecord, Schedule
-
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
-
 
 
 @pytest.fixture(scope="module")

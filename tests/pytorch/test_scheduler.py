@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -11,9 +9,6 @@ from tracker_sched.advising.advisor import Advisor
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.integrations.pytorch.scheduler import AdvisorLR
 from tracker_sched.schema import RunRecord
-
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
-
 
 
 @pytest.fixture(scope="module")

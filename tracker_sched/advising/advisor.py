@@ -16,8 +16,10 @@ import numpy as np
 
 from tracker_sched.advising.following import PlanFollower
 from tracker_sched.advising.serving import warmup_plan, whole_steps, window_ready
+from tracker_sched.advising.stopping import Stopper
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
+from tracker_sched.model.stop_odds import StopDecision, StopRule
 from tracker_sched.planning.control import ControlPlannerConfig, make_planner, mode_for
 from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.planning.history import LiveHistory
@@ -88,6 +90,7 @@ class Advisor(PlanFollower):
         self._accepted: deque[int] = deque(maxlen=4096)
         self._behind: list[tuple[int, dict[str, float]]] = []  # see _take_behind
         self._undo: tuple[int, Recommendation, int] | None = None  # (made at, before, replans)
+        self._stopper: Stopper | None = None
         self._plan = warmup_plan(bundle, self.total_steps)  # the served model's, the same
 
     def observe(
@@ -146,6 +149,27 @@ class Advisor(PlanFollower):
         """
         out = self._scheduled_lr(step)
         return self._plan.lr_now if out is None else out
+
+    def stop_decision(self, incumbent: float | None, *,
+                      rule: StopRule | None = None) -> StopDecision:
+        """Should the run stop now? The odds that its final validation metric beats
+        ``incumbent`` (the best finished run's, or a target; as logged), from what it has
+        observed (:mod:`tracker_sched.stopping`). Never raises: a failure is "do not stop".
+
+        Args:
+            incumbent: the value to beat; None: nothing to beat yet (never stops).
+            rule: threshold, grace period, patience (default :class:`StopRule`); a new rule
+                starts a new count of decisions below the threshold.
+        """
+        try:
+            if self._stopper is None or (rule is not None and rule != self._stopper.rule):
+                self._stopper = Stopper(self.bundle, self.total_steps, rule)
+            step = self._accepted[-1] if self._accepted else 0
+            return self._stopper.decide(self._history(), step, incumbent)
+        except Exception as exc:  # the training loop must never die because of us
+            self._warn_once(f"stop decision failed: {type(exc).__name__}: {exc}")
+            return StopDecision(incumbent=None, reason=f"stop decision failed, not stopping: "
+                                f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ internals
     def _valid_step(self, step: object) -> int | None:

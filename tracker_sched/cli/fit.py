@@ -87,6 +87,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
           f"{s.best_config_mean_final_val:.4f} over {s.best_config_runs} runs"
           f"{_hyperparameters(s.best_hyperparameters)}); "
           f"lr explored {s.lr_min:.2e} .. {s.lr_max:.2e}")
+    if bundle.manifest.stopping is not None:
+        from tracker_sched.fit.stop_calibration import format_reliability
+
+        print(format_reliability(bundle.manifest.stopping))
     if report.holdout is not None:
         print(_forecast_table(bundle.manifest))
         if not args.no_plots:

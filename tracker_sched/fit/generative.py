@@ -28,6 +28,7 @@ from tracker_sched.data.preflight import Preflight
 from tracker_sched.fit.config import FitConfig
 from tracker_sched.fit.prepare import PreparedSweep, assemble_bundle, prepare, run_counts
 from tracker_sched.fit.report import cross_fit_report, forecast_report
+from tracker_sched.fit.stop_calibration import calibrate_prepared
 from tracker_sched.fit.training import WindowSampler, masked_mse, optimizer, update
 from tracker_sched.model.forecast import Forecaster
 from tracker_sched.model.latent import LatentODE, path_length_penalty
@@ -299,6 +300,7 @@ def fit_sweep(
         holdout_idx = prep.holdout_idx
     else:
         holdout_idx = prep.holdout_idx
+    stopping = calibrate_prepared(models, prep, config)
     report = FitReport(
         runs_total=len(records),
         runs_used=len(prep.runs),
@@ -317,7 +319,9 @@ def fit_sweep(
             for h in hists
         ],
         holdout=forecast,
+        stop_reliability=stopping.reliability if stopping is not None else [],
         **run_counts(prep),
     )
     bundle = assemble_bundle(prep, config, config.model, models, report)
+    bundle.manifest = bundle.manifest.model_copy(update={"stopping": stopping})
     return FitResult(bundle=bundle, report=report, prepared=prep)
