@@ -224,6 +224,7 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("compute (fraction of steps), median")
         ax.set_ylabel("regret (points): median, bar to p95")
         ax.set_yscale("symlog", linthresh=0.05)
+        ax.set_ylim(bottom=0)
         ax.set_xlim(0, 1.05)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
