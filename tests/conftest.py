@@ -65,3 +65,10 @@ def stop_fit() -> Iterator[tuple[FitResult, object]]:
     sweep = make_sweep(total_steps=200)
     yield fit_sweep(sweep.runs, tiny_config(ensemble=2, max_iterations=60), workers=1,
                     progress=False), sweep
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tiny_fit: FitResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny fit's bundle saved once per session: what the framework callback tests load
+    by URI (``file:`` or a folder). Share it, never change it."""
+    return tiny_fit.bundle.save(tmp_path_factory.mktemp("tiny-bundle") / "bundle")

@@ -58,6 +58,11 @@ def test_demo_prints_the_comparison_and_the_ui_command(demo: dict[str, Any]) -> 
     assert "  mean " in out and "diff" in out
     assert "not a benchmark" in out and "docs/benchmarks.md" in out
     assert f"mlflow ui --backend-store-uri {demo['uri']}" in out
+    exp = demo["client"].get_experiment_by_name(EXPERIMENT)
+    assert f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs" in out
+    # The UI opens the experiment on its training runs, with a description.
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "tracker-sched demo" in exp.tags["mlflow.note.content"]
 
 
 @pytest.mark.slow
@@ -69,6 +74,7 @@ def test_the_sweep_is_one_parent_with_its_runs_and_full_histories(demo: dict[str
     for run in children:
         assert run.info.status == "FINISHED"
         assert {"schedule", "peak_lr", "seed", "total_steps"} <= set(run.data.params)
+        assert run.data.tags["mlflow.note.content"].startswith("Sweep run: MNIST-1D CNN")
         for key in ("train_loss", "lr", "val_acc"):
             assert len(client.get_metric_history(run.info.run_id, key)) == QUICK_POINTS
 
@@ -80,6 +86,9 @@ def test_the_fit_is_registered_under_the_champion_alias(demo: dict[str, Any]) ->
     fit_run = client.get_run(version.run_id)
     assert fit_run.data.tags.get("tracker_sched.kind") == "fit"
     assert fit_run.info.experiment_id == client.get_experiment_by_name(EXPERIMENT).experiment_id
+    assert {"scheme", "folds", "runs_fit"} <= set(fit_run.data.params)
+    assert fit_run.data.tags["tracker_sched.registered_version"] == str(version.version)
+    assert version.description and client.get_registered_model(MODEL_NAME).description
     assert (demo["folder"] / "bundle" / "bundle.json").is_file()
 
 
@@ -93,15 +102,30 @@ def test_the_advisor_run_carries_the_recommended_lr(demo: dict[str, Any]) -> Non
         assert arm.data.tags["mlflow.parentRunId"] == compare.info.run_id
         assert arm.data.params["seed"] == "100"
         assert "test_acc" in arm.data.metrics
-    lrs = client.get_metric_history(advisor.info.run_id, "tracker_sched.lr")
+        assert arm.data.tags["mlflow.note.content"].startswith("Comparison arm")
+    assert set(advisor.data.params) == set(parametric.data.params)  # one set of columns
+    assert (advisor.data.params["arm"], parametric.data.params["arm"]) == ("advisor",
+                                                                           "parametric")
+    lrs = client.get_metric_history(advisor.info.run_id, "tracker_sched.lr_recommended")
     assert len(lrs) == QUICK_POINTS
     assert all(m.value > 0 for m in lrs)
+    # What the run trained with is its own lr: the recommendation of the log point before.
+    applied = sorted((m.step, m.value) for m in client.get_metric_history(advisor.info.run_id,
+                                                                          "lr"))
+    recommended = sorted((m.step, m.value) for m in lrs)
+    assert len(applied) == len(recommended)
+    marks = sorted(client.get_metric_history(advisor.info.run_id, "tracker_sched.plan"),
+                   key=lambda m: m.step)
+    assert marks[0].value == 0.0  # the warm-up plan, at step 0
+    version = client.get_model_version_by_alias(MODEL_NAME, ALIAS)
+    assert advisor.data.tags["tracker_sched.registered_model"] == MODEL_NAME
+    assert advisor.data.tags["tracker_sched.registered_version"] == str(version.version)
     assert advisor.data.tags["tracker_sched.bundle"] == f"mlflow:models:/{MODEL_NAME}@{ALIAS}"
     assert advisor.data.tags["tracker_sched.status"] in {"planned", "warmup", "fallback"}
     assert "advisor error" not in advisor.data.tags.get("tracker_sched.reason", "")
     plans = [a.path for a in client.list_artifacts(advisor.info.run_id, "tracker_sched")]
     assert plans and all(p.endswith(".json") for p in plans)
-    assert "tracker_sched.lr" not in parametric.data.metrics
+    assert not [k for k in parametric.data.metrics if k.startswith("tracker_sched.")]
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ SWEEP = {str(FIXTURE)!r}
 
 def readme_script() -> str:
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("### From Python", 1)[1]
+    section = readme.split("### 2. A PyTorch loop", 1)[1]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:2]
     code = "\n".join(blocks)
     for old, new in (('FitConfig(ensemble=2)', 'FitConfig(ensemble=2, **TINY)'),

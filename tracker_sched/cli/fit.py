@@ -95,13 +95,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(_forecast_table(bundle.manifest))
         if not args.no_plots:
             try:
-                from tracker_sched.fit.plots import plot_forecasts
+                from tracker_sched.fit.forecast_plot import plot_fit_forecasts
 
-                prep = fitted.prepared
-                plot_forecasts(
-                    out / "forecast.png", bundle.forecaster, prep.tensors(prep.holdout_idx),
-                    prep.norm, report.holdout_ids, config.report_taus, config.window,
-                )
+                plot_fit_forecasts(out / "forecast.png", fitted, config.report_taus,
+                                   config.window)
             except ImportError as exc:
                 print(f"no plot: {exc}", file=sys.stderr)
     print(f"bundle written to {out}")

@@ -1,0 +1,156 @@
+"""Training jobs of the suite, run in a pool and cached as JSON Lines.
+
+A job is a plain parametric run (``kind="run"``: a family at a peak on a seed)
+or an advised run (``kind="generative"`` / ``"control"``: the Advisor drives
+the lr from a bundle). Its cache key says what it trained, so the same
+parametric run serves every arm that asks for it (the sweep's best is also a
+point of the oracle's grid) and a stopped suite resumes where it was:
+``runs/suite/<task>/jobs.jsonl`` gets one line per finished job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.suite.tasks import get
+
+_BUNDLES: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run to do. ``bundle``/``bundle_tag``: an advised run's bundle folder and
+    its identity (the manifest's ``created_at``), so a refitted bundle is a new job."""
+
+    task: str
+    kind: str
+    family: str
+    peak: float
+    seed: int
+    smoke: bool = False
+    keep_record: bool = False
+    bundle: str | None = None
+    bundle_tag: str | None = None
+
+    @property
+    def key(self) -> str:
+        if self.kind == "run":
+            return f"run|{self.family}|{self.peak:.6g}|{self.seed}"
+        return f"{self.kind}|{self.seed}|{self.bundle_tag}"
+
+
+class Cache:
+    """Finished jobs by key, backed by an append-only JSON Lines file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by a kill: redo that job
+                        continue
+                    self.done[row["key"]] = row
+
+    def put(self, row: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        self.done[row["key"]] = row
+
+
+def _init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def execute(job: Job) -> dict[str, Any]:
+    """Train ``job`` in this process and return its cache row."""
+    _init()
+    task = get(job.task)
+    t0 = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if job.kind == "run":
+        out = task.train(job.family, job.peak, job.seed, smoke=job.smoke)
+    else:
+        from tracker_sched.advising.advisor import Advisor
+        from tracker_sched.bundle.folder import Bundle
+
+        assert job.bundle is not None
+        bundle = _BUNDLES.get(job.bundle)
+        if bundle is None:
+            bundle = _BUNDLES[job.bundle] = Bundle.load(job.bundle)
+        total = task.smoke_steps if job.smoke else task.steps
+        adv = Advisor(bundle, total_steps=total, mode=job.kind)  # type: ignore[arg-type]
+        spent = [0.0]
+
+        def lr_fn(k: int) -> float:
+            t = time.perf_counter()
+            value = adv.lr(k)
+            spent[0] += time.perf_counter() - t
+            return value
+
+        def observer(step: int, loss: float, val: float, lr: float) -> None:
+            t = time.perf_counter()
+            adv.observe(step, train_loss=loss if math.isfinite(loss) else None,
+                        val_metric=val, lr=lr)
+            spent[0] += time.perf_counter() - t
+
+        out = task.train(job.family, job.peak, job.seed, smoke=job.smoke, lr_fn=lr_fn,
+                         observer=observer)
+        lr = out.record.lr
+        assert lr is not None
+        every = max(1, len(lr.step) // 25)
+        extra = {"advisor_s": spent[0], "status": adv.plan.status,
+                 "reason": adv.plan.reason[:200], "replans": adv.replans,
+                 "predicted_final": adv.plan.predicted_final,
+                 "lr_steps": lr.step[::every], "lr": lr.value[::every]}
+    row: dict[str, Any] = {
+        "key": job.key, **{k: v for k, v in asdict(job).items() if k != "keep_record"},
+        "val": out.val, "test": out.test, "state": out.record.state,
+        "wall_s": time.perf_counter() - t0, **extra,
+    }
+    if job.keep_record:
+        row["record"] = out.record.model_dump(mode="json")
+    return row
+
+
+def run_jobs(jobs: Iterable[Job], cache: Cache, workers: int, label: str) -> None:
+    """Run every job not in ``cache`` (``workers`` > 1: a spawn pool), caching each row."""
+    todo: list[Job] = []
+    seen: set[str] = set()
+    for j in jobs:
+        if j.key not in cache.done and j.key not in seen:
+            todo.append(j)
+            seen.add(j.key)
+    if not todo:
+        return
+    print(f"  {label}: {len(todo)} runs to train", flush=True)
+    t0 = last = time.perf_counter()
+
+    def done(i: int, row: dict[str, Any]) -> None:
+        nonlocal last
+        cache.put(row)
+        now = time.perf_counter()
+        if now - last > 60 or i == len(todo):
+            print(f"    {i}/{len(todo)} in {now - t0:.0f} s", flush=True)
+            last = now
+
+    if workers <= 1:
+        for i, j in enumerate(todo, start=1):
+            done(i, execute(j))
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init) as pool:
+        for i, row in enumerate(pool.imap_unordered(execute, todo), start=1):
+            done(i, row)

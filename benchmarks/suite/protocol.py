@@ -1,0 +1,255 @@
+"""One task through the suite's protocol: sweep, tracker, fits, choices, arms on a block.
+
+Every choice (the arms' configurations) is made from the sweep's own runs and the
+refined grid's runs on the sweep's seeds; the block's seeds are only trained on.
+The oracle (o) is the exception by design: it is the best configuration of a
+dense grid by its mean TEST metric on the block itself, a ceiling that no method
+could reach without those seeds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.suite import stats
+from benchmarks.suite.evidence import evidence
+from benchmarks.suite.jobs import Cache, Job, run_jobs
+from benchmarks.suite.surface import best_point
+from benchmarks.suite.tasks import Task
+from benchmarks.suite.tracking import log_and_read
+from tracker_sched.schema import RunRecord
+
+SWEEP_SEEDS = (0, 1)
+FIRST_SEED = {"design": 100, "confirm": 200}
+MAX_SEEDS = 100  # per block: the blocks' seed ranges must not overlap
+REFINE_DEX = 0.25  # (a'): the best family at peak x 10^(+-0.25), 2 seeds each: 4 extra runs
+DENSE = 3  # (o): the sweep's peak steps divided by 3, every family
+ARMS = ("a", "a'", "q", "o", "g", "c")
+ARM_NAMES = {"a": "sweep's best", "a'": "refined grid", "q": "response surface",
+             "o": "oracle (ceiling)", "g": "generative advisor", "c": "control advisor"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a suite invocation runs: where it caches, with how many workers, how small."""
+
+    runs_dir: Path
+    workers: int = 1
+    smoke: bool = False
+
+
+def sweep_grid(task: Task, smoke: bool) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The sweep's families and peaks; ``--smoke`` keeps 2 families and 3 peaks."""
+    if smoke:
+        return task.families[:2], task.peaks[:3]
+    return task.families, task.peaks
+
+
+def block_seeds(block: str, n: int) -> list[int]:
+    """The seeds of a block: design 100.., confirm 200.. (disjoint for n <= 100)."""
+    if not 1 <= n <= MAX_SEEDS:
+        raise SystemExit(f"--seeds must be in [1, {MAX_SEEDS}] (the blocks' seeds would "
+                         "overlap)")
+    return list(range(FIRST_SEED[block], FIRST_SEED[block] + n))
+
+
+def dense_peaks(peaks: tuple[float, ...], factor: int = DENSE) -> list[float]:
+    """The sweep's peaks with ``factor - 1`` log-spaced peaks inserted in every gap."""
+    ps = sorted(peaks)
+    out = [p * (q / p) ** (j / factor) for p, q in itertools.pairwise(ps)
+           for j in range(factor)]
+    return [*out, ps[-1]]
+
+
+def _fit_configs(smoke: bool) -> tuple[Any, Any]:
+    from tracker_sched.fit.config import FitConfig
+    from tracker_sched.fit.control import ControlFitConfig
+
+    if not smoke:
+        return FitConfig(), ControlFitConfig()
+    return (FitConfig(grid_points=30, window=8, max_iterations=15, eval_every=5, ensemble=2,
+                      batch_size=32),
+            ControlFitConfig(grid_points=30, window=8, iterations=15, members=2, batch_size=32))
+
+
+def _fit(runs: list[RunRecord], folder: Path, kind: str, settings: Settings) -> Any:
+    from tracker_sched.bundle.folder import Bundle
+
+    if not (folder / "bundle.json").exists():
+        gen_cfg, ctl_cfg = _fit_configs(settings.smoke)
+        t0 = time.perf_counter()
+        if kind == "generative":
+            from tracker_sched.fit.generative import fit_sweep
+
+            fit_sweep(runs, gen_cfg, workers=settings.workers, progress=False).bundle.save(folder)
+        else:
+            from tracker_sched.fit.control import fit_control
+
+            fit_control(runs, ctl_cfg, workers=settings.workers).save(folder)
+        print(f"  {kind} fit: {time.perf_counter() - t0:.0f} s -> {folder}", flush=True)
+    return Bundle.load(folder)
+
+
+def finals(runs: list[RunRecord], task: Task) -> dict[tuple[str, float], list[float]]:
+    """``{(family, peak): [final val per seed]}`` of runs read back from the tracker."""
+    out: dict[tuple[str, float], list[float]] = {}
+    for r in runs:
+        assert r.val_metric is not None
+        v = r.val_metric.value[-1] if r.val_metric.value else math.nan
+        key = (str(r.config["schedule"]), float(r.config["peak_lr"]))  # type: ignore[arg-type]
+        out.setdefault(key, []).append(v)
+    return out
+
+
+def _best(table: dict[tuple[str, float], list[float]], direction: str) -> tuple[str, float]:
+    sign = 1.0 if direction == "max" else -1.0
+    return max(table, key=lambda k: sign * statistics.fmean(table[k]))
+
+
+def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> dict[str, Any]:
+    """Run ``task`` through the protocol on ``seeds`` and return its report section."""
+    root = settings.runs_dir / task.name
+    cache = Cache(root / ("jobs_smoke.jsonl" if settings.smoke else "jobs.jsonl"))
+    smoke, w = settings.smoke, settings.workers
+    t_task = time.perf_counter()
+    print(f"== {task.name}: {task.about}", flush=True)
+
+    # 1. the sweep, trained, logged to the tracker, read back
+    families, peaks = sweep_grid(task, smoke)
+    sweep_jobs = [Job(task.name, "run", f, p, s, smoke, keep_record=True)
+                  for f in families for p in peaks for s in SWEEP_SEEDS]
+    run_jobs(sweep_jobs, cache, w, "sweep")
+    trained = [RunRecord.model_validate(cache.done[j.key]["record"]) for j in sweep_jobs]
+    t0 = time.perf_counter()
+    read, tracker_info = log_and_read(trained, task.tracker, root / "tracker", task.name)
+    read_s = time.perf_counter() - t0
+    runs = read.runs
+    if len(runs) != len(trained):
+        raise SystemExit(f"{task.name}: the {task.tracker} source read {len(runs)} of "
+                         f"{len(trained)} runs; issues: {read.issues}")
+    print(f"  read {len(runs)} runs back from {task.tracker} in {read_s:.1f} s", flush=True)
+
+    # 2. the bundles
+    gen = _fit(runs, root / "bundle_generative", "generative", settings)
+    ctl = _fit(runs, root / "bundle_control", "control", settings)
+
+    # 3. choices, from the sweep (and the refined grid's runs on the sweep's seeds)
+    table = finals(runs, task)
+    a_fam, a_peak = _best(table, task.direction)
+    refine = [a_peak * 10 ** (s * REFINE_DEX) for s in (-1, 1)]
+    ref_jobs = [Job(task.name, "run", a_fam, p, s, smoke) for p in refine for s in SWEEP_SEEDS]
+    run_jobs(ref_jobs, cache, w, "refined grid (sweep seeds)")
+    ref_table = {(a_fam, a_peak): table[(a_fam, a_peak)]}
+    for p in refine:
+        ref_table[(a_fam, p)] = [cache.done[Job(task.name, "run", a_fam, p, s, smoke).key]["val"]
+                                 for s in SWEEP_SEEDS]
+    r_fam, r_peak = _best(ref_table, task.direction)
+    q_point, q_all = best_point(table, task.direction)
+
+    # 4. the arms on the block's seeds
+    fixed = {"a": (a_fam, a_peak), "a'": (r_fam, r_peak), "q": (q_point.family, q_point.peak)}
+    dense = [(f, p) for f in families for p in dense_peaks(peaks)]
+    advised = {"g": ("generative", root / "bundle_generative", gen),
+               "c": ("control", root / "bundle_control", ctl)}
+
+    def arm_job(arm: str, seed: int) -> Job:
+        if arm in fixed:
+            f, p = fixed[arm]
+            return Job(task.name, "run", f, p, seed, smoke)
+        kind, folder, bundle = advised[arm]
+        return Job(task.name, kind, a_fam, a_peak, seed, smoke, bundle=str(folder),
+                   bundle_tag=bundle.manifest.created_at)
+
+    jobs = [arm_job(arm, s) for s in seeds for arm in ("a", "a'", "q", "g", "c")]
+    jobs += [Job(task.name, "run", f, p, s, smoke) for s in seeds for f, p in dense]
+    t0 = time.perf_counter()
+    run_jobs(jobs, cache, w, f"arms, {block} block")
+    arms_wall = time.perf_counter() - t0
+
+    def rows(arm: str) -> list[dict[str, Any]]:
+        return [cache.done[arm_job(arm, s).key] for s in seeds]
+
+    sign = 1.0 if task.direction == "max" else -1.0
+    dense_mean = {fp: statistics.fmean(
+        cache.done[Job(task.name, "run", fp[0], fp[1], s, smoke).key]["test"] for s in seeds)
+        for fp in dense}
+    o_fam, o_peak = max(dense_mean, key=lambda fp: sign * dense_mean[fp])
+    fixed["o"] = (o_fam, o_peak)
+    by_arm = {arm: rows(arm) for arm in ARMS}
+    ref_test = [r["test"] for r in by_arm["a"]]
+    ref_val = [r["val"] for r in by_arm["a"]]
+    report_arms: dict[str, Any] = {}
+    for arm in ARMS:
+        rs = by_arm[arm]
+        test = [r["test"] for r in rs]
+        entry: dict[str, Any] = {
+            "name": ARM_NAMES[arm], "test": test, "val": [r["val"] for r in rs],
+            "test_mean": statistics.fmean(test),
+            "test_sd": statistics.stdev(test) if len(test) > 1 else math.nan,
+            "diverged": sum(r["state"] != "finished" for r in rs),
+            "compute_s": sum(r["wall_s"] for r in rs),
+        }
+        if arm in fixed:
+            entry["config"] = {"schedule": fixed[arm][0], "peak_lr": fixed[arm][1]}
+        else:
+            entry["status"] = _count(r["status"] for r in rs)
+            entry["reasons"] = _count(r["reason"].split(";")[0][:80] for r in rs)
+            entry["overhead_share"] = (sum(r["advisor_s"] for r in rs)
+                                       / max(1e-9, sum(r["wall_s"] for r in rs)))
+            entry["lr_curves"] = {str(r["seed"]): [r["lr_steps"], r["lr"]] for r in rs[:4]}
+        if arm != "a":
+            entry["gain"] = stats.paired(stats.gains(test, ref_test, task.direction))
+            entry["gain_val"] = stats.paired(
+                stats.gains([r["val"] for r in rs], ref_val, task.direction))
+        report_arms[arm] = entry
+    o_gain = report_arms["o"]["gain"]["mean"]
+    for arm in ("a'", "q", "g", "c"):
+        report_arms[arm]["headroom_share"] = stats.headroom_share(
+            report_arms[arm]["gain"]["mean"], o_gain)
+
+    sweep_rows = [cache.done[j.key] for j in sweep_jobs]
+    return {
+        "about": task.about, "tracker": task.tracker, "direction": task.direction,
+        "unit": task.unit, "steps": task.smoke_steps if smoke else task.steps,
+        "families": list(families), "peaks": list(peaks), "seeds": seeds,
+        "sweep": {"runs": len(runs), "seeds": list(SWEEP_SEEDS),
+                  "issues": [i.model_dump(mode="json") for i in read.issues],
+                  "finals": {f"{f} {p:g}": v for (f, p), v in sorted(table.items())},
+                  "bundle_best_config": gen.manifest.sweep.best_config},
+        "choices": {
+            "a": {"schedule": a_fam, "peak_lr": a_peak},
+            "a'": {"schedule": r_fam, "peak_lr": r_peak, "extra_runs": len(ref_jobs),
+                   "candidates": {f"{p:.4g}": statistics.fmean(v)
+                                  for (_, p), v in sorted(ref_table.items())}},
+            "q": {"schedule": q_point.family, "peak_lr": q_point.peak,
+                  "predicted": q_point.predicted, "where": q_point.where,
+                  "families": [{"family": s.family, "peak_lr": s.peak, "predicted": s.predicted,
+                                "where": s.where, "coef": s.coef} for s in q_all]},
+            "o": {"schedule": o_fam, "peak_lr": o_peak, "grid_runs_per_seed": len(dense),
+                  "grid_mean_test": {f"{f} {p:.4g}": v for (f, p), v in dense_mean.items()}},
+        },
+        "arms": report_arms,
+        "evidence": evidence(gen.manifest, ctl.manifest, runs),
+        "time_s": {
+            "sweep_compute": sum(r["wall_s"] for r in sweep_rows),
+            "tracker_log": tracker_info.get("log_s"), "tracker_read": read_s,
+            "fit_generative": gen.manifest.report.wall_s,
+            "fit_control": ctl.manifest.report.wall_s,
+            "refine_compute": sum(cache.done[j.key]["wall_s"] for j in ref_jobs),
+            "arms_compute": sum(cache.done[j.key]["wall_s"] for j in jobs),
+            "arms_wall_this_call": arms_wall, "task_wall_this_call": time.perf_counter() - t_task,
+        },
+    }
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out

@@ -1,0 +1,201 @@
+"""The benchmark suite (``benchmarks.suite``): its response surface and statistics against
+known answers, and the whole protocol end to end in ``--smoke`` mode.
+
+The smoke run is real: Friedman #1 runs of 40 steps trained with torch (2 families x 3
+peaks), the sweep logged to a real MLflow sqlite store and read back through
+``MlflowSource``, both bundles fitted (tiny configs), both advisors driving runs. One
+run per module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks.suite import stats
+from benchmarks.suite.cli import main
+from benchmarks.suite.protocol import ARMS, block_seeds, dense_peaks
+from benchmarks.suite.surface import best_point, fit_family
+
+# ------------------------------------------------------------------ response surface
+
+
+def _points(f: Any, xs: list[float], seeds: int = 2) -> list[tuple[float, float]]:
+    return [(10.0 ** x, f(x)) for x in xs for _ in range(seeds)]
+
+
+def test_surface_finds_the_vertex_of_a_known_quadratic() -> None:
+    xs = [-3.0, -2.5, -2.0, -1.5]
+    sp = fit_family("cosine", _points(lambda x: 0.9 - 0.1 * (x + 2.2) ** 2, xs), "max")
+    assert sp.where == "vertex"
+    assert math.log10(sp.peak) == pytest.approx(-2.2, abs=1e-9)
+    assert sp.predicted == pytest.approx(0.9, abs=1e-12)
+
+
+def test_surface_takes_the_better_end_when_the_curve_opens_the_wrong_way() -> None:
+    xs = [-3.0, -2.5, -2.0, -1.5]
+    # convex for a maximised metric: no vertex is a maximum; the right end is higher
+    sp = fit_family("step", _points(lambda x: 0.5 + 0.1 * (x + 2.6) ** 2, xs), "max")
+    assert sp.where == "edge"
+    assert sp.peak == pytest.approx(10 ** -1.5)
+    assert sp.predicted == pytest.approx(0.5 + 0.1 * 1.1 ** 2)
+    # a vertex outside the range: no extrapolation, the nearer end
+    sp = fit_family("step", _points(lambda x: 0.9 - 0.1 * (x + 1.0) ** 2, xs), "max")
+    assert sp.where == "edge" and sp.peak == pytest.approx(10 ** -1.5)
+
+
+def test_surface_fits_a_minimised_metric_in_log_space() -> None:
+    xs = [-3.0, -2.5, -2.0, -1.5, -1.0]
+    # log(mse) = 0.5 + 2 (x + 1.8)^2: minimum mse e^0.5 at x = -1.8
+    sp = fit_family("cosine", _points(lambda x: math.exp(0.5 + 2 * (x + 1.8) ** 2), xs), "min")
+    assert sp.where == "vertex"
+    assert math.log10(sp.peak) == pytest.approx(-1.8, abs=1e-9)
+    assert sp.predicted == pytest.approx(math.exp(0.5), rel=1e-9)
+
+
+def test_surface_skips_non_finite_runs_and_keeps_a_short_family_observed() -> None:
+    pts = [(1e-3, 0.7), (1e-3, 0.72), (1e-2, 0.8), (1e-2, math.nan), (1e-1, math.inf)]
+    sp = fit_family("constant", pts, "max")
+    assert sp.where == "observed" and sp.peak == pytest.approx(1e-2)
+    assert sp.predicted == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="no finite"):
+        fit_family("constant", [(1e-3, math.nan)], "max")
+
+
+def test_best_point_picks_the_family_predicted_best() -> None:
+    xs = [-3.0, -2.5, -2.0, -1.5]
+    finals: dict[tuple[str, float], list[float]] = {}
+    for fam, top in (("cosine", 0.9), ("constant", 0.85)):
+        for x in xs:
+            finals[(fam, 10.0 ** x)] = [top - 0.1 * (x + 2.2) ** 2] * 2
+    best, every = best_point(finals, "max")
+    assert best.family == "cosine" and math.log10(best.peak) == pytest.approx(-2.2)
+    assert [s.family for s in every] == ["constant", "cosine"]
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def test_paired_matches_a_hand_computed_t_interval() -> None:
+    out = stats.paired([1.0, 2.0, 3.0])
+    half = 4.303 * 1.0 / math.sqrt(3)  # t(0.975, 2) = 4.303, sd = 1
+    assert out["mean"] == 2.0 and out["sd"] == pytest.approx(1.0)
+    assert out["lo"] == pytest.approx(2.0 - half) and out["hi"] == pytest.approx(2.0 + half)
+    assert (out["wins"], out["ties"], out["losses"], out["worst"]) == (3, 0, 0, 1.0)
+    one = stats.paired([0.5])
+    assert one["mean"] == 0.5 and math.isnan(one["lo"])
+    with pytest.raises(ValueError):
+        stats.paired([])
+
+
+def test_gains_are_points_for_accuracy_and_percent_of_the_reference_for_a_loss() -> None:
+    assert stats.gains([0.90, 0.80], [0.85, 0.85], "max") == pytest.approx([5.0, -5.0])
+    # reference mean 2.0: a loss of 1.0 is 50% lower, 2.0 no change, 2.5 is 25% worse
+    assert stats.gains([1.0, 2.0, 2.5], [2.0, 2.0, 2.0], "min") == pytest.approx([50, 0, -25])
+    with pytest.raises(ValueError, match="unpaired"):
+        stats.gains([1.0], [1.0, 2.0], "max")
+
+
+def test_pooled_weights_seeds_and_tasks() -> None:
+    out = stats.pooled({"a": [1.0, 1.0, 1.0, 1.0], "b": [3.0, 3.0]})
+    assert out["n"] == 6 and out["tasks"] == 2
+    assert out["mean"] == pytest.approx(10 / 6)
+    assert out["mean_of_task_means"] == pytest.approx(2.0)
+    assert stats.headroom_share(0.3, 0.6) == pytest.approx(0.5)
+    assert stats.headroom_share(0.3, 0.4) is None  # headroom under half a point
+
+
+def test_blocks_and_the_dense_grid() -> None:
+    assert block_seeds("design", 3) == [100, 101, 102]
+    assert block_seeds("confirm", 3) == [200, 201, 202]
+    with pytest.raises(SystemExit):
+        block_seeds("design", 101)
+    grid = dense_peaks((1e-3, 1e-2, 1e-1))
+    assert len(grid) == 7
+    assert np.allclose(np.log10(grid), [-3, -8 / 3, -7 / 3, -2, -5 / 3, -4 / 3, -1])
+    assert grid[0] == 1e-3 and grid[3] == 1e-3 * (1e-2 / 1e-3) and grid[-1] == 1e-1
+
+
+# ------------------------------------------------------------------ smoke, end to end
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("suite")
+    argv = ["--smoke", "--tasks", "friedman", "--seeds", "2", "--runs-dir", str(root / "runs"),
+            "--out-dir", str(root / "out")]
+    assert main(argv) == 0
+    jobs = root / "runs" / "friedman" / "jobs_smoke.jsonl"
+    lines = jobs.read_text().splitlines()
+    doc = json.loads((root / "out" / "suite_smoke.json").read_text())
+    return {"root": root, "argv": argv, "doc": doc, "lines": lines, "jobs": jobs}
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_arm_on_the_block(smoke: dict[str, Any]) -> None:
+    block = smoke["doc"]["blocks"]["design"]
+    t = block["tasks"]["friedman"]
+    # --smoke: 2 families x 3 peaks x 2 seeds
+    assert t["seeds"] == [100, 101] and t["sweep"]["runs"] == 12
+    assert (smoke["root"] / "runs" / "friedman" / "tracker" / "mlflow.db").exists()
+    for arm in ARMS:
+        assert len(t["arms"][arm]["test"]) == 2
+        assert all(math.isfinite(v) and v > 0 for v in t["arms"][arm]["test"])
+    # (a) is the best configuration of the sweep's finals as read back from MLflow
+    finals = {k: statistics.fmean(v) for k, v in t["sweep"]["finals"].items()}
+    a = t["choices"]["a"]
+    assert min(finals, key=finals.__getitem__) == f"{a['schedule']} {a['peak_lr']:g}"
+    # (o) is the dense grid's best mean test value; its gain can be no worse than (a)'s
+    o = t["choices"]["o"]
+    grid = o["grid_mean_test"]
+    assert grid[f"{o['schedule']} {o['peak_lr']:.4g}"] == min(grid.values())
+    assert len(grid) == 2 * 7
+    assert t["arms"]["o"]["gain"]["mean"] >= 0
+    assert t["choices"]["a'"]["extra_runs"] == 4
+    ev = t["evidence"]
+    assert set(ev) == {"forecast", "control", "confounding", "sweep"}
+    assert ev["forecast"]["available"] and "0.5" in ev["forecast"]["taus"]
+    assert isinstance(ev["control"]["usable"], bool)
+    assert block["pooled"]["g"]["all_tasks"]["n"] == 2
+    assert (smoke["root"] / "out" / "suite_smoke_friedman_design.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_smoke_resumes_from_its_cache(smoke: dict[str, Any],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(smoke["argv"]) == 0
+    out = capsys.readouterr().out
+    assert "runs to train" not in out and "fit:" not in out
+    assert smoke["jobs"].read_text().splitlines() == smoke["lines"]
+    again = json.loads((smoke["root"] / "out" / "suite_smoke.json").read_text())
+    first = smoke["doc"]["blocks"]["design"]["tasks"]["friedman"]["arms"]
+    assert again["blocks"]["design"]["tasks"]["friedman"]["arms"]["g"]["test"] == \
+        first["g"]["test"]
+    assert main([*smoke["argv"], "--print"]) == 0
+    assert "friedman" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_wandb_offline_round_trip(smoke: dict[str, Any], tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    from benchmarks.suite.tracking import log_and_read, wandb_id
+    from tracker_sched.schema import RunRecord
+
+    rows = [json.loads(x) for x in smoke["lines"][:2]]
+    recs = [RunRecord.model_validate(r["record"]) for r in rows]
+    read, info = log_and_read(recs, "wandb", tmp_path, "suite-test")
+    assert info["runs"] == 2 and not read.issues
+    got = {r.run_id: r for r in read.runs}
+    for rec in recs:
+        back = got[wandb_id(rec.run_id)]
+        assert back.total_steps == rec.total_steps
+        assert back.val_metric is not None and rec.val_metric is not None
+        assert back.val_metric.value == pytest.approx(rec.val_metric.value)
+        assert back.config["peak_lr"] == rec.config["peak_lr"]
