@@ -3,6 +3,7 @@ run is tagged with the odds, and every point logged before the stop is read back
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -30,12 +31,22 @@ def _train(cb: MlflowAdvisorCallback, run) -> dict[str, list[tuple[int, float]]]
     return logged
 
 
+@pytest.fixture
+def mlflow_uri(tmp_path: Path) -> Iterator[str]:
+    """A sqlite store as MLflow's default for the test only: set_tracking_uri would pin it
+    for every later test of the session."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with _use_tracking_uri(uri):
+        yield uri
+
+
 @pytest.mark.parametrize("opt_in", [True, False])
-def test_opt_in_stop_ends_the_loop_and_keeps_every_point(stop_fit, tmp_path: Path,
+def test_opt_in_stop_ends_the_loop_and_keeps_every_point(stop_fit, mlflow_uri: str,
                                                          opt_in: bool) -> None:
     fit, sweep = stop_fit
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
+    uri = mlflow_uri
     loser = sweep.configs[-8]
     run = sweep.run(loser.family, loser.peak_lr, 4)
     best = sweep.configs[0].final_val
