@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import FIXTURE
+
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "cnn_sweep_small.jsonl"
 TIMEOUT_S = 240
 
 PRELUDE = f'''\

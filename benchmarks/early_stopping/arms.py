@@ -27,7 +27,7 @@ import numpy as np
 import optuna
 
 from benchmarks.early_stopping.sweeps import Replay
-from tracker_sched.model.stop_odds import StopRule
+from tracker_sched.model.stop_odds import StopRule, student_t_cdf
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -52,10 +52,9 @@ def none_arm(rep: Replay, order: np.ndarray) -> Outcome:
     return Outcome(np.full(rep.runs, rep.total_steps), np.ones(rep.runs, dtype=bool))
 
 
-def _normal_cdf(x: np.ndarray) -> np.ndarray:
-    from math import erf, sqrt
-
-    return np.asarray(0.5 * (1.0 + np.vectorize(erf)(x / sqrt(2.0))))
+def _cdf(x: np.ndarray, df: int | None) -> np.ndarray:
+    """The calibration's distribution function (normal or Student-t), elementwise."""
+    return np.asarray(np.vectorize(lambda v: student_t_cdf(float(v), df))(x))
 
 
 def tracker_sched_arm(rep: Replay, order: np.ndarray, rule: StopRule) -> Outcome:
@@ -73,7 +72,7 @@ def tracker_sched_arm(rep: Replay, order: np.ndarray, rule: StopRule) -> Outcome
     for i in order:
         if inc is not None:
             bar = cal.to_transformed(rule.bar(inc, rep.direction))
-            p = _normal_cdf(sign * (rep.mean[i] + bias - bar) / sigma[i])
+            p = _cdf(sign * (rep.mean[i] + bias - bar) / sigma[i], cal.df)
             below = p < rule.threshold
             run = np.zeros(below.size, dtype=np.int64)  # consecutive decisions below
             count = 0

@@ -34,6 +34,8 @@ from benchmarks.early_stopping.sweeps import (
     tasks,
 )
 from tracker_sched.bundle.folder import Bundle
+from tracker_sched.fit.prepare import prepare
+from tracker_sched.fit.stop_calibration import calibrate_prepared
 from tracker_sched.model.stop_odds import StopRule
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -83,12 +85,15 @@ def baseline_arms(total_steps: int) -> dict[str, Callable[..., arms.Outcome]]:
 
 
 def _bundle(name: str, records: Callable[[], list[Any]], cache: Path | None) -> Bundle:
-    """Fit, or load the bundle a previous run saved under ``cache`` (same fit config)."""
+    """Fit, or load the bundle a previous run saved under ``cache`` (same fit config), its
+    stop calibration recomputed with the current code (it never changes the weights)."""
     folder = cache / name if cache is not None else None
     if folder is not None and (folder / "bundle.json").is_file():
         loaded = Bundle.load(folder)
         if loaded.manifest.model == FIT.model and loaded.manifest.fit == FIT.model_dump(
                 mode="json", exclude={"model"}):
+            cal = calibrate_prepared(loaded.models, prepare(records(), FIT), FIT)
+            loaded.manifest = loaded.manifest.model_copy(update={"stopping": cal})
             return loaded
     bundle = fit_bundle(records())
     if folder is not None:
@@ -224,6 +229,7 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("compute (fraction of steps), median")
         ax.set_ylabel("regret (points): median, bar to p95")
         ax.set_yscale("symlog", linthresh=0.05)
+        ax.set_ylim(bottom=0)
         ax.set_xlim(0, 1.05)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -20,9 +20,9 @@ import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from tiny import tiny_config
 
 from benchmarks.mlflow_server import local_mlflow_server
+from tests.tiny import FIXTURE, tiny_config
 from tracker_sched.advising.advisor import Advisor
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
@@ -46,7 +46,6 @@ from tracker_sched.integrations.mlflow.writer import (
 from tracker_sched.schema import MetricMap, Recommendation, Schedule
 from tracker_sched.sources.files import read_sweep
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 TOTAL = 120
 LOG_EVERY = 2
 VAL_EVERY = 10

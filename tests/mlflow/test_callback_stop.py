@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.tiny import logged_rows
 from tracker_sched.integrations.mlflow import MlflowAdvisorCallback
-from tracker_sched.integrations.mlflow.callback import TAG_STOPPED
+from tracker_sched.integrations.mlflow.callback import LR_METRIC, TAG_STOPPED
 from tracker_sched.model.stop_odds import StopRule
 
 KEYS = {"train_loss": "train_loss", "lr": "lr", "val_metric": "val_acc"}
@@ -70,6 +70,6 @@ def test_opt_in_stop_ends_the_loop_and_keeps_every_point(stop_fit, tmp_path: Pat
         stored = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
         assert [s for s, _ in stored] == [s for s, _ in points], key
         assert [v for _, v in stored] == pytest.approx([v for _, v in points]), key
-    lr_steps = [m.step for m in client.get_metric_history(run_id, "tracker_sched.lr")]
+    lr_steps = [m.step for m in client.get_metric_history(run_id, LR_METRIC)]
     assert max(lr_steps) == last
     assert client.get_run(run_id).info.status == "FINISHED"

@@ -19,7 +19,7 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from tests.tiny import tiny_config
+from tests.tiny import FIXTURE, tiny_config
 from tracker_sched.advising.serving import (
     Observation,
     RecommendRequest,
@@ -35,8 +35,6 @@ from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.schema import Recommendation, RunRecord
 from tracker_sched.stores import load_bundle
 from tracker_sched.stores.mlflow_store import download_bundle, register_bundle
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 
 
 @pytest.fixture(scope="module")

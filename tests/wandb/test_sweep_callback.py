@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 import torch
 
-from tests.tiny import tiny_config
+from tests.tiny import FIXTURE, tiny_config
 from tests.wandb.sweep_helpers import (
-    FIXTURE,
     agent_run,
     history_rows,
     read_log,

@@ -35,9 +35,8 @@ class Advisor(PlanFollower):
     """Observe metrics, get the lr to use now; replans every ``replan_every`` observations.
 
     By default (``max_replans=1``) it makes one open-loop plan once a full
-    window exists: on the MNIST-1D benchmark's validation block, replanning every
-    10 observations lost 12.5 points and cost 18% overhead, one plan lost 1.9 at
-    3%. ``max_replans=None`` replans for the whole run.
+    window exists (``docs/planner.md`` has the benchmark behind that default);
+    ``max_replans=None`` replans for the whole run.
 
     Before the live run covers a full context window it follows the warm-up
     plan: the schedule of the sweep's best run, stored in the bundle, stretched
@@ -47,8 +46,20 @@ class Advisor(PlanFollower):
     up to ``MAX_FAILURES`` times.
 
     ``mode="control"`` plans with :class:`~tracker_sched.planning.control.ControlPlanner`
-    from a control-mode bundle (``control`` holds its settings); the default stays
-    ``"generative"`` until the benchmark shows the control mode winning on validation.
+    from a control-mode bundle (``control`` holds its settings).
+
+    Args:
+        bundle: the fitted model (:func:`tracker_sched.load_bundle`).
+        total_steps: the run's planned budget, in the unit of the steps it will observe.
+        config: the generative planner's options (candidates, guards).
+        replan_every: observations between replans.
+        max_replans: plans made once the window is ready (None: no limit).
+        mode: ``"generative"`` or ``"control"``; by default the bundle's kind decides.
+        control: the control planner's options.
+
+    Raises:
+        InputError: ``total_steps`` is not a positive whole number, or ``mode`` does not
+            fit the bundle's kind. After construction nothing raises.
     """
 
     def __init__(
@@ -98,6 +109,16 @@ class Advisor(PlanFollower):
         series it carries is set aside; if the run goes on behind ``HEAL_AFTER`` times in a
         row, the newer points were the outliers (a step in another unit): they are dropped,
         with any plan made from them, and the set-aside observations are kept.
+
+        Args:
+            step: the training step the values were logged at, in the unit of
+                ``total_steps``.
+            train_loss: the training loss at ``step``, if logged.
+            val_metric: the validation metric at ``step``, if logged.
+            lr: the lr the run used at ``step``, if known.
+
+        Returns:
+            The :class:`~tracker_sched.schema.Recommendation` to follow now.
         """
         try:
             values = {key: float(v) for key, v in (("train_loss", train_loss),
@@ -118,7 +139,14 @@ class Advisor(PlanFollower):
         return self._plan
 
     def lr(self, step: int) -> float:
-        """The lr to use at ``step`` (log-linear between planned points). Never raises."""
+        """The lr to use at ``step`` (log-linear between planned points). Never raises.
+
+        Args:
+            step: the training step about to run.
+
+        Returns:
+            The learning rate (positive, finite): the plan's, or the last known one.
+        """
         out = self._scheduled_lr(step)
         return self._plan.lr_now if out is None else out
 

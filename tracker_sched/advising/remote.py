@@ -71,6 +71,11 @@ class RemoteAdvisor(PlanFollower):
     in flight waits for it (the queue holds one request), so a slow server costs requests, not
     training time. :meth:`wait` blocks until the server has answered what was asked (tests,
     the end of a run); :meth:`close` stops the thread (also ``with RemoteAdvisor(...)``).
+
+    Raises:
+        ServerError: (a :class:`~tracker_sched.errors.TrackerSchedError`) without
+            ``initial_lr``, the server gave no warm-up plan.
+        InputError: ``total_steps`` or another argument is unusable.
     """
 
     def __init__(
@@ -141,7 +146,18 @@ class RemoteAdvisor(PlanFollower):
     ) -> Recommendation:
         """Record what the run logged at ``step``; ask the server when due. Never raises, never
         waits on the network. A step that is no whole number in ``[0, total_steps]`` is
-        refused (logged once) and changes nothing, as in the local advisor."""
+        refused (logged once) and changes nothing, as in the local advisor.
+
+        Args:
+            step: the training step the values were logged at, in the unit of
+                ``total_steps``.
+            train_loss: the training loss at ``step``, if logged.
+            val_metric: the validation metric at ``step``, if logged.
+            lr: the lr the run used at ``step``, if known.
+
+        Returns:
+            The :class:`~tracker_sched.schema.Recommendation` to follow now.
+        """
         try:
             try:
                 at = whole_steps(step, "step")
@@ -165,7 +181,14 @@ class RemoteAdvisor(PlanFollower):
         return self._plan
 
     def lr(self, step: int) -> float:
-        """The lr to use at ``step`` (log-linear between planned points). Never raises."""
+        """The lr to use at ``step`` (log-linear between planned points). Never raises.
+
+        Args:
+            step: the training step about to run.
+
+        Returns:
+            The learning rate (positive, finite): the plan's, or the last known one.
+        """
         out = self._scheduled_lr(step)
         if out is not None:
             return out

@@ -246,12 +246,32 @@ def fit_sweep(
 ) -> FitResult:
     """Validate a sweep, fit the latent ODE ensemble, report holdout forecasts, build a bundle.
 
-    ``source_issues`` are the runs a source could not read (``SourceResult.issues``):
-    they are listed in the report with validation's own, so nothing is lost silently.
-    ``budget`` and ``ignore_config_keys`` override how budgets and configurations are
-    found (:mod:`tracker_sched.budget`, :mod:`tracker_sched.identity`). Every error the
-    data can cause is raised before training starts (:mod:`tracker_sched.data.preflight`);
-    ``checked``: that stage already run on ``records`` with these options.
+    Every error the data can cause is raised before training starts
+    (:mod:`tracker_sched.data.preflight`).
+
+    Args:
+        records: the sweep's runs (``read_sweep(...).runs`` or any source's).
+        config: the fit's options; ``FitConfig()`` by default.
+        metric_map: which logged keys are the train loss, the lr and the validation
+            metric, and its direction; inferred from the runs by default.
+        workers: processes that train members in parallel; one per member up to the
+            CPU count by default.
+        progress: show progress bars.
+        source_issues: the runs a source could not read (``SourceResult.issues``); they
+            are listed in the report with validation's own, so nothing is lost silently.
+        budget: how each run's budget (total steps) is found (:mod:`tracker_sched.budget`).
+        ignore_config_keys: config keys (globs) that do not tell configurations apart
+            (:mod:`tracker_sched.identity`).
+        checked: the pre-flight stage already run on ``records`` with these options.
+
+    Returns:
+        A :class:`FitResult`: ``bundle`` (in memory; ``bundle.save(path)`` writes it),
+        ``report`` (holdout forecasts against baselines) and the prepared sweep.
+
+    Raises:
+        FitError: the sweep cannot be fitted (too few usable runs, no validation metric,
+            ...): every reason is listed, before any training.
+        InputError: an option or a metric name is unusable.
     """
     config = config or FitConfig()
     t0 = time.perf_counter()

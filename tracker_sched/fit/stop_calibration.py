@@ -25,7 +25,12 @@ from tracker_sched.fit.config import FitConfig
 from tracker_sched.fit.prepare import PreparedSweep
 from tracker_sched.model.forecast import Forecaster
 from tracker_sched.model.latent import LatentODE
-from tracker_sched.model.stop_odds import ReliabilityRow, StopBucket, StopCalibration
+from tracker_sched.model.stop_odds import (
+    ReliabilityRow,
+    StopBucket,
+    StopCalibration,
+    student_t_cdf,
+)
 
 if TYPE_CHECKING:
     from tracker_sched.bundle.folder import Bundle
@@ -41,6 +46,7 @@ BINS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 CALIBRATION_ENDS = 12  # context ends between the first full window and the end
 MIN_RUNS_PER_BUCKET = 8  # fewer complete runs: one bucket pools every context end
 SCALES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+DFS: tuple[int | None, ...] = (None, 30, 10, 5, 3, 2)  # candidate tails; the likeliest wins
 
 
 def calibration_ends(grid_points: int, window: int, count: int = CALIBRATION_ENDS) -> np.ndarray:
@@ -69,8 +75,11 @@ def member_finals(
     return np.asarray(z.numpy() * norm.std[VAL_METRIC] + norm.mean[VAL_METRIC], dtype=np.float64)
 
 
-def _fit_bucket(resid: np.ndarray, spread: np.ndarray) -> tuple[float, float, float]:
-    """(bias, floor, scale) by maximum likelihood of ``resid`` under N(bias, floor^2 + ...)."""
+def _fit_bucket(resid: np.ndarray, spread: np.ndarray,
+                df: int | None = None) -> tuple[float, float, float, float]:
+    """(bias, floor, scale, log likelihood): the maximum likelihood of ``resid`` under a
+    location-scale t with ``df`` degrees of freedom (None: normal), scale
+    ``sqrt(floor**2 + (scale * spread)**2)``, the bias the residuals' shrunk mean."""
     n = resid.size
     bias = float(resid.mean()) * n / (n + 5)  # shrunk towards 0: few runs, noisy mean
     c = resid - bias
@@ -78,14 +87,21 @@ def _fit_bucket(resid: np.ndarray, spread: np.ndarray) -> tuple[float, float, fl
     floors = rms * 10 ** np.linspace(-2, 0.5, 51)
     best = (math.inf, rms, 0.0)
     for scale in SCALES:
-        var = floors[:, None] ** 2 + (scale * spread[None, :]) ** 2
-        nll = 0.5 * (np.log(var) + c[None, :] ** 2 / var).sum(axis=1)
+        sd = np.sqrt(floors[:, None] ** 2 + (scale * spread[None, :]) ** 2)
+        z = c[None, :] / sd
+        if df is None:
+            nll = (np.log(sd) + 0.5 * z**2).sum(axis=1)
+        else:
+            nll = (np.log(sd) + (df + 1) / 2 * np.log1p(z**2 / df)).sum(axis=1)
         i = int(np.argmin(nll))
         if nll[i] < best[0]:
             best = (float(nll[i]), float(floors[i]), scale)
+    const = (-0.5 * math.log(2 * math.pi) if df is None else
+             math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi))
+    loglik = n * const - best[0]
     # Maximum likelihood with few runs understates the spread; the usual n/(n-1) correction.
     floor = best[1] * math.sqrt(n / max(n - 1, 1))
-    return bias, max(floor, 1e-9), best[2]
+    return bias, max(floor, 1e-9), best[2], loglik
 
 
 def reliability(
@@ -104,7 +120,7 @@ def reliability(
         sigma = np.sqrt(b.floor**2 + (b.scale * np.maximum(spread[t], 0.0)) ** 2)
         z = sign * (pred[t][:, None] + b.bias - actual[None, :]) / sigma[:, None]  # (i, j)
         keep = off & (actual[:, None] != actual[None, :])
-        ps.append(0.5 * (1.0 + np.vectorize(math.erf)(z[keep] / math.sqrt(2.0))))
+        ps.append(np.vectorize(lambda x: student_t_cdf(x, cal.df))(z[keep]))
         hits.append((sign * (actual[:, None] - actual[None, :]) > 0)[keep])
     if not ps or not sum(x.size for x in ps):
         return [], None
@@ -157,19 +173,26 @@ def calibrate_prepared(
     actual = data.values[runs, -1, VAL_METRIC].numpy().astype(np.float64) * std + mean
     resid = actual[None, :] - pred  # (ends, runs)
     taus = ends / (g - 1)
-    if runs.size < MIN_RUNS_PER_BUCKET:
-        bias, floor, scale = _fit_bucket(resid.ravel(), spread.ravel())
-        buckets = [StopBucket(tau=float(taus.mean()), bias=bias, floor=floor, scale=scale,
-                              runs=int(runs.size))]
-    else:
-        buckets = []
-        for t, tau in enumerate(taus):
-            bias, floor, scale = _fit_bucket(resid[t], spread[t])
-            buckets.append(StopBucket(tau=float(tau), bias=bias, floor=floor, scale=scale,
-                                      runs=int(runs.size)))
-    cal = StopCalibration(scheme=scheme, direction=prep.direction,
-                          transform=prep.norm.transforms[VAL_METRIC], buckets=buckets,
-                          runs=int(runs.size))
+    best: tuple[float, StopCalibration] | None = None
+    for df in DFS:  # the tail by maximum likelihood over every bucket
+        if runs.size < MIN_RUNS_PER_BUCKET:
+            bias, floor, scale, ll = _fit_bucket(resid.ravel(), spread.ravel(), df)
+            buckets = [StopBucket(tau=float(taus.mean()), bias=bias, floor=floor, scale=scale,
+                                  runs=int(runs.size))]
+        else:
+            buckets, ll = [], 0.0
+            for t, tau in enumerate(taus):
+                bias, floor, scale, ll_t = _fit_bucket(resid[t], spread[t], df)
+                ll += ll_t
+                buckets.append(StopBucket(tau=float(tau), bias=bias, floor=floor, scale=scale,
+                                          runs=int(runs.size)))
+        cal = StopCalibration(scheme=scheme, direction=prep.direction,
+                              transform=prep.norm.transforms[VAL_METRIC], buckets=buckets,
+                              runs=int(runs.size), df=df)
+        if best is None or ll > best[0]:
+            best = (ll, cal)
+    assert best is not None
+    cal = best[1]
     rows, log_loss = reliability(cal, taus, pred, spread, actual)
     return cal.model_copy(update={"reliability": rows, "log_loss": log_loss})
 
@@ -183,8 +206,10 @@ def calibrate(result: _Fitted) -> StopCalibration | None:
 
 def format_reliability(cal: StopCalibration) -> str:
     """The reliability table as text (what the CLI prints after a fit)."""
+    tails = "normal" if cal.df is None else f"Student-t, {cal.df} degrees of freedom"
     lines = [f"Stop-decision calibration ({cal.scheme}, {cal.runs} complete runs, "
-             f"{len(cal.buckets)} progress buckets): P(run's final beats another run's final)",
+             f"{len(cal.buckets)} progress buckets, {tails}): P(run's final beats another "
+             "run's final)",
              f"{'predicted':>13} {'mean':>6} {'observed':>9} {'pairs':>7}"]
     for r in cal.reliability:
         lines.append(f"{r.lo:>5.2f}-{r.hi:<5.2f}   {r.predicted:>6.3f} {r.observed:>9.3f} "

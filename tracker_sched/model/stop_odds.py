@@ -33,6 +33,36 @@ def normal_cdf(x: float) -> float:
     return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
 
+def student_t_cdf(x: float, df: int | None) -> float:
+    """Student's t distribution function for a whole number of degrees of freedom (the
+    closed forms of Abramowitz & Stegun 26.7.3-4); ``df=None`` is the normal."""
+    if df is None:
+        return normal_cdf(x)
+    theta = math.atan(abs(x) / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2:
+        term = total = math.cos(theta) if df > 1 else 0.0
+        for k in range(1, (df - 3) // 2 + 1):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            total += term
+        a = 2.0 / math.pi * (theta + s * total)
+    else:
+        term = total = 1.0
+        for k in range(1, (df - 2) // 2 + 1):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        a = s * total
+    return 0.5 + 0.5 * a if x >= 0 else 0.5 - 0.5 * a
+
+
+def student_t_logpdf(z: float, df: int | None) -> float:
+    """Log density of the standard t (``df=None``: the normal) at ``z``."""
+    if df is None:
+        return -0.5 * (z * z + math.log(2 * math.pi))
+    return (math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+            - (df + 1) / 2 * math.log1p(z * z / df))
+
+
 class StopBucket(BaseModel):
     """The calibration of forecasts made at progress ``tau`` (the bucket's centre).
 
@@ -84,6 +114,9 @@ class StopCalibration(BaseModel):
     runs: int = Field(ge=0, description="runs with a final metric the calibration used")
     log_loss: float | None = Field(default=None, description="mean log loss of the "
                                    "reliability pairs (lower is better; 0.693 is a coin)")
+    df: int | None = Field(default=None, ge=1, le=1000, description="degrees of freedom of "
+                           "the Student-t the odds use (heavy tails: a forecast far off for "
+                           "some runs); None: the normal (bundles before this field)")
 
     @model_validator(mode="after")
     def _sorted(self) -> StopCalibration:
@@ -119,7 +152,7 @@ class StopCalibration(BaseModel):
         b = self.bucket(tau)
         sigma = math.sqrt(b.floor**2 + (b.scale * max(spread, 0.0)) ** 2)
         sign = 1.0 if self.direction == "max" else -1.0
-        return normal_cdf(sign * (mean + b.bias - incumbent) / sigma)
+        return student_t_cdf(sign * (mean + b.bias - incumbent) / sigma, self.df)
 
 
 class StopRule(BaseModel):
@@ -257,5 +290,16 @@ class StopWatch:
         return None
 
 
-__all__ = ["ReliabilityRow", "StopBucket", "StopCalibration", "StopDecision", "StopRequest",
-           "StopRule", "StopWatch", "judge", "normal_cdf"]
+__all__ = [
+    "ReliabilityRow",
+    "StopBucket",
+    "StopCalibration",
+    "StopDecision",
+    "StopRequest",
+    "StopRule",
+    "StopWatch",
+    "judge",
+    "normal_cdf",
+    "student_t_cdf",
+    "student_t_logpdf",
+]

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 
 import pytest
-from tiny import logged_rows
 
+from tests.tiny import FIXTURE, logged_rows
 from tracker_sched.advising.advisor import Advisor
 from tracker_sched.advising.remote import RemoteAdvisor
 from tracker_sched.advising.serving import answer, observations_from_records, parse_request
@@ -22,7 +22,6 @@ from tracker_sched.errors import InputError
 from tracker_sched.fit.generative import FitResult
 from tracker_sched.sources.files import read_sweep
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 TOTAL = 840
 
 

@@ -13,7 +13,14 @@ from tests.tiny import history_until
 from tracker_sched.advising.stopping import Stopper, forecast_final
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.fit.stop_calibration import calibrate, format_reliability
-from tracker_sched.model.stop_odds import StopBucket, StopCalibration, StopRule, judge, normal_cdf
+from tracker_sched.model.stop_odds import (
+    StopBucket,
+    StopCalibration,
+    StopRule,
+    judge,
+    normal_cdf,
+    student_t_cdf,
+)
 
 
 def _cal(**bucket: float) -> StopCalibration:
@@ -36,6 +43,19 @@ def test_p_beat_is_the_normal_probability_in_the_metric_direction() -> None:
         logged.to_transformed(-1.0)
 
 
+@pytest.mark.parametrize(("x", "df", "want"), [
+    (1.0, 1, 0.75), (2.0, 2, 0.9082483), (2.0, 3, 0.9303370), (2.0, 5, 0.9490303),
+    (-2.0, 4, 0.0580583), (2.0, 30, 0.9726875), (2.0, None, 0.9772499), (0.0, 7, 0.5)])
+def test_student_t_cdf_matches_tables(x: float, df: int | None, want: float) -> None:
+    assert student_t_cdf(x, df) == pytest.approx(want, abs=1e-6)
+
+
+def test_heavier_tails_give_a_far_forecast_better_odds() -> None:
+    normal = _cal(floor=0.01)
+    heavy = normal.model_copy(update={"df": 3})
+    assert heavy.p_beat(0.5, 0.80, 0.0, 0.84) > 10 * normal.p_beat(0.5, 0.80, 0.0, 0.84)
+
+
 def test_rule_waits_for_window_grace_and_patience() -> None:
     rule = StopRule(threshold=0.1, grace=0.3, patience=2)
     d = judge(rule, p_beat=0.01, tau=0.5, window_full=False)
@@ -55,6 +75,7 @@ def test_fit_stores_a_calibration_and_a_reliability_table(stop_fit, tmp_path: Pa
     cal = fit.bundle.manifest.stopping
     assert cal is not None and cal.scheme == "cross-fit" and cal.direction == "max"
     assert cal.runs == 30 and len(cal.buckets) >= 8
+    assert cal.df in (None, 30, 10, 5, 3, 2)  # the tail the likelihood chose
     assert all(b.floor > 0 and math.isfinite(b.bias) for b in cal.buckets)
     # The table covers every pair of runs at every bucket, and its rows are probabilities.
     assert sum(r.pairs for r in cal.reliability) > 30 * 29

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.synthetic import SyntheticSweep, make_sweep, schedule, simulate
-from tests.tiny import history_until, tiny_config
+from tests.tiny import FIXTURE, history_until, tiny_config
 from tracker_sched.advising.advisor import Advisor
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.bundle.manifest import BundleManifest
@@ -412,7 +412,7 @@ def test_fit_cli_control_mode_reports_checks_and_confounding(
 
     from tracker_sched.cli import main
 
-    fixture = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
+    fixture = FIXTURE
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"iterations": 5, "members": 1, "grid_points": 40, "window": 10,
                                "batch_size": 16}))

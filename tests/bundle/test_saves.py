@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.tiny import FIXTURE
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.cli import main
 from tracker_sched.errors import BundleError
 from tracker_sched.fit.generative import FitResult
-
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 
 
 @pytest.fixture

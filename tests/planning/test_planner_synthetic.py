@@ -191,7 +191,7 @@ def test_a_minimised_metric_picks_the_same_best() -> None:
 
 
 # --------------------------------------------------------------------------- guards, fallbacks
-# (those not in tests/test_planner.py)
+# (those not in tests/planning/test_planner.py)
 
 
 def test_a_fallback_keeps_the_current_plan_but_still_caps_it(

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from tests.tiny import FIXTURE
 from tracker_sched.data.validation import validate_sweep
 from tracker_sched.errors import SourceError
 from tracker_sched.schema import MetricMap, RunRecord, Series
 from tracker_sched.sources import FilesSource, Source, read_sweep, write_sweep
 from tracker_sched.sources.files import FORMAT_VERSION, HEADER_KEY
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 STEPS = list(range(10, 201, 10))  # 20 points
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_config
 
+from tests.tiny import FIXTURE, tiny_config
 from tracker_sched.bundle.manifest import METHODS
 from tracker_sched.data.grid import CHANNELS, SweepTensors
 from tracker_sched.errors import FitError, InputError
@@ -28,11 +27,6 @@ from tracker_sched.model.forecast import Forecaster
 from tracker_sched.model.latent import LatentODE
 from tracker_sched.schema import MetricMap, RunRecord, Series
 from tracker_sched.sources.files import read_sweep
-
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
-
-
-
 
 
 @pytest.fixture(scope="module")

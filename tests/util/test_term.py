@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import FIXTURE
 from tracker_sched.cli import main
 from tracker_sched.fit.generative import FitResult
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 EVIL = ["\x1b[2J\x1b[31mred", "txt\u202egpj.exe", "a\rb", "bell\x07\x9b31m", "nl\nfake line"]
 UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
                     "\u2060-\u2069\ufeff]")

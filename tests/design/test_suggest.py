@@ -22,6 +22,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from tests.tiny import FIXTURE
 from tracker_sched.cli import main
 from tracker_sched.data.validation import validate_sweep
 from tracker_sched.design.confounding import confounding
@@ -42,8 +43,6 @@ from tracker_sched.design.suggest import (
 from tracker_sched.errors import InputError
 from tracker_sched.schema import RunRecord, Series
 from tracker_sched.sources.files import read_sweep
-
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from benchmarks.mnist1d_task import (
     train_run,
 )
 from benchmarks.thin_sweep import thin_record
+from tests.tiny import FIXTURE
 from tracker_sched.schema import RunRecord
 
 PEAK = 1e-2
@@ -208,7 +209,7 @@ def test_absurd_lr_crashes_with_nan_loss(tmp_path: Path) -> None:
 
 
 def test_fixture_is_the_thinned_sweep() -> None:
-    path = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
+    path = FIXTURE
     lines = path.read_text().splitlines()
     assert len(lines) == 48 and path.stat().st_size < 600_000
     recs = [RunRecord.model_validate_json(line) for line in lines]

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tiny import tiny_config
 
+from tests.tiny import FIXTURE, tiny_config
 from tracker_sched import __version__
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.cli import main
 from tracker_sched.sources.files import read_sweep
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 TINY = tiny_config()
 
 

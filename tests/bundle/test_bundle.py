@@ -9,18 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_config
 
+from tests.tiny import FIXTURE, tiny_config
 from tracker_sched.bundle.folder import MANIFEST, WEIGHTS, Bundle
 from tracker_sched.bundle.manifest import SCHEMA_VERSION
 from tracker_sched.errors import BundleError
 from tracker_sched.fit.generative import FitResult, fit_sweep, report_windows
 from tracker_sched.sources.files import read_sweep
-
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
-
-
-
 
 
 @pytest.fixture(scope="module")

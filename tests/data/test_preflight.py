@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny import tiny_config
 
 import tracker_sched.fit.control as control_mod
 import tracker_sched.fit.generative as fit_mod
+from tests.tiny import tiny_config
 from tracker_sched.cli import main
 from tracker_sched.data.preflight import preflight
 from tracker_sched.errors import TrackerSchedError
