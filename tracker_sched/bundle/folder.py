@@ -35,7 +35,7 @@ import torch
 from pydantic import ValidationError
 
 from tracker_sched import limits
-from tracker_sched.bundle import MANIFEST
+from tracker_sched.bundle import MANIFEST as MANIFEST  # re-exported: its 0.1 home
 from tracker_sched.bundle.manifest import (
     SCHEMA_VERSION,
     BundleManifest,

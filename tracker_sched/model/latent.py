@@ -24,9 +24,19 @@ from torchdiffeq import odeint
 from tracker_sched.data.grid import INPUT_DIM, MASKS, N_CHANNELS, VALUES
 from tracker_sched.errors import InputError
 from tracker_sched.model.config import (  # re-exported: their 0.1 home
-    _SOLVERS,
-    ModelConfig,
-    solver_kwargs,
+    _SOLVERS as _SOLVERS,
+)
+from tracker_sched.model.config import (
+    FIXED_STEP_SOLVERS as FIXED_STEP_SOLVERS,
+)
+from tracker_sched.model.config import (
+    ModelConfig as ModelConfig,
+)
+from tracker_sched.model.config import (
+    Solver as Solver,
+)
+from tracker_sched.model.config import (
+    solver_kwargs as solver_kwargs,
 )
 
 
