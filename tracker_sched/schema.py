@@ -22,6 +22,8 @@ from tracker_sched.errors import InputError
 Role = Literal["train_loss", "lr", "val_metric"]
 ROLES: tuple[Role, ...] = ("train_loss", "lr", "val_metric")
 Direction = Literal["max", "min"]
+#: Which way the encoder reads the context window (a model setting; here so that it is torch-free).
+EncoderDirection = Literal["backward", "forward"]
 
 
 class Series(BaseModel):

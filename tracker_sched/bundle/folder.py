@@ -35,6 +35,7 @@ import torch
 from pydantic import ValidationError
 
 from tracker_sched import limits
+from tracker_sched.bundle import MANIFEST as MANIFEST  # re-exported: its 0.1 home
 from tracker_sched.bundle.manifest import (
     SCHEMA_VERSION,
     BundleManifest,
@@ -46,7 +47,6 @@ from tracker_sched.model.latent import LatentODE
 from tracker_sched.util.folders import check_target, install, staging_dir
 from tracker_sched.util.redact import redact_config
 
-MANIFEST = "bundle.json"
 WEIGHTS = "weights.pt"
 REPORT = "report.json"
 PLOT = "forecast.png"

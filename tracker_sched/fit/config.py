@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tracker_sched.limits import MAX_GRID_POINTS, MAX_MEMBERS
-from tracker_sched.model.latent import ModelConfig
+from tracker_sched.model.config import ModelConfig
 
 
 class FitConfig(BaseModel):
