@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from benchmarks.mlflow_server import local_mlflow_server
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.fit.generative import FitResult
+from tracker_sched.schema import RunRecord
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,9 +47,53 @@ def mlflow_server(mlflow_server_store: tuple[str, str]) -> str:
 def tiny_fit() -> Iterator[FitResult]:
     """The tiny fit of the fixture sweep, once per session (a few seconds): share it, never
     change it; tests that edit a bundle save their own copy."""
-    from tests.tiny import tiny_config
+    from tests.tiny import FIXTURE, tiny_config
     from tracker_sched.fit.generative import fit_sweep
     from tracker_sched.sources.files import read_sweep
 
-    fixture = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
-    yield fit_sweep(read_sweep(fixture).runs, tiny_config(), workers=1, progress=False)
+    yield fit_sweep(read_sweep(FIXTURE).runs, tiny_config(), workers=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def fixture_runs() -> list[RunRecord]:
+    """The fixture sweep's runs (tests/fixtures/cnn_sweep_small.jsonl)."""
+    from tests.tiny import FIXTURE
+    from tracker_sched.sources.files import read_sweep
+
+    return read_sweep(FIXTURE).runs
+
+
+@pytest.fixture(scope="session")
+def planner_bundle(fixture_runs: list[RunRecord]) -> Bundle:
+    """A generative bundle big enough to plan with (2 members, seconds to fit), once per
+    session: the planner's, the advisor's, the scheduler's and the CLI's tests share it."""
+    from tracker_sched.fit.config import FitConfig
+    from tracker_sched.fit.generative import fit_sweep
+    from tracker_sched.model.latent import ModelConfig
+
+    cfg = FitConfig(
+        max_iterations=40, eval_every=20, batch_size=32, grid_points=40, window=10, ensemble=2,
+        model=ModelConfig(latent_dim=6, ode_dim=12, hidden=24, encoder_hidden=24),
+    )
+    return fit_sweep(fixture_runs, cfg, workers=1, progress=False).bundle
+
+
+@pytest.fixture(scope="session")
+def stop_fit() -> Iterator[tuple[FitResult, object]]:
+    """A 2-member cross-fitted tiny ensemble of a 30-run synthetic sweep (200 steps) and the
+    sweep (tests.synthetic.SyntheticSweep), once per session: the stop-decision tests
+    (tests/advising/test_stopping.py, tests/optuna, tests/ray, the callbacks) share it."""
+    from tests.synthetic import make_sweep
+    from tests.tiny import tiny_config
+    from tracker_sched.fit.generative import fit_sweep
+
+    sweep = make_sweep(total_steps=200)
+    yield fit_sweep(sweep.runs, tiny_config(ensemble=2, max_iterations=60), workers=1,
+                    progress=False), sweep
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tiny_fit: FitResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny fit's bundle saved once per session: what the framework callback tests load
+    by URI (``file:`` or a folder). Share it, never change it."""
+    return tiny_fit.bundle.save(tmp_path_factory.mktemp("tiny-bundle") / "bundle")

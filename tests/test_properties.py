@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from tiny import logged_rows
 
+from tests.tiny import FIXTURE, logged_rows
 from tracker_sched.advising.advisor import Advisor
 from tracker_sched.advising.serving import (
     answer,
@@ -45,7 +44,6 @@ from tracker_sched.limits import MAX_STEPS
 from tracker_sched.schema import Recommendation, RunRecord
 from tracker_sched.sources.files import read_sweep
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])

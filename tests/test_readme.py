@@ -21,6 +21,7 @@ def test_ci_runs_the_readme_test_command() -> None:
         if line and not line.startswith("#") and not line.startswith(("set ", "cd "))
     ]
     assert ci_lines == [test_cmd]
+    assert "mkdocs build --strict" in test_cmd  # the docs site is built, warnings fail it
 
 
 def test_readme_main_command_runs_the_demo() -> None:

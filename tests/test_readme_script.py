@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import FIXTURE
+
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "cnn_sweep_small.jsonl"
 TIMEOUT_S = 240
 
 PRELUDE = f'''\
@@ -37,7 +38,7 @@ SWEEP = {str(FIXTURE)!r}
 
 def readme_script() -> str:
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("### From Python", 1)[1]
+    section = readme.split("### 2. A PyTorch loop", 1)[1]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)[:2]
     code = "\n".join(blocks)
     for old, new in (('FitConfig(ensemble=2)', 'FitConfig(ensemble=2, **TINY)'),

@@ -3,12 +3,17 @@ not minutes), and a logged run cut at a step as a live history."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from tracker_sched.fit.config import FitConfig
 from tracker_sched.model.latent import ModelConfig
 from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import RunRecord, Series
+
+#: The shared fixture sweep: 48 runs of a small CNN on MNIST-1D (tests/fixtures).
+FIXTURE = Path(__file__).parent / "fixtures" / "cnn_sweep_small.jsonl"
 
 
 def tiny_config(**overrides: object) -> FitConfig:

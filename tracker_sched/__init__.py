@@ -1,13 +1,16 @@
 """tracker-sched: learn learning-rate schedules from the sweeps in your experiment tracker.
 
-The public surface::
+The public surface: read a sweep, fit it, load the bundle, advise a live run::
 
-    from tracker_sched import FitConfig, fit_sweep, read_sweep, Bundle
+    from tracker_sched import Advisor, AdvisorLR, FitConfig, fit_sweep, load_bundle, read_sweep
 
     sweep = read_sweep("sweep.jsonl")
-    result = fit_sweep(sweep.runs, FitConfig())
-    result.bundle.save("bundle/")
-    bundle = Bundle.load("bundle/")
+    fit_sweep(sweep.runs, FitConfig()).bundle.save("bundle/")
+    advisor = Advisor(load_bundle("bundle/"), total_steps=840)
+    scheduler = AdvisorLR(optimizer, advisor)   # or advisor.lr(step) in any loop
+
+Everything else lives in the subpackage of its stage (``tracker_sched.fit``,
+``tracker_sched.planning``, ...; the README's Architecture section lists them).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -22,44 +25,45 @@ _EXPORTS = {
     "Advisor": "tracker_sched.advising.advisor",
     "AdvisorLR": "tracker_sched.integrations.pytorch.scheduler",
     "Bundle": "tracker_sched.bundle.folder",
-    "BundleManifest": "tracker_sched.bundle.manifest",
     "BundleError": "tracker_sched.errors",
+    "FitConfig": "tracker_sched.fit.config",
     "FitError": "tracker_sched.errors",
     "InputError": "tracker_sched.errors",
+    "MetricMap": "tracker_sched.schema",
     "MissingDependencyError": "tracker_sched.errors",
+    "Recommendation": "tracker_sched.schema",
+    "RemoteAdvisor": "tracker_sched.advising.remote",
+    "RunRecord": "tracker_sched.schema",
     "SourceError": "tracker_sched.errors",
     "TrackerSchedError": "tracker_sched.errors",
-    "FitConfig": "tracker_sched.fit.config",
-    "FitResult": "tracker_sched.fit.generative",
     "fit_sweep": "tracker_sched.fit.generative",
-    "ModelConfig": "tracker_sched.model.latent",
+    "load_bundle": "tracker_sched.stores",
+    "read_sweep": "tracker_sched.sources.files",
+}
+
+# compat: remove in 0.3. Top-level names of 0.1 that left the public surface; they still
+# resolve, but are not in __all__ (import them from their stage's subpackage).
+_FORMER = {
+    "BundleManifest": "tracker_sched.bundle.manifest",
+    "FitReport": "tracker_sched.bundle.manifest",
+    "FitResult": "tracker_sched.fit.generative",
     "GenerativePlanner": "tracker_sched.planning.generative",
     "LiveHistory": "tracker_sched.planning.history",
+    "ModelConfig": "tracker_sched.model.latent",
     "PlannerConfig": "tracker_sched.planning.generative",
-    "FitReport": "tracker_sched.bundle.manifest",
-    "MetricMap": "tracker_sched.schema",
-    "Recommendation": "tracker_sched.schema",
     "RunIssue": "tracker_sched.schema",
-    "RunRecord": "tracker_sched.schema",
     "Schedule": "tracker_sched.schema",
     "Series": "tracker_sched.schema",
-    "read_sweep": "tracker_sched.sources.files",
-    "write_sweep": "tracker_sched.sources.files",
-    "validate_sweep": "tracker_sched.data.validation",
-    "RemoteAdvisor": "tracker_sched.advising.remote",
-    "load_bundle": "tracker_sched.stores",
     "confounding": "tracker_sched.design.confounding",
     "suggest_runs": "tracker_sched.design.suggest",
+    "validate_sweep": "tracker_sched.data.validation",
+    "write_sweep": "tracker_sched.sources.files",
 }
 
 if TYPE_CHECKING:
     from tracker_sched.advising.advisor import Advisor
     from tracker_sched.advising.remote import RemoteAdvisor
     from tracker_sched.bundle.folder import Bundle
-    from tracker_sched.bundle.manifest import BundleManifest, FitReport
-    from tracker_sched.data.validation import validate_sweep
-    from tracker_sched.design.confounding import confounding
-    from tracker_sched.design.suggest import suggest_runs
     from tracker_sched.errors import (
         BundleError,
         FitError,
@@ -69,25 +73,15 @@ if TYPE_CHECKING:
         TrackerSchedError,
     )
     from tracker_sched.fit.config import FitConfig
-    from tracker_sched.fit.generative import FitResult, fit_sweep
+    from tracker_sched.fit.generative import fit_sweep
     from tracker_sched.integrations.pytorch.scheduler import AdvisorLR
-    from tracker_sched.model.latent import ModelConfig
-    from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
-    from tracker_sched.planning.history import LiveHistory
-    from tracker_sched.schema import (
-        MetricMap,
-        Recommendation,
-        RunIssue,
-        RunRecord,
-        Schedule,
-        Series,
-    )
-    from tracker_sched.sources.files import read_sweep, write_sweep
+    from tracker_sched.schema import MetricMap, Recommendation, RunRecord
+    from tracker_sched.sources.files import read_sweep
     from tracker_sched.stores import load_bundle
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _EXPORTS.get(name) or _FORMER.get(name)
     if module is None:
         raise AttributeError(f"module 'tracker_sched' has no attribute {name!r}")
     import importlib
@@ -108,32 +102,18 @@ __all__ = [
     "AdvisorLR",
     "Bundle",
     "BundleError",
-    "BundleManifest",
     "FitConfig",
     "FitError",
-    "FitReport",
-    "FitResult",
-    "GenerativePlanner",
     "InputError",
-    "LiveHistory",
     "MetricMap",
     "MissingDependencyError",
-    "ModelConfig",
-    "PlannerConfig",
     "Recommendation",
     "RemoteAdvisor",
-    "RunIssue",
     "RunRecord",
-    "Schedule",
-    "Series",
     "SourceError",
     "TrackerSchedError",
     "__version__",
-    "confounding",
     "fit_sweep",
     "load_bundle",
     "read_sweep",
-    "suggest_runs",
-    "validate_sweep",
-    "write_sweep",
 ]

@@ -24,7 +24,12 @@ class FitError(TrackerSchedError):
 
 
 class MissingDependencyError(TrackerSchedError, ImportError):
-    """An optional dependency is not installed; the message names the extra to install."""
+    """An optional dependency is not installed; the message names the extra to install.
+
+    Args:
+        package: the missing package (``mlflow``).
+        extra: the tracker-sched extra that installs it (``pip install "tracker-sched[mlflow]"``).
+    """
 
     def __init__(self, package: str, extra: str) -> None:
         super().__init__(

@@ -22,6 +22,8 @@ from tracker_sched.errors import InputError
 Role = Literal["train_loss", "lr", "val_metric"]
 ROLES: tuple[Role, ...] = ("train_loss", "lr", "val_metric")
 Direction = Literal["max", "min"]
+#: Which way the encoder reads the context window (a model setting; here so that it is torch-free).
+EncoderDirection = Literal["backward", "forward"]
 
 
 class Series(BaseModel):
@@ -53,6 +55,24 @@ class RunRecord(BaseModel):
     ``budget_source`` says where it came from. Where a run states none,
     validation resolves it (:mod:`tracker_sched.budget`). Progress is
     ``tau = step / total_steps``.
+
+    Attributes:
+        run_id: the tracker's id of the run.
+        source: the tracker it was read from.
+        sweep_id: the sweep (W&B sweep, MLflow parent run) it belongs to.
+        name: the run's display name.
+        config: its hyperparameters, as logged (JSON values).
+        state: ``finished``, ``running``, ``failed``, ``killed`` or ``crashed``.
+        total_steps: the planned budget in steps, if the run states one.
+        budget_source: where ``total_steps`` came from.
+        train_loss: the training loss over steps, if logged.
+        lr: the learning rate over steps, if logged.
+        val_metric: the validation metric over steps, if logged.
+        metric_keys: role -> the tracker key each series came from.
+
+    Raises:
+        pydantic.ValidationError: a field is out of range (an empty ``run_id``, a
+            non-positive ``total_steps``, a series whose steps do not rise).
     """
 
     model_config = ConfigDict(frozen=True, ser_json_inf_nan="constants")
@@ -137,6 +157,16 @@ class MetricMap(BaseModel):
 
     >>> MetricMap().resolve(["loss", "learning_rate", "eval_accuracy"])["lr"]
     'learning_rate'
+
+    Attributes:
+        train_loss: the key of the training loss (None: the first candidate logged).
+        lr: the key of the learning rate.
+        val_metric: the key of the validation metric.
+        val_direction: ``"max"`` or ``"min"``; None infers it from the key.
+        candidates: role -> the keys (globs) tried in order when none is given.
+
+    Raises:
+        pydantic.ValidationError: an unknown direction or role.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -241,7 +271,25 @@ class Schedule(BaseModel):
 
 
 class Recommendation(BaseModel):
-    """What the advisor tells a live run. A fallback has the same shape as a plan."""
+    """What the advisor tells a live run. A fallback has the same shape as a plan.
+
+    Attributes:
+        status: ``warmup`` (following the sweep's best run until a full window exists),
+            ``planned`` (a plan from the model) or ``fallback`` (the current plan kept).
+        reason: why, in words (a fallback's cause, a plan's predicted gain).
+        step: the step it was made at.
+        lr_now: the lr to use at ``step``.
+        schedule: the whole plan: steps and lrs to the end of the budget (log-linear
+            between points).
+        predicted_final: the predicted final validation metric (a plan only).
+        predicted_spread: the ensemble's spread of that prediction.
+        samples_accepted: candidate futures the planner accepted.
+        samples_drawn: candidate futures it drew.
+        model_version: the bundle's ``created_at``.
+
+    Raises:
+        pydantic.ValidationError: a non-positive or non-finite ``lr_now``, an unknown status.
+    """
 
     model_config = ConfigDict(frozen=True)
 

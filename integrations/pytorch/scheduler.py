@@ -26,6 +26,15 @@ class AdvisorLR(LRScheduler):
 
     Groups keep their ratio to the first group's initial lr, so a model with
     per-group lrs (e.g. a lower lr for the backbone) keeps that structure.
+
+    Args:
+        optimizer: the optimizer whose param groups get the lr.
+        advisor: any advisor (:class:`~tracker_sched.advising.advisor.Advisor`,
+            :class:`~tracker_sched.advising.remote.RemoteAdvisor`): its ``lr(step)`` is used.
+        last_epoch: as in every ``LRScheduler`` (-1: a new run).
+
+    Raises:
+        Nothing of ours: the advisor's ``lr`` never raises.
     """
 
     def __init__(self, optimizer: Optimizer, advisor: AdvisorLike, last_epoch: int = -1) -> None:

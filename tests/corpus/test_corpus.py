@@ -17,10 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny import tiny_config
 
 from tests.corpus.conftest import SOURCES, Corpora
 from tests.corpus.styles import STYLES
+from tests.tiny import tiny_config
 from tracker_sched.data.preflight import preflight
 from tracker_sched.data.summary import SweepSummary
 from tracker_sched.fit.generative import fit_sweep

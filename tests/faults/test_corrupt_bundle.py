@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.tiny import logged_rows
+from tests.tiny import FIXTURE, logged_rows
 from tracker_sched.advising.advisor import Advisor
 from tracker_sched.advising.serving import answer, observations_from_records, parse_request
 from tracker_sched.bundle.folder import MANIFEST, WEIGHTS, Bundle
@@ -34,7 +34,6 @@ from tracker_sched.errors import BundleError, InputError
 from tracker_sched.fit.generative import FitResult
 from tracker_sched.sources.files import read_sweep
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 NAN = float("nan")
 
 

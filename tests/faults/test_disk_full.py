@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import FIXTURE
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.cli import main
 from tracker_sched.errors import BundleError
 from tracker_sched.fit.generative import FitResult
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 
 
 @contextlib.contextmanager

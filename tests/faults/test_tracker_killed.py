@@ -33,6 +33,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from benchmarks.mlflow_server import LocalMlflowServer
+from tests.tiny import FIXTURE
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.cli import main
 from tracker_sched.errors import BundleError
@@ -41,7 +42,6 @@ from tracker_sched.sources.files import read_sweep
 from tracker_sched.sources.mlflow_log import log_sweep
 from tracker_sched.sources.mlflow_source import MlflowSource
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 

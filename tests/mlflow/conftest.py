@@ -3,14 +3,11 @@ corpus tests share it), and sqlite stores in tmp_path."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from tests.tiny import FIXTURE
 from tracker_sched.schema import RunRecord
 from tracker_sched.sources.files import read_sweep
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 
 
 @pytest.fixture(scope="session")

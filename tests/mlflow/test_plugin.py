@@ -23,8 +23,8 @@ import pytest
 import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
-from tiny import tiny_config
 
+from tests.tiny import FIXTURE, tiny_config
 from tracker_sched.advising.serving import observations_from_records, parse_request, recommend
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
@@ -40,7 +40,6 @@ from tracker_sched.schema import Recommendation, RunRecord
 from tracker_sched.sources.files import read_sweep
 from tracker_sched.stores.mlflow_store import register_bundle
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 CUT = 300  # the live run has logged up to this step of its 840
 

@@ -85,6 +85,34 @@ def test_real_loop_matches_the_local_advisor(
 
 
 @pytest.mark.slow
+def test_remote_stop_decision_is_the_local_one(
+    served: Served, bundle: Path, sweep_records: list[RunRecord]
+) -> None:
+    from tracker_sched.model.stop_odds import StopRule
+
+    record = sweep_records[0]
+    total = record.total_steps
+    assert total is not None and Bundle.load(bundle).manifest.stopping is not None
+    local = Advisor(Bundle.load(bundle), total)
+    remote = RemoteAdvisor(served.url, total, timeout=10.0)
+    for step, row in logged_rows(record):
+        local.observe(step, **row)
+        remote.observe(step, **row)
+        assert remote.wait(30)
+    rule = StopRule(threshold=0.5, patience=1)
+    target = record.val_metric.value[-1] if record.val_metric else 0.0
+    first = remote.stop_decision(target, rule=rule)  # never waits: no answer yet
+    assert not first.stop and first.p_beat is None
+    assert remote.wait(30)
+    got = remote.stop_decision(target, rule=rule)
+    want = local.stop_decision(target, rule=rule)
+    assert got.p_beat is not None and got.p_beat == pytest.approx(want.p_beat, rel=1e-5)
+    assert (got.stop, got.below, got.incumbent) == (want.stop, want.below, want.incumbent)
+    assert remote.plan.status == local.plan.status  # a stop request leaves the plan alone
+    remote.close()
+
+
+@pytest.mark.slow
 def test_invocations_input_forms_agree(served: Served, sweep_records: list[RunRecord]) -> None:
     """Records with absent keys, records with nulls and a split frame give one answer."""
     rows = [{"step": s, **row} for s, row in logged_rows(sweep_records[2])][:40]

@@ -19,7 +19,7 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from tests.tiny import tiny_config
+from tests.tiny import FIXTURE, tiny_config
 from tracker_sched.advising.serving import (
     Observation,
     RecommendRequest,
@@ -35,8 +35,6 @@ from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.schema import Recommendation, RunRecord
 from tracker_sched.stores import load_bundle
 from tracker_sched.stores.mlflow_store import download_bundle, register_bundle
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +91,22 @@ def test_register_returns_alias_uri_and_logs_the_fit_run(
     artifacts = {a.path for a in client.list_artifacts(version.run_id)}
     assert "report.json" in artifacts
     assert version.tags["tracker_sched.created_at"]
+    # What a person reads in the UI: the split, headline metrics first, descriptions, and
+    # the registered name and number on the fit run and the version.
+    params = run.data.params
+    assert params["scheme"] in ("holdout", "cross-fit") and int(params["folds"]) >= 1
+    assert int(params["runs_fit"]) == int(metrics["fit.runs_fit"]) > 0
+    head = sorted(k for k in metrics if k.startswith("fit."))
+    assert {"fit.val_rmse", "fit.val_rmse_last", "fit.runs_fit", "fit.runs_holdout"} <= set(head)
+    assert sorted(metrics)[:len(head)] == head  # the headline metrics sort first
+    assert metrics["fit.val_rmse"] == metrics["forecast_rmse.model.val_metric.tau0.50"]
+    assert run.data.tags["tracker_sched.registered_model"] == "cnn-sched"
+    assert run.data.tags["tracker_sched.registered_version"] == str(version.version)
+    assert version.tags["tracker_sched.registered_version"] == str(version.version)
+    note = run.data.tags["mlflow.note.content"]
+    assert f"version {version.version}" in note and "split:" in note
+    assert version.description == note
+    assert "tracker-sched" in client.get_registered_model("cnn-sched").description
 
 
 def test_loaded_bundle_recommends_the_same(

@@ -22,7 +22,6 @@ from tracker_sched.sources.wandb_log import Scan, iter_log_records
 
 wandb = pytest.importorskip("wandb")
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 SWEEP_PARAMS = ("schedule", "peak_lr", "seed")
 #: The keys W&B users log (the fixture's own names are train_loss, lr, val_acc).
 WANDB_KEYS = {"train_loss": "train/loss", "lr": "lr", "val_metric": "val/acc"}

@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 wandb = pytest.importorskip("wandb")
 
+from tests.tiny import FIXTURE  # noqa: E402
 from tests.wandb.graphql_stub import GraphQLStub, StubRun  # noqa: E402
 from tracker_sched.cli import main  # noqa: E402
 from tracker_sched.data.validation import validate_sweep  # noqa: E402
@@ -39,7 +39,6 @@ from tracker_sched.sources.base import Source, SourceResult  # noqa: E402
 from tracker_sched.sources.files import read_sweep  # noqa: E402
 from tracker_sched.sources.wandb_api import WandbApiSource  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 KEYS = {"train_loss": "train/loss", "lr": "lr", "val_metric": "val/acc"}
 SWEEP, EDGE, NO_LR = "cnn1sweep", "edge2swp", "nolr3swp"
 MIXED_STEPS, VAL_EVERY = 2500, 100

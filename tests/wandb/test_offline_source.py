@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.tiny import FIXTURE
 from tests.wandb.sweep_helpers import offline_env
 from tracker_sched.data.validation import validate_sweep
 from tracker_sched.errors import InputError, MissingDependencyError, SourceError
@@ -29,7 +30,6 @@ from tracker_sched.sources.wandb_offline import WandbOfflineSource
 
 wandb = pytest.importorskip("wandb")
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 ROWS = 50
 
 

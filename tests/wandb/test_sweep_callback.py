@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 import torch
 
-from tests.tiny import tiny_config
+from tests.tiny import FIXTURE, tiny_config
 from tests.wandb.sweep_helpers import (
-    FIXTURE,
     agent_run,
     history_rows,
     read_log,
@@ -46,7 +45,8 @@ pytestmark = pytest.mark.slow  # 20 to 30 s: a fit, a dozen wandb runs, real tra
 SWEEP_ID = "mnist1d-cnn"
 TOTAL_STEPS = 120
 PEAK_LR = 0.05
-LR_KEY = "tracker_sched/lr"
+LR_KEY = "tracker_sched/lr_recommended"
+APPLIED_KEY = "tracker_sched/lr_applied"
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,7 @@ def agent_function(run: Any, bundle: str | Path, steps: int | None = None) -> di
                 metrics["val/acc"] = (model(x[:128]).argmax(1) == y[:128]).float().mean().item()
         run.log(metrics, step=step)
         returned.append(cb.log(metrics, step))
+    cb.finish()
     return {"run_id": run.id, "used": used, "returned": returned, "callback": cb}
 
 
@@ -155,9 +156,11 @@ def test_recommendations_read_back_from_the_run_file(advised: dict[str, Any]) ->
     for step in range(TOTAL_STEPS):
         row = rows[step]
         assert row["lr"] == used[step]
-        assert row[LR_KEY] == advised["returned"][step]
-        if step + 1 < TOTAL_STEPS:
-            assert row[LR_KEY] == used[step + 1]  # the lr the optimizer then used
+        assert row[APPLIED_KEY] == used[step]  # the lr the step trained with
+        if step == 0:
+            assert LR_KEY not in row  # nothing was recommended before the first step
+        else:  # what cb.log returned at the step before: the pair charts as one line
+            assert row[LR_KEY] == advised["returned"][step - 1] == used[step]
     codes = [rows[s]["tracker_sched/status"] for s in range(TOTAL_STEPS)]
     assert codes[0] == STATUS_CODES["warmup"]
     replan = next(s for s, c in enumerate(codes) if c != STATUS_CODES["warmup"])
@@ -179,6 +182,17 @@ def test_recommendations_read_back_from_the_run_file(advised: dict[str, Any]) ->
     assert rec.status == "planned" and rec.predicted_final is not None
     assert rows[replan]["tracker_sched/predicted_final"] == rec.predicted_final
     assert "tracker_sched/predicted_final" not in rows[replan - 1]
+    # What the advisor did, in the summary: one plan, every recommendation applied.
+    assert summary["tracker_sched/plans"] == 1
+    assert summary["tracker_sched/fallbacks"] == 0
+    assert summary["tracker_sched/applied_steps"] == TOTAL_STEPS - 1
+    assert summary["tracker_sched/mismatched_steps"] == 0
+    assert summary["tracker_sched/predicted_final"] == rec.predicted_final
+    # The two lr panels are declared, with their last value in the summary.
+    defined = {r.metric.name: r.metric for r in advised["records"]
+               if r.WhichOneof("record_type") == "metric"}
+    assert {LR_KEY, APPLIED_KEY} <= set(defined)
+    assert summary[LR_KEY] == used[-1] and summary[APPLIED_KEY] == used[-1]
 
 
 def test_no_config_update(advised: dict[str, Any]) -> None:
@@ -190,19 +204,19 @@ def test_no_config_update(advised: dict[str, Any]) -> None:
 
 
 def test_offline_source_reads_the_recommendations(advised: dict[str, Any]) -> None:
-    mm = MetricMap(lr=LR_KEY, train_loss="train/loss", val_metric="val/acc")
+    mm = MetricMap(lr=APPLIED_KEY, train_loss="train/loss", val_metric="val/acc")
     (run,) = WandbOfflineSource(advised["log"], mm).read().runs
     assert run.sweep_id == SWEEP_ID
     assert run.lr is not None
     assert run.lr.step == list(range(TOTAL_STEPS))
-    assert run.lr.value[:-1] == advised["used"][1:]
+    assert run.lr.value == advised["used"]
 
 
 def test_truncated_run_file_keeps_good_records(advised: dict[str, Any], tmp_path: Path) -> None:
     data = advised["log"].read_bytes()
     cut = tmp_path / advised["log"].name
     cut.write_bytes(data[: len(data) * 2 // 3])
-    mm = MetricMap(lr=LR_KEY, train_loss="train/loss", val_metric="val/acc")
+    mm = MetricMap(lr=APPLIED_KEY, train_loss="train/loss", val_metric="val/acc")
     out = WandbOfflineSource(cut, mm).read()
     (run,) = out.runs
     (issue,) = out.issues
@@ -212,7 +226,7 @@ def test_truncated_run_file_keeps_good_records(advised: dict[str, Any], tmp_path
     kept = len(run.lr)
     assert 0 < kept < TOTAL_STEPS
     assert run.lr.step == list(range(kept))
-    assert run.lr.value == advised["returned"][:kept]
+    assert run.lr.value == advised["used"][:kept]
     assert run.sweep_id == SWEEP_ID
 
 
@@ -320,9 +334,9 @@ def test_script_on_wandbs_own_step_counter(tmp_path: Path, bundle_dir: Path, ord
     rows = history_rows(read_log(run_log(tmp_path, run_id))[0])
     shift = 0 if order == "before" else 1
     assert sorted(rows) == list(range(steps + shift))
-    for i in range(steps):
-        assert rows[i + shift][LR_KEY] == returned[i]
+    for i in range(1, steps):  # at step i: what was recommended for it, at step i - 1
+        assert rows[i + shift][LR_KEY] == returned[i - 1]
     assert all("train/loss" in rows[i] for i in range(steps))
     if order == "after":
-        assert LR_KEY not in rows[0] and "train/loss" not in rows[steps]
+        assert APPLIED_KEY not in rows[0] and "train/loss" not in rows[steps]
     assert cb.error is None

@@ -29,7 +29,7 @@ import pytest
 
 wandb = pytest.importorskip("wandb")
 
-from tests.tiny import tiny_config  # noqa: E402
+from tests.tiny import FIXTURE, tiny_config  # noqa: E402
 from tests.wandb.graphql_stub import GraphQLStub, StubArtifact  # noqa: E402
 from tests.wandb.sweep_helpers import offline_env  # noqa: E402
 from tracker_sched.bundle.folder import MANIFEST, WEIGHTS, Bundle  # noqa: E402
@@ -47,8 +47,6 @@ from tracker_sched.stores.wandb_store import (  # noqa: E402
     download_bundle,
     log_bundle_artifact,
 )
-
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cnn_sweep_small.jsonl"
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,10 @@ import numpy as np
 
 from tracker_sched.advising.following import PlanFollower
 from tracker_sched.advising.serving import warmup_plan, whole_steps, window_ready
+from tracker_sched.advising.stopping import Stopper
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.errors import InputError
+from tracker_sched.model.stop_odds import StopDecision, StopRule
 from tracker_sched.planning.control import ControlPlannerConfig, make_planner, mode_for
 from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.planning.history import LiveHistory
@@ -33,9 +35,8 @@ class Advisor(PlanFollower):
     """Observe metrics, get the lr to use now; replans every ``replan_every`` observations.
 
     By default (``max_replans=1``) it makes one open-loop plan once a full
-    window exists: on the MNIST-1D benchmark's validation block, replanning every
-    10 observations lost 12.5 points and cost 18% overhead, one plan lost 1.9 at
-    3%. ``max_replans=None`` replans for the whole run.
+    window exists (``docs/planner.md`` has the benchmark behind that default);
+    ``max_replans=None`` replans for the whole run.
 
     Before the live run covers a full context window it follows the warm-up
     plan: the schedule of the sweep's best run, stored in the bundle, stretched
@@ -45,8 +46,20 @@ class Advisor(PlanFollower):
     up to ``MAX_FAILURES`` times.
 
     ``mode="control"`` plans with :class:`~tracker_sched.planning.control.ControlPlanner`
-    from a control-mode bundle (``control`` holds its settings); the default stays
-    ``"generative"`` until the benchmark shows the control mode winning on validation.
+    from a control-mode bundle (``control`` holds its settings).
+
+    Args:
+        bundle: the fitted model (:func:`tracker_sched.load_bundle`).
+        total_steps: the run's planned budget, in the unit of the steps it will observe.
+        config: the generative planner's options (candidates, guards).
+        replan_every: observations between replans.
+        max_replans: plans made once the window is ready (None: no limit).
+        mode: ``"generative"`` or ``"control"``; by default the bundle's kind decides.
+        control: the control planner's options.
+
+    Raises:
+        InputError: ``total_steps`` is not a positive whole number, or ``mode`` does not
+            fit the bundle's kind. After construction nothing raises.
     """
 
     def __init__(
@@ -77,6 +90,7 @@ class Advisor(PlanFollower):
         self._accepted: deque[int] = deque(maxlen=4096)
         self._behind: list[tuple[int, dict[str, float]]] = []  # see _take_behind
         self._undo: tuple[int, Recommendation, int] | None = None  # (made at, before, replans)
+        self._stopper: Stopper | None = None
         self._plan = warmup_plan(bundle, self.total_steps)  # the served model's, the same
 
     def observe(
@@ -95,6 +109,16 @@ class Advisor(PlanFollower):
         series it carries is set aside; if the run goes on behind ``HEAL_AFTER`` times in a
         row, the newer points were the outliers (a step in another unit): they are dropped,
         with any plan made from them, and the set-aside observations are kept.
+
+        Args:
+            step: the training step the values were logged at, in the unit of
+                ``total_steps``.
+            train_loss: the training loss at ``step``, if logged.
+            val_metric: the validation metric at ``step``, if logged.
+            lr: the lr the run used at ``step``, if known.
+
+        Returns:
+            The :class:`~tracker_sched.schema.Recommendation` to follow now.
         """
         try:
             values = {key: float(v) for key, v in (("train_loss", train_loss),
@@ -115,9 +139,37 @@ class Advisor(PlanFollower):
         return self._plan
 
     def lr(self, step: int) -> float:
-        """The lr to use at ``step`` (log-linear between planned points). Never raises."""
+        """The lr to use at ``step`` (log-linear between planned points). Never raises.
+
+        Args:
+            step: the training step about to run.
+
+        Returns:
+            The learning rate (positive, finite): the plan's, or the last known one.
+        """
         out = self._scheduled_lr(step)
         return self._plan.lr_now if out is None else out
+
+    def stop_decision(self, incumbent: float | None, *,
+                      rule: StopRule | None = None) -> StopDecision:
+        """Should the run stop now? The odds that its final validation metric beats
+        ``incumbent`` (the best finished run's, or a target; as logged), from what it has
+        observed (:mod:`tracker_sched.stopping`). Never raises: a failure is "do not stop".
+
+        Args:
+            incumbent: the value to beat; None: nothing to beat yet (never stops).
+            rule: threshold, grace period, patience (default :class:`StopRule`); a new rule
+                starts a new count of decisions below the threshold.
+        """
+        try:
+            if self._stopper is None or (rule is not None and rule != self._stopper.rule):
+                self._stopper = Stopper(self.bundle, self.total_steps, rule)
+            step = self._accepted[-1] if self._accepted else 0
+            return self._stopper.decide(self._history(), step, incumbent)
+        except Exception as exc:  # the training loop must never die because of us
+            self._warn_once(f"stop decision failed: {type(exc).__name__}: {exc}")
+            return StopDecision(incumbent=None, reason=f"stop decision failed, not stopping: "
+                                f"{type(exc).__name__}: {exc}")
 
     # ------------------------------------------------------------------ internals
     def _valid_step(self, step: object) -> int | None:

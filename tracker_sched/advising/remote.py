@@ -31,6 +31,7 @@ from tracker_sched.advising.following import PlanFollower
 from tracker_sched.advising.serving import CHANNELS, recommendation_from_row, whole_steps
 from tracker_sched.errors import InputError, TrackerSchedError
 from tracker_sched.limits import CLIENT_MAX_ROWS
+from tracker_sched.model.stop_odds import StopDecision, StopRequest, StopRule
 from tracker_sched.schema import Recommendation, Schedule
 from tracker_sched.util.redact import redact_text, redact_url
 
@@ -70,6 +71,11 @@ class RemoteAdvisor(PlanFollower):
     in flight waits for it (the queue holds one request), so a slow server costs requests, not
     training time. :meth:`wait` blocks until the server has answered what was asked (tests,
     the end of a run); :meth:`close` stops the thread (also ``with RemoteAdvisor(...)``).
+
+    Raises:
+        ServerError: (a :class:`~tracker_sched.errors.TrackerSchedError`) without
+            ``initial_lr``, the server gave no warm-up plan.
+        InputError: ``total_steps`` or another argument is unusable.
     """
 
     def __init__(
@@ -106,6 +112,8 @@ class RemoteAdvisor(PlanFollower):
         self._since_try = 0
         self._failing = False
         self._ready_step: int | None = None
+        self._stop_ask: StopRequest | None = None
+        self._stop = StopDecision(reason="no stop decision asked for yet")
         # The request thread and the training thread share the counters and the plan: every
         # change to them holds this lock, and none holds it across a request.
         self._lock = threading.Lock()
@@ -138,7 +146,18 @@ class RemoteAdvisor(PlanFollower):
     ) -> Recommendation:
         """Record what the run logged at ``step``; ask the server when due. Never raises, never
         waits on the network. A step that is no whole number in ``[0, total_steps]`` is
-        refused (logged once) and changes nothing, as in the local advisor."""
+        refused (logged once) and changes nothing, as in the local advisor.
+
+        Args:
+            step: the training step the values were logged at, in the unit of
+                ``total_steps``.
+            train_loss: the training loss at ``step``, if logged.
+            val_metric: the validation metric at ``step``, if logged.
+            lr: the lr the run used at ``step``, if known.
+
+        Returns:
+            The :class:`~tracker_sched.schema.Recommendation` to follow now.
+        """
         try:
             try:
                 at = whole_steps(step, "step")
@@ -162,12 +181,44 @@ class RemoteAdvisor(PlanFollower):
         return self._plan
 
     def lr(self, step: int) -> float:
-        """The lr to use at ``step`` (log-linear between planned points). Never raises."""
+        """The lr to use at ``step`` (log-linear between planned points). Never raises.
+
+        Args:
+            step: the training step about to run.
+
+        Returns:
+            The learning rate (positive, finite): the plan's, or the last known one.
+        """
         out = self._scheduled_lr(step)
         if out is not None:
             return out
         # No schedule from the server yet: the run's own lr.
         return self._run_lr if self._run_lr is not None else self._plan.lr_now
+
+    def stop_decision(self, incumbent: float | None, *,
+                      rule: StopRule | None = None) -> StopDecision:
+        """The server's latest stop decision; asks for a fresh one in the background.
+
+        Never waits on the network and never raises: the answer to this call arrives with
+        a later one (call :meth:`wait` first to have it now), and every plan request asks
+        too once a stop has been asked for. A failing server means "do not stop".
+
+        Args:
+            incumbent: the value to beat (as logged); None: nothing to beat (never stops).
+            rule: threshold, grace period, patience (default :class:`StopRule`).
+        """
+        try:
+            with self._lock:
+                self._stop_ask = StopRequest(incumbent=incumbent, rule=rule or StopRule(),
+                                             below=self._stop.below)
+                step = max(self._rows) if self._rows else 0
+                free = self._idle.is_set() and not self._closed
+            if free:
+                self._submit(step, stop_only=True)
+        except Exception as exc:  # the training loop must never die because of us
+            self._warn_once(f"stop decision failed: {type(exc).__name__}: {exc}")
+            return StopDecision(reason=f"stop decision failed, not stopping: {exc}")
+        return self._stop
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no request is queued or in flight; False if ``timeout`` s passed first."""
@@ -236,14 +287,17 @@ class RemoteAdvisor(PlanFollower):
         """What is asked, frozen now: later observations do not change a request in flight."""
         rows = [{"step": s, **row} for s, row in sorted(self._rows.items())] or [{"step": step}]
         current = self._plan.schedule.model_dump_json() if self._sched_steps.size else ""
-        return {"dataframe_records": rows,
-                "params": {"total_steps": self.total_steps, "step": int(step),
-                           "current": current}}
+        params: dict[str, Any] = {"total_steps": self.total_steps, "step": int(step),
+                                  "current": current}
+        if self._stop_ask is not None:
+            params["stop"] = self._stop_ask.model_dump_json()
+        return {"dataframe_records": rows, "params": params}
 
-    def _submit(self, step: int) -> None:
+    def _submit(self, step: int, *, stop_only: bool = False) -> None:
         with self._lock:
             self._since_try = 0
             payload = self._payload(step)
+            payload["_stop_only"] = stop_only  # ours: taken off before the request is sent
             self._idle.clear()
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="tracker-sched-remote",
@@ -258,6 +312,7 @@ class RemoteAdvisor(PlanFollower):
             if payload is None:
                 return
             step = int(payload["params"]["step"])
+            stop_only = bool(payload.pop("_stop_only", False))
             try:
                 rec: Recommendation | ServerError = self._request(payload)
             except ServerError as exc:
@@ -266,7 +321,11 @@ class RemoteAdvisor(PlanFollower):
                 rec = ServerError(f"{type(exc).__name__}: {exc}")
             with self._lock:
                 if not self._closed:
-                    self._apply(step, rec)
+                    if stop_only and isinstance(rec, ServerError):
+                        self._stop = StopDecision(reason=f"server: {redact_text(str(rec))}; "
+                                                  "not stopping")
+                    elif not stop_only:
+                        self._apply(step, rec)
                 self._idle.set()
 
     def _apply(self, step: int, answer: Recommendation | ServerError) -> None:
@@ -309,9 +368,11 @@ class RemoteAdvisor(PlanFollower):
             if resp.status_code != 200:
                 raise ServerError(f"{shown} refused the request (HTTP {resp.status_code}): "
                                   f"{_server_message(resp)}")
-            rec, ready = _parse_answer(resp, shown)
+            rec, ready, stop = _parse_answer(resp, shown)
             if ready is not None:
                 self._ready_step = ready
+            if stop is not None:
+                self._stop = stop
             return rec
         raise ServerError(f"{reason} ({self.retries + 1} attempts)")
 
@@ -337,8 +398,10 @@ def _server_message(resp: requests.Response) -> str:
     return str(body)[:300]
 
 
-def _parse_answer(resp: requests.Response, url: str) -> tuple[Recommendation, int | None]:
-    """The recommendation in a ``{"predictions": [row]}`` answer, and the row's ``ready_step``."""
+def _parse_answer(resp: requests.Response,
+                  url: str) -> tuple[Recommendation, int | None, StopDecision | None]:
+    """The recommendation in a ``{"predictions": [row]}`` answer, the row's ``ready_step``
+    and its stop decision (None when not asked, or not one)."""
     try:
         body: Any = resp.json()
         row = body["predictions"][0]
@@ -347,7 +410,15 @@ def _parse_answer(resp: requests.Response, url: str) -> tuple[Recommendation, in
         # InputError is a ValueError: a row that is no recommendation lands here too.
         raise ServerError(f"{url} answered something that is not a recommendation "
                           f"({exc}): {resp.text[:200]!r}") from exc
+    stop = None
+    raw = row.get("stop")
+    if isinstance(raw, str) and raw:
+        try:
+            stop = StopDecision.model_validate_json(raw)
+        except ValueError:
+            stop = StopDecision(reason=f"{url} answered a stop decision that is not one; "
+                                "not stopping")
     ready = row.get("ready_step")
     if isinstance(ready, (int, float)) and math.isfinite(ready):
-        return rec, int(ready)
-    return rec, None
+        return rec, int(ready), stop
+    return rec, None, stop

@@ -6,6 +6,10 @@ from typing import Any
 
 from tracker_sched import _compat
 
+#: The manifest file that makes a folder a bundle (torch-free here: `fit` checks its
+#: `--out` before it imports torch).
+MANIFEST = "bundle.json"
+
 
 def __getattr__(name: str) -> Any:
     # compat: remove in 0.3. The 0.1 module tracker_sched.bundle is now this package;

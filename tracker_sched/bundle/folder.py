@@ -35,6 +35,7 @@ import torch
 from pydantic import ValidationError
 
 from tracker_sched import limits
+from tracker_sched.bundle import MANIFEST as MANIFEST  # re-exported: its 0.1 home
 from tracker_sched.bundle.manifest import (
     SCHEMA_VERSION,
     BundleManifest,
@@ -46,7 +47,6 @@ from tracker_sched.model.latent import LatentODE
 from tracker_sched.util.folders import check_target, install, staging_dir
 from tracker_sched.util.redact import redact_config
 
-MANIFEST = "bundle.json"
 WEIGHTS = "weights.pt"
 REPORT = "report.json"
 PLOT = "forecast.png"
@@ -56,7 +56,18 @@ OWNED = (WEIGHTS, PLOT, REPORT, MANIFEST)
 
 
 class Bundle:
-    """A manifest and its fitted ensemble."""
+    """A fitted model: its manifest and its ensemble of members.
+
+    Args:
+        manifest: what the members are and how they were fitted
+            (:class:`~tracker_sched.bundle.manifest.BundleManifest`).
+        models: the members, ``manifest.members`` of them, of the class of
+            ``manifest.kind``. Each maps a context window ``(batch, time, 7)`` to a
+            forecast ``(batch, K, 3)`` of the train loss, log lr and validation metric.
+
+    Raises:
+        BundleError: the number of members does not match the manifest.
+    """
 
     def __init__(self, manifest: BundleManifest, models: list[LatentODE]) -> None:
         if len(models) != manifest.members:
@@ -69,10 +80,17 @@ class Bundle:
         return Forecaster(self.models)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the bundle folder; return its path. See the module docstring for the rules.
+        """Write the bundle folder. See the module docstring for the rules.
 
-        Raises :class:`BundleError` (nothing changed at ``path``) if the target would lose
-        data, the bundle would not load back, or the disk refuses the write.
+        Args:
+            path: the folder: new, empty, or a bundle to replace (other files in it are kept).
+
+        Returns:
+            The folder's path.
+
+        Raises:
+            BundleError: (nothing changed at ``path``) the target would lose data, the
+                bundle would not load back, or the disk refuses the write.
         """
         dest = check_target(path, marker=MANIFEST)
         staged = None
@@ -106,6 +124,19 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Bundle:
+        """Load a bundle folder (any bundle URI: :func:`tracker_sched.load_bundle`).
+
+        Args:
+            path: the folder ``save`` wrote (bundles written by 0.1 load too).
+
+        Returns:
+            The bundle, its members in eval mode on the CPU.
+
+        Raises:
+            BundleError: a missing or corrupt file, a newer schema version, sizes beyond
+                :mod:`tracker_sched.limits`, weights that do not fit the config, or
+                statistics a planner cannot use: never an untrained or unusable model.
+        """
         root = Path(path)
         if not root.is_dir():
             raise BundleError(f"no bundle at {root}: not a folder")

@@ -19,6 +19,7 @@ from tracker_sched import limits
 from tracker_sched.data.grid import Normalisation
 from tracker_sched.data.summary import SweepSummary
 from tracker_sched.model.latent import ModelConfig
+from tracker_sched.model.stop_odds import ReliabilityRow, StopCalibration
 from tracker_sched.schema import RunIssue
 
 SCHEMA_VERSION = 1
@@ -90,6 +91,9 @@ class FitReport(BaseModel):
                                       "end of their budget")
     configurations: str | None = Field(default=None, description='e.g. "9 configurations x 2 '
                                        'seeds" (tracker_sched.identity)')
+    stop_reliability: list[ReliabilityRow] = Field(
+        default_factory=list, description="stop odds: predicted probability against observed "
+        "frequency (tracker_sched.fit.stop_calibration); empty without a calibration")
     note: str = (
         "Held-out runs also drive early stopping (checkpoint choice only). With cross-fit, "
         "each run is forecast by the one member that never trained on it, so the report "
@@ -131,6 +135,11 @@ class BundleManifest(BaseModel):
         default=None,
         description="control_ode only: the fit's lr-response and counterfactual-ranking "
         "checks (tracker_sched.fit.control.ControlChecks as JSON), read by the control planner",
+    )
+    stopping: StopCalibration | None = Field(
+        default=None,
+        description="how the forecast of the final metric becomes stop odds "
+        "(tracker_sched.fit.stop_calibration); None in bundles written before stop decisions",
     )
     redacted: list[str] = Field(
         default_factory=list,

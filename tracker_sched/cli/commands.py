@@ -122,7 +122,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nplots: " + ", ".join(str(p) for p in result.plots))
     print(f"done in {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s"
                                                for k, v in result.stage_s.items()) + ")")
-    print(f"see it all in MLflow:\n  mlflow ui --backend-store-uri {result.tracking_uri}")
+    from tracker_sched.demo.run import runs_url
+
+    print(f"see it all in MLflow:\n  mlflow ui --backend-store-uri {result.tracking_uri} "
+          f"--host 127.0.0.1 --port 5000\nthen open the training runs at\n  "
+          f"{runs_url(result.experiment_id)}")
     return 0
 
 

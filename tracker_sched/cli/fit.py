@@ -26,18 +26,15 @@ if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    import torch
-
-    from tracker_sched.bundle.folder import MANIFEST
+    from tracker_sched.bundle import MANIFEST
     from tracker_sched.fit.config import FitConfig
-    from tracker_sched.fit.generative import fit_sweep
-    from tracker_sched.model.latent import ModelConfig
+    from tracker_sched.model.config import ModelConfig
     from tracker_sched.util.folders import check_target
 
     # Before reading or training: a target the save would refuse must not cost a whole fit.
+    # Torch is imported only once the options and the sweep have passed (about 4 s of CPU):
+    # an unfittable sweep or a bad option fails in about a second.
     check_target(args.out, marker=MANIFEST, what="--out")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     base: dict[str, object] = {}
     if args.config:
         try:
@@ -47,6 +44,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if not isinstance(base, dict):
             raise InputError(f"--config {args.config} must hold a JSON object of FitConfig fields")
     if args.mode == "control":
+        _set_threads(args)
         return _fit_control(args, base)
     flags = {
         "max_iterations": args.iterations, "ensemble": args.ensemble, "seed": args.seed,
@@ -66,6 +64,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         )
         raise InputError(f"invalid fit options: {errors}") from exc
     result, checked = _read_and_check(args)  # options first, then the sweep, then training
+    _set_threads(args)
+    from tracker_sched.fit.generative import fit_sweep
+
     mm = _metric_map(args)
     fitted = fit_sweep(result.runs, config, mm, workers=args.workers,
                        progress=not args.no_progress, source_issues=result.issues,
@@ -87,23 +88,32 @@ def cmd_fit(args: argparse.Namespace) -> int:
           f"{s.best_config_mean_final_val:.4f} over {s.best_config_runs} runs"
           f"{_hyperparameters(s.best_hyperparameters)}); "
           f"lr explored {s.lr_min:.2e} .. {s.lr_max:.2e}")
+    if bundle.manifest.stopping is not None:
+        from tracker_sched.fit.stop_calibration import format_reliability
+
+        print(format_reliability(bundle.manifest.stopping))
     if report.holdout is not None:
         print(_forecast_table(bundle.manifest))
         if not args.no_plots:
             try:
-                from tracker_sched.fit.plots import plot_forecasts
+                from tracker_sched.fit.forecast_plot import plot_fit_forecasts
 
-                prep = fitted.prepared
-                plot_forecasts(
-                    out / "forecast.png", bundle.forecaster, prep.tensors(prep.holdout_idx),
-                    prep.norm, report.holdout_ids, config.report_taus, config.window,
-                )
+                plot_fit_forecasts(out / "forecast.png", fitted, config.report_taus,
+                                   config.window)
             except ImportError as exc:
                 print(f"no plot: {exc}", file=sys.stderr)
     print(f"bundle written to {out}")
     if args.register:
         print(f"registered {_register(args, out, report)}")
     return 0
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads``: torch's intra-op threads (imports torch)."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def _fit_control(args: argparse.Namespace, base: dict[str, object]) -> int:

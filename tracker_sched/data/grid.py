@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from tracker_sched.data.validation import CleanRun
 from tracker_sched.errors import FitError, InputError
 from tracker_sched.schema import ROLES, Direction, Role
+from tracker_sched.schema import EncoderDirection as EncoderDirection  # re-exported
 
 # The grid's channels: the roles of schema.ROLES in that one order, the lr as log10 lr.
 CHANNEL_ROLES: tuple[Role, ...] = ROLES
@@ -241,7 +242,6 @@ class SweepTensors:
         return int(self.values.shape[1])
 
 
-EncoderDirection = Literal["backward", "forward"]
 
 
 def context_batch(

@@ -64,28 +64,39 @@ def format_comparison(result: DemoResult) -> str:
 
 
 def plot_runs(path: Path, runs: Sequence[ArmRun], what: str, best: str) -> Path:
-    """One line per comparison run (both arms, every seed): its lr or its val accuracy."""
+    """One line per comparison run (both arms, every seed): its lr or its val accuracy.
+
+    The accuracy is drawn in the runs' own units (``val_acc``, a fraction), and each
+    run's final value is in the legend and marked at the end of its line.
+    """
     from tracker_sched.fit.plots import _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8, 4.4))
     colours = {"parametric": "tab:blue", "advisor": "tab:orange"}
-    seen: set[str] = set()
-    for r in runs:
-        y = r.lr if what == "lr" else [100 * v for v in r.val]
-        label = None if r.arm in seen else (best if r.arm == "parametric" else "advisor")
-        seen.add(r.arm)
-        ax.plot(r.steps, y, color=colours.get(r.arm, "grey"), lw=1.2, alpha=0.8, label=label)
+    styles = ["-", "--", ":", "-."]
+    seeds = sorted({r.seed for r in runs})
+    for r in sorted(runs, key=lambda r: (r.arm != "parametric", r.seed)):
+        arm = best if r.arm == "parametric" else "advisor"
+        ls = styles[seeds.index(r.seed) % len(styles)]
+        colour = colours.get(r.arm, "grey")
+        if what == "lr":
+            label = f"{arm}, seed {r.seed}" if len(seeds) > 1 else arm
+            ax.plot(r.steps, r.lr, color=colour, ls=ls, lw=1.2, alpha=0.85, label=label)
+            continue
+        label = f"{arm}, seed {r.seed}: final val_acc {r.val[-1]:.3f}"
+        ax.plot(r.steps, r.val, color=colour, ls=ls, lw=1.2, alpha=0.85, label=label)
+        ax.plot([r.steps[-1]], [r.val[-1]], "o", color=colour, ms=4)
     if what == "lr":
         ax.set_yscale("log")
         ax.set_ylabel("learning rate")
         ax.set_title("Schedules on the comparison seeds")
     else:
-        ax.set_ylabel("validation accuracy (%)")
-        ax.set_ylim(bottom=max(0.0, min(100 * min(r.val) for r in runs) - 5))
-        ax.set_title("Validation accuracy on the comparison seeds")
+        ax.set_ylabel("val_acc (fraction, as logged)")
+        ax.set_ylim(bottom=max(0.0, min(min(r.val) for r in runs) - 0.05))
+        ax.set_title("Validation accuracy on the comparison seeds (final values in the legend)")
     ax.set_xlabel("step")
-    ax.legend()
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

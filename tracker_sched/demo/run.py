@@ -10,7 +10,7 @@ In a fresh folder it:
    alias ``champion``;
 4. on new seeds, trains the sweep's best parametric schedule and the advisor
    (loaded from ``mlflow:models:/tracker-sched-demo@champion`` and driven by the
-   MLflow callback, which writes ``tracker_sched.lr`` back into the run);
+   MLflow callback, which writes ``tracker_sched.lr_recommended`` back into the run);
 5. writes plots (also logged as artifacts of the sweep's parent run).
 
 Everything lands in ``FOLDER/mlflow.db`` and ``FOLDER/artifacts``; ``mlflow ui
@@ -47,6 +47,22 @@ MODEL_NAME = "tracker-sched-demo"
 ALIAS = "champion"
 MARKER = "tracker-sched-demo.json"
 METRIC_KEYS = {"train_loss": "train_loss", "lr": "lr", "val_metric": "val_acc"}
+#: The UI opens a "custom model development" experiment on its training runs (not on the
+#: GenAI overview), and shows the note as the experiment's description.
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": (
+        "tracker-sched demo. The run `sweep` holds the MNIST-1D sweep (schedules x peak lrs x "
+        "seeds); the run `tracker-sched fit tracker-sched-demo` the latent ODE fitted on it, "
+        "registered as the model tracker-sched-demo; the run `comparison` the sweep's best "
+        "schedule against the advisor on new seeds. Accuracies are fractions (0 to 1). On "
+        "advisor runs, `lr` is the lr applied and `tracker_sched.lr_recommended` the advice."),
+}
+
+
+def runs_url(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
+    """The address of the experiment's training runs in ``mlflow ui``."""
+    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
 
 Say = Callable[[str], None]
 
@@ -133,17 +149,29 @@ def _train_job(kwargs: dict[str, Any]) -> TrainResult:
     return train_run(**kwargs)
 
 
+def _describe(config: dict[str, Any], what: str) -> str:
+    """A run's description (``mlflow.note.content``): what it is and what it logs."""
+    return (f"{what}: MNIST-1D {config.get('model', 'cnn').upper()}, schedule "
+            f"{config.get('schedule')} at peak lr {config.get('peak_lr'):g}, seed "
+            f"{config.get('seed')}, {config.get('epochs')} epochs. Metrics: train_loss, lr (the "
+            "lr the optimizer applied), val_acc and test_acc (fractions, 0 to 1).")
+
+
 def _log_run(client: MlflowClient, experiment_id: str, parent_id: str, result: TrainResult,
-             tags: dict[str, str]) -> str:
+             tags: dict[str, str], extra: dict[str, str] | None = None) -> str:
     """One finished training run as an MLflow child run: params, histories, final test acc."""
     from mlflow.entities import Metric, Param
 
     rec = result.record
+    what = {"sweep": "Sweep run", "parametric": "Comparison arm, the sweep's best schedule"}
     run = client.create_run(experiment_id, run_name=rec.run_id, tags={
-        "mlflow.parentRunId": parent_id, "tracker_sched.run_id": rec.run_id, **tags})
+        "mlflow.parentRunId": parent_id, "tracker_sched.run_id": rec.run_id,
+        "mlflow.note.content": _describe(rec.config, what.get(
+            tags.get("tracker_sched.demo", ""), "Run")), **tags})
     rid: str = run.info.run_id
     params = [Param(k, str(v)) for k, v in rec.config.items()]
     params.append(Param("total_steps", str(rec.total_steps)))
+    params.extend(Param(k, v) for k, v in (extra or {}).items())
     t0 = int(time.time() * 1000)
     metrics: list[Metric] = []
     for role, key in METRIC_KEYS.items():
@@ -212,12 +240,9 @@ def _fit_and_register(cfg: DemoConfig, uri: str, sweep_id: str, progress: bool,
     out = fitted.bundle.save(cfg.folder / "bundle")
     (out / "report.json").write_text(fitted.report.model_dump_json(indent=2))
     if fitted.report.holdout is not None:
-        from tracker_sched.fit.plots import plot_forecasts
+        from tracker_sched.fit.forecast_plot import plot_fit_forecasts
 
-        prep = fitted.prepared
-        plot_forecasts(out / "forecast.png", fitted.bundle.forecaster,
-                       prep.tensors(prep.holdout_idx), prep.norm, fitted.report.holdout_ids,
-                       cfg.fit.report_taus, cfg.fit.window)
+        plot_fit_forecasts(out / "forecast.png", fitted, cfg.fit.report_taus, cfg.fit.window)
     best = fitted.bundle.manifest.sweep
     say(f"      {fitted.report.runs_used} runs used, fit in {fitted.report.wall_s:.0f} s; "
         f"sweep best: {best.best_config.get('schedule')} at peak lr "
@@ -230,6 +255,13 @@ def _fit_and_register(cfg: DemoConfig, uri: str, sweep_id: str, progress: bool,
 
 
 # ---------------------------------------------------------------------- compare
+
+
+def _arm_params(config: dict[str, Any], total: int | None, arm: str,
+                bundle: str) -> dict[str, object]:
+    """Both comparison arms log the same param keys (the task's config, the budget, the
+    arm and the bundle that advised it, ``none`` for the parametric arm)."""
+    return {**config, "total_steps": total, "arm": arm, "bundle": bundle}
 
 
 def _arm_result(arm: str, seed: int, run_id: str, res: TrainResult, status: str = "") -> ArmRun:
@@ -249,12 +281,15 @@ def _advisor_run(cfg: DemoConfig, client: MlflowClient, experiment_id: str, pare
     from tracker_sched.tasks.mnist1d import steps_per_epoch, train_run
 
     total = cfg.epochs * steps_per_epoch()
+    note = (f"Comparison arm, the advisor: MNIST-1D CNN, seed {seed}, {cfg.epochs} epochs, "
+            f"the lr of every step from {model_uri} (starting from peak lr {peak:g}). "
+            "Metrics: lr (the lr the optimizer applied; also tracker_sched.lr_applied), "
+            "tracker_sched.lr_recommended (what the advisor recommended), tracker_sched.plan "
+            "(a marker at each plan), tracker_sched.predicted_final, train_loss, val_acc and "
+            "test_acc (fractions, 0 to 1).")
     rid = str(client.create_run(experiment_id, run_name=f"advisor-s{seed}", tags={
-        "mlflow.parentRunId": parent_id, "tracker_sched.demo": "advisor"}).info.run_id)
-    client.log_batch(rid, params=[Param("schedule", "advisor"), Param("seed", str(seed)),
-                                  Param("epochs", str(cfg.epochs)),
-                                  Param("total_steps", str(total)), Param("model", "cnn"),
-                                  Param("bundle", model_uri)])
+        "mlflow.parentRunId": parent_id, "tracker_sched.demo": "advisor",
+        "mlflow.note.content": note}).info.run_id)
     cb = MlflowAdvisorCallback(model_uri, total, run_id=rid, tracking_uri=uri)
     try:
         def observer(step: int, loss: float, val: float, lr: float) -> None:
@@ -263,6 +298,9 @@ def _advisor_run(cfg: DemoConfig, client: MlflowClient, experiment_id: str, pare
         res = train_run(schedule="advisor", peak_lr=peak, seed=seed, epochs=cfg.epochs,
                         lr_fn=cb.advisor.lr, observer=observer)
         client.log_metric(rid, "test_acc", res.final_test_acc, step=total)
+        # The same params as the parametric arm's, so both share the runs table's columns.
+        client.log_batch(rid, params=[Param(k, str(v)) for k, v in _arm_params(
+            res.record.config, total, "advisor", model_uri).items()])
     finally:
         cb.close()
     client.set_terminated(rid, status="FINISHED" if res.record.state == "finished" else "FAILED")
@@ -293,7 +331,8 @@ def _compare(cfg: DemoConfig, client: MlflowClient, experiment_id: str, uri: str
         for seed in cfg.compare_seeds:
             res = train_run(schedule=schedule, peak_lr=peak, seed=seed, epochs=cfg.epochs)
             rid = _log_run(client, experiment_id, parent_id, res,
-                           {"tracker_sched.demo": "parametric"})
+                           {"tracker_sched.demo": "parametric"},
+                           {"arm": "parametric", "bundle": "none"})
             runs.append(_arm_result("parametric", seed, rid, res))
             bar.update(1)
             runs.append(_advisor_run(cfg, client, experiment_id, parent_id, uri, model_uri,
@@ -338,6 +377,8 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, say: Say | None = None) 
             exp = client.get_experiment_by_name(EXPERIMENT)
             exp_id = str(exp.experiment_id if exp is not None else client.create_experiment(
                 EXPERIMENT, artifact_location=(folder / "artifacts").as_uri()))
+            for key, value in EXPERIMENT_TAGS.items():
+                client.set_experiment_tag(exp_id, key, value)
             stage_s["store"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             sweep_id = _run_sweep(cfg, client, exp_id, progress, say)

@@ -5,11 +5,26 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tracker_sched.limits import MAX_GRID_POINTS, MAX_MEMBERS
-from tracker_sched.model.latent import ModelConfig
+from tracker_sched.model.config import ModelConfig
 
 
 class FitConfig(BaseModel):
-    """Options of a fit. Defaults are sized for a ~50-run sweep on 2 CPU cores (a few minutes)."""
+    """Options of a fit. Defaults are sized for a ~50-run sweep on 2 CPU cores (a few minutes).
+
+    Attributes:
+        grid_points: points of the progress grid (``tau`` from 0 to 1) runs are resampled on.
+        window: the live context window, in grid points: a run plans once it has this many.
+        ensemble: members; with ``cross_fit`` each holds out its own fold of runs.
+        max_iterations: training iterations per member (early stopping may end sooner).
+        model: the latent ODE's sizes and solver (:class:`~tracker_sched.model.latent.ModelConfig`).
+        seed: fixes the split and every member's initialisation and batches.
+
+    The other fields (``window_range``, ``holdout_fraction``, ``batch_size``,
+    ``learning_rate``, ...) are described on the fields themselves.
+
+    Raises:
+        pydantic.ValidationError: a value out of range, or a window longer than the grid.
+    """
 
     model_config = ConfigDict(frozen=True)
 

@@ -28,6 +28,7 @@ from tracker_sched.data.preflight import Preflight
 from tracker_sched.fit.config import FitConfig
 from tracker_sched.fit.prepare import PreparedSweep, assemble_bundle, prepare, run_counts
 from tracker_sched.fit.report import cross_fit_report, forecast_report
+from tracker_sched.fit.stop_calibration import calibrate_prepared
 from tracker_sched.fit.training import WindowSampler, masked_mse, optimizer, update
 from tracker_sched.model.forecast import Forecaster
 from tracker_sched.model.latent import LatentODE, path_length_penalty
@@ -245,12 +246,32 @@ def fit_sweep(
 ) -> FitResult:
     """Validate a sweep, fit the latent ODE ensemble, report holdout forecasts, build a bundle.
 
-    ``source_issues`` are the runs a source could not read (``SourceResult.issues``):
-    they are listed in the report with validation's own, so nothing is lost silently.
-    ``budget`` and ``ignore_config_keys`` override how budgets and configurations are
-    found (:mod:`tracker_sched.budget`, :mod:`tracker_sched.identity`). Every error the
-    data can cause is raised before training starts (:mod:`tracker_sched.data.preflight`);
-    ``checked``: that stage already run on ``records`` with these options.
+    Every error the data can cause is raised before training starts
+    (:mod:`tracker_sched.data.preflight`).
+
+    Args:
+        records: the sweep's runs (``read_sweep(...).runs`` or any source's).
+        config: the fit's options; ``FitConfig()`` by default.
+        metric_map: which logged keys are the train loss, the lr and the validation
+            metric, and its direction; inferred from the runs by default.
+        workers: processes that train members in parallel; one per member up to the
+            CPU count by default.
+        progress: show progress bars.
+        source_issues: the runs a source could not read (``SourceResult.issues``); they
+            are listed in the report with validation's own, so nothing is lost silently.
+        budget: how each run's budget (total steps) is found (:mod:`tracker_sched.budget`).
+        ignore_config_keys: config keys (globs) that do not tell configurations apart
+            (:mod:`tracker_sched.identity`).
+        checked: the pre-flight stage already run on ``records`` with these options.
+
+    Returns:
+        A :class:`FitResult`: ``bundle`` (in memory; ``bundle.save(path)`` writes it),
+        ``report`` (holdout forecasts against baselines) and the prepared sweep.
+
+    Raises:
+        FitError: the sweep cannot be fitted (too few usable runs, no validation metric,
+            ...): every reason is listed, before any training.
+        InputError: an option or a metric name is unusable.
     """
     config = config or FitConfig()
     t0 = time.perf_counter()
@@ -279,6 +300,7 @@ def fit_sweep(
         holdout_idx = prep.holdout_idx
     else:
         holdout_idx = prep.holdout_idx
+    stopping = calibrate_prepared(models, prep, config)
     report = FitReport(
         runs_total=len(records),
         runs_used=len(prep.runs),
@@ -297,7 +319,9 @@ def fit_sweep(
             for h in hists
         ],
         holdout=forecast,
+        stop_reliability=stopping.reliability if stopping is not None else [],
         **run_counts(prep),
     )
     bundle = assemble_bundle(prep, config, config.model, models, report)
+    bundle.manifest = bundle.manifest.model_copy(update={"stopping": stopping})
     return FitResult(bundle=bundle, report=report, prepared=prep)

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import torch
 
-from tracker_sched.data.grid import EncoderDirection, SweepTensors, context_batch
+from tracker_sched.data.grid import SweepTensors, context_batch
 from tracker_sched.model.latent import LatentODE
+from tracker_sched.schema import EncoderDirection
 
 
 class Forecaster:

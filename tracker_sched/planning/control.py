@@ -57,15 +57,13 @@ class ControlPlannerConfig(BaseModel):
     init_sigma: float = Field(default=0.5, gt=0, description="first spread, share of the band")
     pessimism: float = Field(
         default=1.0, ge=0,
-        description="score = mean - this * spread. On the MNIST-1D benchmark's validation "
-        "block 0 lost 1.2 test points (the optimiser exploits members' disagreement), 1 "
-        "gained +0.4",
+        description="score = mean - this * spread: 0 lets the optimiser exploit the members' "
+        "disagreement (docs/control.md)",
     )
     trust_region_dex: float = Field(
         default=0.3, gt=0,
-        description="band around the incumbent schedule, log10 units. 0.5 won the MNIST-1D "
-        "validation block on val accuracy (+0.62) but lost 0.20 test points on the "
-        "confirmation block; 0.3 (the pre-study's band) gained +0.57 there, run afterwards",
+        description="band around the incumbent schedule, log10 units (the choice of 0.3: "
+        "docs/control.md)",
     )
     max_change_dex: float = Field(default=0.3, gt=0,
                                   description="limit per replan from the current plan")

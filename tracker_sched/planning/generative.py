@@ -77,17 +77,16 @@ class PlannerConfig(BaseModel):
     min_tolerance: float = Field(default=0.05, gt=0, description="floor, standardised units")
     lr_cap: float = Field(
         default=1.0, gt=0,
-        description="max lr / the sweep's best peak lr. 1.0 (no extrapolation above the best "
-        "peak) was chosen on the benchmark's validation block: at 1.5 the MNIST-1D CNN, whose "
-        "best peak is at the edge of stability, collapsed (-12.5 points)",
+        description="max lr / the sweep's best peak lr: 1.0, no extrapolation above the best "
+        "peak (why: docs/planner.md)",
     )
     no_rise_after_tau: float = Field(default=0.5, ge=0, le=1)
     max_change_dex: float = Field(default=0.3, gt=0, description="per replan, log10 units")
     trust_region_dex: float | None = Field(
         default=0.3, gt=0,
         description="band around the incumbent (the sweep's best run's schedule, stretched to "
-        "the run's budget), log10 units; None turns it off. Without it, per-replan limits "
-        "ratchet: the first benchmark drifted to the lr cap and never annealed.",
+        "the run's budget), log10 units; None turns it off (docs/planner.md: without it "
+        "per-replan limits ratchet up to the cap)",
     )
     min_gain: float = Field(default=0.0, ge=0, description="needed over the current course")
     solver_step_points: int | None = Field(

@@ -3,7 +3,7 @@
 :class:`PlanField` is :class:`~tracker_sched.model.latent.StackedField` with cheaper
 kernels, :class:`PlanEncoder` every member's GRU as one batched recurrence, and
 :func:`rk4_nodes` torchdiffeq's rk4 as a plain loop of fused updates. Each agrees
-with the model's own code within float32 rounding (``tests/test_planner.py``).
+with the model's own code within float32 rounding (``tests/planning/test_planner.py``).
 """
 
 from __future__ import annotations

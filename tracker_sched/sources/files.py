@@ -83,7 +83,22 @@ def _files(path: Path) -> list[Path]:
 
 
 def read_sweep(path: str | os.PathLike[str], metric_map: MetricMap | None = None) -> SourceResult:
-    """Read a sweep file or folder. A bad line becomes an issue; the rest is kept."""
+    """Read a sweep file (JSON Lines, one run a line) or a folder of them.
+
+    A bad line becomes an issue; the rest is kept. ``docs/sweep-format.md`` has the format.
+
+    Args:
+        path: a ``.jsonl`` file, or a folder whose ``*.jsonl`` files are read in name order.
+        metric_map: which keys are the train loss, the lr and the validation metric
+            (inferred from the runs by default).
+
+    Returns:
+        A ``SourceResult``: ``runs`` (one :class:`~tracker_sched.schema.RunRecord` each)
+        and ``issues`` (the lines that were not read, with the reason).
+
+    Raises:
+        SourceError: the path does not exist or a file cannot be read.
+    """
     metric_map = metric_map or MetricMap()
     runs: list[RunRecord] = []
     issues: list[RunIssue] = []

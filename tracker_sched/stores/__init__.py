@@ -45,6 +45,18 @@ def load_bundle(uri: str | Path) -> Bundle:
     A tracker's bundle is downloaded into a temporary folder that is removed once the bundle
     is in memory: repeated loads (a callback per run, a server per request) leave nothing
     behind.
+
+    Args:
+        uri: a bundle folder, ``mlflow:models:/NAME@ALIAS`` (or ``/VERSION``),
+            ``mlflow:runs:/RUN_ID/PATH``, or ``wandb:ENTITY/PROJECT/NAME:ALIAS``.
+
+    Returns:
+        The :class:`~tracker_sched.bundle.folder.Bundle`, its members ready to plan.
+
+    Raises:
+        BundleError: nothing loadable is there (a missing or corrupt file, a newer schema,
+            a missing model, alias or version), with what was missing.
+        MissingDependencyError: the URI's tracker is not installed.
     """
     from tracker_sched.bundle.folder import Bundle
 

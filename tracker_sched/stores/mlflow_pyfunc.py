@@ -11,6 +11,9 @@ Output: a one-row data frame, the columns of
 :func:`tracker_sched.advising.serving.recommendation_to_row` (``schedule`` a JSON string)
 and ``ready_step``, the first step at which the run's window is ready (the
 step from which a client should ask for a plan rather than the warm-up).
+Param ``stop`` (JSON :class:`~tracker_sched.model.stop_odds.StopRequest`: the incumbent, the rule,
+the client's count below the threshold) asks for a stop decision beside the lr: column
+``stop``, a :class:`~tracker_sched.model.stop_odds.StopDecision` as JSON ("" when not asked).
 Until the run covers the bundle's context window the answer is the warm-up
 plan (``status="warmup"``), so a remote client needs no copy of the bundle.
 """
@@ -50,11 +53,13 @@ def model_signature() -> ModelSignature:
         ColSpec("long", "samples_accepted"), ColSpec("long", "samples_drawn"),
         ColSpec("string", "model_version", required=False),
         ColSpec("long", "ready_step"),
+        ColSpec("string", "stop", required=False),
     ])
     params = ParamSchema([
         ParamSpec("total_steps", "long", None),
         ParamSpec("step", "long", -1),
         ParamSpec("current", "string", ""),
+        ParamSpec("stop", "string", ""),
     ])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
@@ -136,4 +141,28 @@ class TrackerSchedModel(PythonModel):
         row = recommendation_to_row(rec)
         row["ready_step"] = ready_step(self.bundle, request.total_steps,
                                        first_logged(request.observations) or 0)
+        row["stop"] = _stop_answer(self.bundle, request, params.get("stop") or "")
         return pd.DataFrame([row])
+
+
+def _stop_answer(bundle: Any, request: Any, raw: str) -> str:
+    """The ``stop`` column: "" when not asked; a bad ask is an InputError like bad rows."""
+    if not raw:
+        return ""
+    from pydantic import ValidationError
+
+    from tracker_sched.advising.stopping import decide_once
+    from tracker_sched.model.stop_odds import StopRequest
+    from tracker_sched.serving import history_from_observations
+
+    if len(raw) > MAX_CURRENT_CHARS:
+        raise InputError(f"the param stop is {len(raw)} characters; at most {MAX_CURRENT_CHARS}")
+    try:
+        ask = StopRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InputError(f"the param stop is not a stop request: {exc.errors()[0]['msg']}; "
+                         'send {"incumbent": 0.91, "rule": {"threshold": 0.05}} or ""') from exc
+    last = max((o.step for o in request.observations), default=0)
+    step = request.step if request.step is not None else last
+    return decide_once(bundle, history_from_observations(request.observations), step,
+                       request.total_steps, ask).model_dump_json()

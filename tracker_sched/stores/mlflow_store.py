@@ -157,6 +157,11 @@ def _register(staged: Path, root: Path, manifest: BundleManifest, *, name: str,
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from tracker_sched.stores.mlflow_describe import (
+        describe_registration,
+        fit_params,
+        headline_metrics,
+    )
     from tracker_sched.stores.mlflow_pyfunc import (
         BUNDLE_ARTIFACT,
         TrackerSchedModel,
@@ -181,8 +186,11 @@ def _register(staged: Path, root: Path, manifest: BundleManifest, *, name: str,
                     "members": manifest.members, "val_key": manifest.metrics.val_metric,
                     "direction": manifest.metrics.direction,
                     "best_run_id": manifest.sweep.best_run_id,
+                    **fit_params(manifest, report),
                 })
-                mlflow.log_metrics(report_metrics(report))
+                mlflow.log_metrics({**headline_metrics(report), **report_metrics(report)})
+                active = mlflow.active_run()
+                run_id = str(active.info.run_id) if active is not None else None
                 mlflow.log_dict(report.model_dump(mode="json"), "report.json")
                 for image in images:
                     mlflow.log_artifact(str(image), "plots")
@@ -195,6 +203,8 @@ def _register(staged: Path, root: Path, manifest: BundleManifest, *, name: str,
             version = str(info.registered_model_version)
             client.set_model_version_tag(name, version, "tracker_sched.created_at",
                                          manifest.created_at)
+            if run_id is not None:
+                describe_registration(client, name, version, run_id, manifest, report)
             if alias:
                 client.set_registered_model_alias(name, alias, version)
     except MlflowException as exc:

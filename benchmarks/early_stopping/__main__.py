@@ -1,0 +1,3 @@
+from benchmarks.early_stopping.run import main
+
+raise SystemExit(main())

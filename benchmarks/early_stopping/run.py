@@ -1,0 +1,239 @@
+"""``python -m benchmarks.early_stopping``: compute against regret, per stopping rule.
+
+1. Per task, fit a bundle (``sweeps.FIT``) on one sweep and build the replays of two other
+   sweeps: the design block and the confirmation block.
+2. Design block: every tracker-sched setting (threshold x patience x margin) on every
+   ordering; the chosen setting is the cheapest (median compute over tasks) whose regret is
+   within the goal (0.1 point) in at least 95% of orderings on every design task.
+3. Confirmation block, fresh orderings: every arm, the chosen setting and its neighbours in
+   threshold. Reported: compute fraction and regret, median and 95th percentile over
+   orderings, the share of orderings within 0.1 point, and the two goals, met or missed.
+
+Writes ``benchmarks/results/early_stopping.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.early_stopping import arms
+from benchmarks.early_stopping.sweeps import (
+    FIT,
+    Replay,
+    build_replay,
+    fit_bundle,
+    mnist_sweeps,
+    tasks,
+)
+from tracker_sched.bundle.folder import Bundle
+from tracker_sched.fit.prepare import prepare
+from tracker_sched.fit.stop_calibration import calibrate_prepared
+from tracker_sched.model.stop_odds import StopRule
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+GOAL_REGRET = 0.1  # points
+GOAL_SHARE = 0.95
+THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+PATIENCES = (1, 2, 3)
+MARGINS = (0.0, 1.0)  # in units of the goal's 0.1 point (see _rule)
+WANDB = {"wandb-hyperband": (3, 3), "wandb-hyperband-patient": (9, 2)}
+
+
+def _rule(rep: Replay, threshold: float, patience: int, margin: float) -> StopRule:
+    """A rule for this replay; ``margin`` in units of the goal's regret (0.1 point)."""
+    best = float(rep.final.max() if rep.direction == "max" else rep.final.min())
+    return StopRule(threshold=threshold, patience=patience,
+                    margin=margin * GOAL_REGRET / rep.points(best))
+
+
+def evaluate(rep: Replay, orders: np.ndarray, arm: Callable[[Replay, np.ndarray],
+             arms.Outcome]) -> dict[str, Any]:
+    scores = np.asarray([arms.score(rep, arm(rep, o)) for o in orders])
+    compute, regret = scores[:, 0], scores[:, 1]
+    return {"compute_median": float(np.median(compute)),
+            "compute_p95": float(np.percentile(compute, 95)),
+            "regret_median": float(np.median(regret)),
+            "regret_p95": float(np.percentile(regret, 95)),
+            "within_goal": float(np.mean(regret <= GOAL_REGRET + 1e-12)),
+            "orderings": len(orders)}
+
+
+def orderings(n_runs: int, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(n_runs) for _ in range(count)])
+
+
+def ts_arm(threshold: float, patience: int, margin: float) -> Callable[..., arms.Outcome]:
+    return lambda rep, o: arms.tracker_sched_arm(rep, o, _rule(rep, threshold, patience, margin))
+
+
+def baseline_arms(total_steps: int) -> dict[str, Callable[..., arms.Outcome]]:
+    out: dict[str, Callable[..., arms.Outcome]] = {"none": arms.none_arm}
+    for name, make in arms.optuna_pruners(total_steps).items():
+        out[name] = lambda rep, o, make=make: arms.optuna_arm(rep, o, make)
+    for name, (min_iter, eta) in WANDB.items():
+        out[name] = lambda rep, o, m=min_iter, e=eta: arms.wandb_hyperband_arm(rep, o, m, e)
+    return out
+
+
+def _bundle(name: str, records: Callable[[], list[Any]], cache: Path | None) -> Bundle:
+    """Fit, or load the bundle a previous run saved under ``cache`` (same fit config), its
+    stop calibration recomputed with the current code (it never changes the weights)."""
+    folder = cache / name if cache is not None else None
+    if folder is not None and (folder / "bundle.json").is_file():
+        loaded = Bundle.load(folder)
+        if loaded.manifest.model == FIT.model and loaded.manifest.fit == FIT.model_dump(
+                mode="json", exclude={"model"}):
+            cal = calibrate_prepared(loaded.models, prepare(records(), FIT), FIT)
+            loaded.manifest = loaded.manifest.model_copy(update={"stopping": cal})
+            return loaded
+    bundle = fit_bundle(records())
+    if folder is not None:
+        bundle.save(folder)
+    return bundle
+
+
+def build(quick: bool, cache: Path | None = None) -> tuple[dict[str, Replay], dict[str, Replay],
+                                                            dict[str, float]]:
+    design, confirm, fit_s = {}, {}, {}
+    for task in tasks()[: 1 if quick else None]:
+        t0 = time.perf_counter()
+        bundle = _bundle(task.name, task.fit, cache)
+        fit_s[task.name] = time.perf_counter() - t0
+        design[task.name] = build_replay(task.name, bundle, task.design())
+        confirm[task.name] = build_replay(task.name, bundle, task.confirm())
+        print(f"{task.name}: fitted in {fit_s[task.name]:.0f} s", flush=True)
+    if not quick:
+        by_seed = mnist_sweeps()
+        for block, fit_seed, prune_seed in ((design, 0, 1), (confirm, 1, 0)):
+            t0 = time.perf_counter()
+            bundle = _bundle(f"mnist1d-cnn-seed{fit_seed}", lambda s=fit_seed: by_seed[s], cache)
+            fit_s[f"mnist1d-cnn-seed{fit_seed}"] = time.perf_counter() - t0
+            block["mnist1d-cnn"] = build_replay("mnist1d-cnn", bundle, by_seed[prune_seed])
+            print(f"mnist1d-cnn: fitted on seed {fit_seed} in {time.perf_counter() - t0:.0f} s",
+                  flush=True)
+    return design, confirm, fit_s
+
+
+def choose(design: dict[str, Replay], count: int) -> tuple[tuple[float, int, float],
+                                                           list[dict[str, Any]]]:
+    rows = []
+    for thr, pat, mar in itertools.product(THRESHOLDS, PATIENCES, MARGINS):
+        per = {name: evaluate(rep, orderings(rep.runs, count, 1000 + i), ts_arm(thr, pat, mar))
+               for i, (name, rep) in enumerate(design.items())}
+        rows.append({"threshold": thr, "patience": pat, "margin_goal_units": mar,
+                     "tasks": per,
+                     "ok": all(r["within_goal"] >= GOAL_SHARE for r in per.values()),
+                     "compute": float(np.median([r["compute_median"] for r in per.values()]))})
+    ok = [r for r in rows if r["ok"]]
+    pick = min(ok, key=lambda r: r["compute"]) if ok else min(
+        rows, key=lambda r: (-min(t["within_goal"] for t in r["tasks"].values()), r["compute"]))
+    return (pick["threshold"], pick["patience"], pick["margin_goal_units"]), rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--orderings", type=int, default=60, help="orderings per block and task")
+    p.add_argument("--quick", action="store_true", help="one task, for a smoke run")
+    p.add_argument("--out", type=Path, default=RESULTS / "early_stopping.json")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="keep fitted bundles here and reuse them (same fit config)")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    design, confirm, fit_s = build(args.quick, args.cache)
+    (thr, pat, mar), design_rows = choose(design, args.orderings)
+    print(f"design block: chose threshold {thr}, patience {pat}, margin {mar} x 0.1 point",
+          flush=True)
+    neighbours = sorted({t for t in THRESHOLDS if t in (thr,) or abs(
+        THRESHOLDS.index(t) - THRESHOLDS.index(thr)) == 1})
+    results: dict[str, dict[str, Any]] = {}
+    for i, (name, rep) in enumerate(confirm.items()):
+        orders = orderings(rep.runs, args.orderings, 2000 + i)
+        row: dict[str, Any] = {}
+        for t in neighbours:
+            row[f"tracker-sched@{t:g}"] = evaluate(rep, orders, ts_arm(t, pat, mar))
+        for arm_name, arm in baseline_arms(rep.total_steps).items():
+            row[arm_name] = evaluate(rep, orders, arm)
+        results[name] = row
+        print(f"confirmation {name}:", flush=True)
+        for arm_name, r in row.items():
+            print(f"  {arm_name:<26} compute {r['compute_median']:.3f} (p95 "
+                  f"{r['compute_p95']:.3f})  regret {r['regret_median']:.3f} (p95 "
+                  f"{r['regret_p95']:.3f}) pt  within 0.1 pt {r['within_goal']:.0%}", flush=True)
+    goals = _goals(results, f"tracker-sched@{thr:g}")
+    report = {"fit_config": FIT.model_dump(mode="json"), "fit_seconds": fit_s,
+              "goal": {"regret_points": GOAL_REGRET, "share": GOAL_SHARE},
+              "chosen": {"threshold": thr, "patience": pat, "margin_goal_units": mar},
+              "design": design_rows, "confirmation": results, "goals": goals,
+              "wall_s": time.perf_counter() - t0,
+              "tasks": {n: {"runs": r.runs, "total_steps": r.total_steps,
+                            "direction": r.direction} for n, r in confirm.items()}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    _plot(results, args.out.with_suffix(".png"))
+    print(json.dumps(goals, indent=1))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')} in {report['wall_s']:.0f} s")
+    return 0
+
+
+def _goals(results: dict[str, dict[str, Any]], ours: str) -> dict[str, Any]:
+    """Goal 1: within 0.1 point in >= 95% of orderings at <= 1/3 of the compute. Goal 2: less
+    compute than every Optuna/W&B rule that reaches the same regret share, per task."""
+    out: dict[str, Any] = {}
+    for task, row in results.items():
+        mine = row[ours]
+        rivals = {k: v for k, v in row.items() if k.startswith(("optuna", "wandb"))}
+        as_good = {k: v for k, v in rivals.items() if v["within_goal"] >= mine["within_goal"]}
+        cheapest = min(as_good.items(), key=lambda kv: kv[1]["compute_median"], default=None)
+        out[task] = {
+            "goal1_met": mine["within_goal"] >= GOAL_SHARE and mine["compute_median"] <= 1 / 3,
+            "within_goal": mine["within_goal"], "compute_median": mine["compute_median"],
+            "cheapest_rival_as_safe": None if cheapest is None else {
+                "arm": cheapest[0], "compute_median": cheapest[1]["compute_median"],
+                "within_goal": cheapest[1]["within_goal"]},
+            "goal2_met": cheapest is None or mine["compute_median"] < cheapest[1][
+                "compute_median"],
+        }
+    return out
+
+
+def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False)
+    for ax, (task, row) in zip(axes[0], results.items(), strict=True):
+        for arm, r in row.items():
+            style = ("o", "C3") if arm.startswith("tracker") else (
+                ("s", "C0") if arm.startswith("optuna") else (("^", "C2") if arm.startswith(
+                    "wandb") else ("x", "k")))
+            ax.errorbar(r["compute_median"], r["regret_median"],
+                        yerr=[[0], [max(0.0, r["regret_p95"] - r["regret_median"])]],
+                        fmt=style[0], color=style[1], capsize=2)
+            ax.annotate(arm.replace("tracker-sched", "ts").replace("optuna-", "o-"),
+                        (r["compute_median"], r["regret_median"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.axhline(GOAL_REGRET, color="grey", lw=0.6, ls="--")
+        ax.axvline(1 / 3, color="grey", lw=0.6, ls=":")
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("compute (fraction of steps), median")
+        ax.set_ylabel("regret (points): median, bar to p95")
+        ax.set_yscale("symlog", linthresh=0.05)
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(0, 1.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+__all__ = ["main"]

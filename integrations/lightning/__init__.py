@@ -1,0 +1,28 @@
+"""Lightning: :class:`AdvisorCallback`, a ``lightning.Callback``.
+
+Importing this package does not import lightning; the callback's module does
+(``pip install "tracker-sched[lightning]"``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .callback import AdvisorCallback
+
+__all__ = ["AdvisorCallback"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from tracker_sched.errors import MissingDependencyError
+
+        try:
+            from . import callback
+        except ImportError as exc:
+            if exc.name is not None and exc.name.split(".")[0] == "lightning":
+                raise MissingDependencyError(exc.name, "lightning") from exc
+            raise
+        return getattr(callback, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

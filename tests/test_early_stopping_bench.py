@@ -1,0 +1,66 @@
+"""The early-stopping benchmark's replayed rules on small hand-made sweeps with known answers
+(the full benchmark runs as ``python -m benchmarks.early_stopping``)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from benchmarks.early_stopping import arms
+from benchmarks.early_stopping.sweeps import Replay
+from tracker_sched.model.stop_odds import StopBucket, StopCalibration, StopRule, normal_cdf
+
+
+def _replay(finals: list[float], means: list[list[float]], direction: str = "max") -> Replay:
+    cal = StopCalibration(scheme="holdout", direction=direction, transform="identity",
+                          buckets=[StopBucket(tau=0.5, bias=0.0, floor=0.01, scale=0.0,
+                                              runs=4)], runs=4)
+    k = len(means[0])
+    steps = np.arange(1, 11) * 10
+    return Replay(
+        name="toy", direction=direction, total_steps=100,
+        val_steps=[steps for _ in finals],
+        val_values=[np.linspace(f - 0.3, f, 10) for f in finals],
+        final=np.asarray(finals), decide_steps=np.arange(1, k + 1) * 20,
+        tau=np.linspace(0.2, 0.8, k), mean=np.asarray(means), spread=np.zeros((len(finals), k)),
+        bundle=SimpleNamespace(manifest=SimpleNamespace(stopping=cal)))  # type: ignore[arg-type]
+
+
+def test_tracker_sched_arm_applies_the_rule_in_order() -> None:
+    # run 0 finishes first (no incumbent); run 1 forecasts 0.70 < 0.80: p_beat ~ 0 -> stopped
+    # after `patience` decisions; run 2 forecasts 0.9: finishes and becomes the incumbent.
+    rep = _replay([0.80, 0.70, 0.90], [[0.8] * 3, [0.70] * 3, [0.9] * 3])
+    out = arms.tracker_sched_arm(rep, np.array([0, 1, 2]), StopRule(threshold=0.05, patience=2))
+    assert out.finished.tolist() == [True, False, True]
+    assert out.steps.tolist() == [100, 40, 100]  # the second decision, at step 40
+    compute, regret = arms.score(rep, out)
+    assert compute == pytest.approx(240 / 300) and regret == 0.0
+    # Best run first: the others are stopped; a margin of 0.15 keeps run 0 (0.80 vs 0.90-0.15).
+    out = arms.tracker_sched_arm(rep, np.array([2, 0, 1]), StopRule(threshold=0.05, patience=1))
+    assert out.finished.tolist() == [False, False, True]
+    kept = arms.tracker_sched_arm(rep, np.array([2, 0, 1]),
+                                  StopRule(threshold=0.05, patience=1, margin=0.15))
+    assert kept.finished.tolist() == [True, False, True]
+    assert normal_cdf((0.8 - 0.75) / 0.01) > 0.05  # the odds the margin gives run 0
+
+
+def test_wandb_hyperband_rule_and_regret() -> None:
+    # Values rise to each final; at band 1 (the second logged value) a run stops when it is
+    # worse than the value ranked int(n / eta) among the n runs that reached the band.
+    rep = _replay([0.9, 0.5, 0.95], [[0.0]] * 3)
+    out = arms.wandb_hyperband_arm(rep, np.array([0, 1, 2]), min_iter=1, eta=3)
+    assert out.finished.tolist() == [True, False, True]
+    assert out.steps[1] == 20  # stopped at its second logged value
+    # The best run stopped: the regret is the gap to the best final, in points.
+    lost = arms.Outcome(np.array([100, 100, 20]), np.array([True, True, False]))
+    assert arms.score(rep, lost)[1] == pytest.approx(5.0)
+
+
+def test_optuna_arm_is_run_by_optuna() -> None:
+    rep = _replay([0.9, 0.2, 0.3, 0.25, 0.35, 0.3, 0.2], [[0.0]] * 7)
+    out = arms.optuna_arm(rep, np.arange(7), lambda: __import__("optuna").pruners.MedianPruner(
+        n_startup_trials=1))
+    assert out.finished[0] and not out.finished[1:].all()
+    assert (out.steps[~out.finished] < 100).all()
