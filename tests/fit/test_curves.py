@@ -14,7 +14,7 @@ from tracker_sched.bundle.folder import Bundle
 from tracker_sched.bundle.manifest import ForecastReport, ForecastRow, RankRow
 from tracker_sched.cli.main import main
 from tracker_sched.data.grid import CHANNELS
-from tracker_sched.fit.curves import MIN_POINTS, fit_curves
+from tracker_sched.fit.curves import MIN_POINTS, Select, fit_curves
 from tracker_sched.fit.generative import FitResult
 from tracker_sched.fit.trust import BASELINES, VERDICT_TAUS, forecast_trust, trust_of
 
@@ -33,21 +33,33 @@ def _curve(family: str, c: float, a: float, e: float) -> np.ndarray:
 
 @pytest.mark.parametrize("end", [25, 50])
 @pytest.mark.parametrize("direction", ["max", "min"])
-def test_known_curves_are_recovered_from_their_prefix(end: int, direction: str) -> None:
+@pytest.mark.parametrize("select", ["sse", "tail"])
+def test_known_curves_are_recovered_from_their_prefix(
+    end: int, direction: str, select: Select
+) -> None:
     sign = 1.0 if direction == "max" else -1.0
     y = sign * np.stack([_curve(*k) for k in KNOWN])
-    fit = fit_curves(y[:, : end + 1], TAU[: end + 1], TAU[end:], direction)  # type: ignore[arg-type]
+    fit = fit_curves(y[:, : end + 1], TAU[: end + 1], TAU[end:], direction,  # type: ignore[arg-type]
+                     select=select)
     assert fit.family == [k[0] for k in KNOWN]
     assert fit.reason == [""] * len(KNOWN)
     np.testing.assert_allclose(fit.forecast[:, -1], y[:, -1], atol=1e-4)
     np.testing.assert_allclose(fit.forecast, y[:, end:], atol=1e-4)
 
 
+def test_the_default_pow3_recovers_a_power_law_from_a_window() -> None:
+    y = np.stack([_curve(*k) for k in KNOWN if k[0] == "pow3"])
+    bounds = (float(y.min()), float(y.max()))  # the sweep's range, as the report gives it
+    fit = fit_curves(y[:, 20:41], TAU[20:41], TAU[40:], "max", bounds, dt=float(TAU[1]))
+    assert fit.family == ["pow3"] * len(y)
+    np.testing.assert_allclose(fit.forecast, y[:, 40:], atol=1e-4)
+
+
 def test_noisy_curves_land_near_their_final_value() -> None:
     rng = np.random.default_rng(0)
     y = np.stack([_curve(*k) for k in KNOWN])
     noisy = y + rng.normal(0.0, 0.005, y.shape)
-    fit = fit_curves(noisy[:, :51], TAU[:51], TAU[50:], "max")
+    fit = fit_curves(noisy[:, :51], TAU[:51], TAU[50:], "max", select="sse")
     err = np.abs(fit.forecast[:, -1] - y[:, -1])
     assert err.max() < 0.02
     # the last value carried forward is far worse on these curves
@@ -65,8 +77,9 @@ def test_odd_curves_fall_back_to_their_last_value_and_never_raise() -> None:
         [1e300] * n,  # huge
         np.r_[np.linspace(0.1, 0.6, MIN_POINTS - 1), [np.nan] * (n - MIN_POINTS + 1)],
     ])
-    fit = fit_curves(odd, TAU[:n], TAU[n - 1:], "max")
-    assert fit.family == ["last"] * len(odd)
+    for select in ("pow3", "sse", "tail", "mean"):
+        fit = fit_curves(odd, TAU[:n], TAU[n - 1:], "max", select=select)  # type: ignore[arg-type]
+        assert fit.family == ["last"] * len(odd)
     assert math.isnan(fit.forecast[0, -1]) and fit.reason[0] == "no finite value"
     np.testing.assert_array_equal(fit.forecast[1:, -1], [0.5, 0.5, 0.1, 0.7, 1e300, 0.6])
     assert all(fit.reason[1:])

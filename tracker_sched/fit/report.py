@@ -8,8 +8,8 @@ metric units for the validation metric. Three baselines:
 - ``last``: the context's last observed value carried forward;
 - ``nearest``: the future of the fitting run whose context window is closest
   (standardised channels, same grid points) to the held-out run's;
-- ``curve``: a parametric learning curve (pow3 or exp3, the better fit) fitted
-  to the run's own values observed up to ``tau_c`` and extrapolated to the end
+- ``curve``: a parametric learning curve (pow3) fitted to the run's own values in
+  the same context window and extrapolated to the end
   (:mod:`tracker_sched.fit.curves`); for the validation metric (improving in its
   direction) and the train loss (decreasing), not for the lr, which has no row.
 
@@ -91,24 +91,27 @@ def _baselines(
 
 
 def curve_baseline(
-    fit: SweepTensors, test: SweepTensors, end: int, direction: str, last: torch.Tensor
+    fit: SweepTensors, test: SweepTensors, end: int, window: int, direction: str,
+    last: torch.Tensor,
 ) -> torch.Tensor:
     """Learning-curve forecasts, standardised, ``(runs, G - end, 3)``; the lr channel is NaN.
 
-    Each run's curve is fitted to its values at grid points ``0..end``; the plausible
-    range is every value the ``fit`` runs observed. A run that falls back
-    (:func:`~tracker_sched.fit.curves.fit_curves`) gets ``last``.
+    Each run's curve is fitted to its values in the context window (the grid points the
+    model sees, ending at ``end``); the plausible range is every value the ``fit`` runs
+    observed. A run that falls back (:func:`~tracker_sched.fit.curves.fit_curves`) gets
+    ``last``.
     """
     g = test.grid_points
     tau = np.linspace(0.0, 1.0, g)
+    lo = max(0, end - window + 1)
     out = torch.full((int(test.values.shape[0]), g - end, N_CHANNELS), float("nan"))
     for c, way in ((VAL_METRIC, direction), (TRAIN_LOSS, "min")):
-        seen = test.mask[:, : end + 1, c]
-        vals = torch.where(seen, test.values[:, : end + 1, c], torch.nan).double().numpy()
+        seen = test.mask[:, lo : end + 1, c]
+        vals = torch.where(seen, test.values[:, lo : end + 1, c], torch.nan).double().numpy()
         fv = fit.values[..., c][fit.mask[..., c]]
         bounds = (float(fv.min()), float(fv.max())) if fv.numel() else None
-        res = fit_curves(vals, tau[: end + 1], tau[end:],
-                         "max" if way == "max" else "min", bounds)
+        res = fit_curves(vals, tau[lo : end + 1], tau[end:],
+                         "max" if way == "max" else "min", bounds, dt=float(tau[1]))
         pred = torch.as_tensor(res.forecast, dtype=torch.float32)
         out[..., c] = torch.where(torch.isfinite(pred), pred, last[..., c])
     return out
@@ -128,7 +131,7 @@ def window_forecasts(
         test, torch.arange(n), torch.full((n,), end), torch.full((n,), window)
     )
     last, nearest = _baselines(fit, test, end, window)
-    curve = curve_baseline(fit, test, end, direction, last)
+    curve = curve_baseline(fit, test, end, window, direction, last)
     return {"model": pred, "nearest": nearest, "last": last, "curve": curve}
 
 
