@@ -46,7 +46,7 @@ MIN_POINTS = 4  # three parameters and one degree of freedom
 MARGIN = 0.5  # fraction of the plausible range's width allowed beyond it
 ALPHAS = np.geomspace(0.02, 4.0, 48)  # pow3 exponents
 RATES = np.geomspace(0.1, 200.0, 48)  # exp3 rates, per unit of tau
-REFINE_STEPS = 24  # golden-section steps between the best grid exponent's neighbours
+REFINE_STEPS = 16  # golden-section steps between the best grid exponent's neighbours
 TAIL_SPLIT = 0.7  # select="tail": fit on this share of a prefix, score on the rest
 Select = Literal["pow3", "tail", "sse", "mean"]
 FAMILIES = ("pow3", "exp3")
@@ -68,11 +68,12 @@ class CurveFit:
     reason: list[str]
 
 
-def _phi(pow3: np.ndarray, expo: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """The decreasing basis ``t**-e`` (pow3) or ``exp(-e t)`` (exp3): ``(*expo.shape, len(t))``."""
-    e = expo[..., None]
-    with np.errstate(over="ignore", invalid="ignore"):  # the branch not taken may overflow
-        out: np.ndarray = np.where(pow3[..., None], t ** (-e), np.exp(-e * t))
+def _phi(pow3: bool, expo: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """The decreasing basis ``t**-e = exp(-e ln t)`` (pow3) or ``exp(-e t)`` (exp3), at
+    every exponent ``e`` of ``expo``: ``(*expo.shape, len(t))``."""
+    x = np.log(t) if pow3 else t
+    with np.errstate(over="ignore", invalid="ignore"):
+        out: np.ndarray = np.exp(-expo[..., None] * x)
     return out
 
 
@@ -125,20 +126,17 @@ def _fit_family(
 ) -> _Family:
     """One family's best curve per run: the exponent grid, then a golden-section refinement
     of log(exponent) between the best grid point's neighbours."""
-    runs = y0.shape[0]
     grid_e = ALPHAS if pow3 else RATES
-    flag = np.full(grid_e.size, pow3)
-    phi = _phi(flag, grid_e, t)  # (K, P)
+    phi = _phi(pow3, grid_e, t)  # (K, P)
     _, _, sse = _least_squares(w, y0, phi, sign, exact=False)
     best = np.argmin(sse, axis=1)  # first minimum: deterministic
     log_e = np.log(grid_e)
     u_lo = log_e[np.clip(best - 1, 0, grid_e.size - 1)]
     u_hi = log_e[np.clip(best + 1, 0, grid_e.size - 1)]
-    fam = np.full(runs, pow3)
     g = (np.sqrt(5.0) - 1.0) / 2.0
 
     def cost(u: np.ndarray) -> np.ndarray:
-        return _least_squares(w, y0, _phi(fam[:, None], np.exp(u)[:, None], t), sign)[2][:, 0]
+        return _least_squares(w, y0, _phi(pow3, np.exp(u)[:, None], t), sign)[2][:, 0]
 
     u1, u2 = u_hi - g * (u_hi - u_lo), u_lo + g * (u_hi - u_lo)
     f1, f2 = cost(u1), cost(u2)
@@ -151,13 +149,13 @@ def _fit_family(
         f1, f2, u1, u2 = (np.where(left, new, f2), np.where(left, f1, new),
                           np.where(left, u1n, u2), np.where(left, u1, u2n))
     expo = np.exp(np.where(f1 <= f2, u1, u2))[:, None]
-    c, k, sse_r = _least_squares(w, y0, _phi(fam[:, None], expo, t), sign)
+    c, k, sse_r = _least_squares(w, y0, _phi(pow3, expo, t), sign)
     cg, kg, sse_g = _least_squares(w, y0, phi[best][:, None, :], sign)
     use_grid = ~(sse_r[:, 0] <= sse_g[:, 0])  # the refinement never makes a fit worse
     c[use_grid], k[use_grid], sse_r[use_grid] = cg[use_grid], kg[use_grid], sse_g[use_grid]
     expo[use_grid, 0] = grid_e[best[use_grid]]
     with np.errstate(over="ignore", invalid="ignore"):
-        pred = c + k * _phi(fam[:, None], expo, t_f)[:, 0, :]
+        pred = c + k * _phi(pow3, expo, t_f)[:, 0, :]
     return _Family(pred=pred, k=k[:, 0], sse=sse_r[:, 0])
 
 
