@@ -25,7 +25,8 @@ from tracker_sched.schema import ROLES, Recommendation, Schedule
 
 if TYPE_CHECKING:  # torch: a thin client (RemoteAdvisor) uses this module without it
     from tracker_sched.bundle.folder import Bundle
-    from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
+    from tracker_sched.planning.base import Planner
+    from tracker_sched.planning.generative import PlannerConfig
 
 CHANNELS = ROLES  # an observation's metrics: the roles, in the one order of schema.ROLES
 
@@ -147,7 +148,7 @@ def recommend(
     bundle: Bundle,
     request: RecommendRequest,
     *,
-    planner: GenerativePlanner | None = None,
+    planner: Planner | None = None,
     config: PlannerConfig | None = None,
 ) -> Recommendation:
     """One stateless replan for a run's observations. Raises InputError on unusable input."""
@@ -206,7 +207,7 @@ def answer(
     bundle: Bundle,
     request: RecommendRequest,
     *,
-    planner: GenerativePlanner | None = None,
+    planner: Planner | None = None,
 ) -> Recommendation:
     """What a server answers: the warm-up plan until the window is ready, then :func:`recommend`.
 
