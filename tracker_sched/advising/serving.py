@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tracker_sched.errors import InputError
+from tracker_sched.errors import InputError, invalid
 from tracker_sched.limits import MAX_ROWS, MAX_SCHEDULE_POINTS, MAX_STEPS
 from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import ROLES, Recommendation, Schedule
@@ -120,10 +120,7 @@ def parse_request(payload: Mapping[str, Any]) -> RecommendRequest:
     try:
         return RecommendRequest.model_validate(payload)
     except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise InputError(f"bad recommendation request: {errors}") from exc
+        raise invalid(exc, "bad recommendation request") from exc
 
 
 def history_from_observations(observations: Sequence[Observation]) -> LiveHistory:

@@ -18,7 +18,7 @@ from tracker_sched.cli.common import (
     _read_and_check,
     print,
 )
-from tracker_sched.errors import InputError
+from tracker_sched.errors import InputError, invalid
 from tracker_sched.util.term import escape
 
 if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
@@ -109,10 +109,7 @@ def _options(model: type[_Options], values: dict[str, object], what: str) -> _Op
     try:
         return model.model_validate(values)
     except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise InputError(f"invalid {what} options: {errors}") from exc
+        raise invalid(exc, f"invalid {what} options") from exc
 
 
 def _set_threads(args: argparse.Namespace) -> None:
