@@ -286,7 +286,8 @@ INPUT.json, one of:
 The answer is the Recommendation as JSON: status, reason, step, lr_now,
 schedule (future steps and lrs), predicted_final, model_version.
 With log_back the run gets metric tracker_sched.lr_recommended (and a plan marker), artifact
-tracker_sched/plan-step<N>.json and tags tracker_sched.status/reason.
+tracker_sched/plan-step<N>.json (with its summary plan-step<N>.md) and tags
+tracker_sched.status/reason.
 """
 
 

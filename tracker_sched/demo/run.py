@@ -33,6 +33,7 @@ from tracker_sched._optional import require
 from tracker_sched.demo.report import write_plots
 from tracker_sched.demo.results import ArmRun, DemoConfig, DemoResult
 from tracker_sched.demo.store import log_run, quiet_mlflow, use_tracking_uri
+from tracker_sched.demo.view import VIEW_TAG, runs_view
 from tracker_sched.errors import InputError
 from tracker_sched.util.workers import spawn_pool
 
@@ -59,10 +60,6 @@ EXPERIMENT_TAGS = {
         "advisor runs, `lr` is the lr applied and `tracker_sched.lr_recommended` the advice."),
 }
 
-
-def runs_url(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
-    """The address of the experiment's training runs in ``mlflow ui``."""
-    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
 
 Say = Callable[[str], None]
 
@@ -294,7 +291,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, say: Say | None = None) 
             exp = client.get_experiment_by_name(EXPERIMENT)
             exp_id = str(exp.experiment_id if exp is not None else client.create_experiment(
                 EXPERIMENT, artifact_location=(folder / "artifacts").as_uri()))
-            for key, value in EXPERIMENT_TAGS.items():
+            for key, value in {**EXPERIMENT_TAGS, VIEW_TAG: runs_view()}.items():
                 client.set_experiment_tag(exp_id, key, value)
             stage_s["store"] = time.perf_counter() - t0
             t0 = time.perf_counter()
