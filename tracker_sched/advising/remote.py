@@ -180,6 +180,12 @@ class RemoteAdvisor(PlanFollower):
                                f"remote advisor error: {type(exc).__name__}: {exc}")
         return self._plan
 
+    @property
+    def mode(self) -> str | None:
+        """The planner mode the served bundle follows, as its latest answer names it (auto
+        bundles: their fit-time decision); None before an answer or from an older server."""
+        return self._plan.mode
+
     def lr(self, step: int) -> float:
         """The lr to use at ``step`` (log-linear between planned points). Never raises.
 

@@ -102,6 +102,9 @@ class PlannerConfig(BaseModel):
 class GenerativePlanner:
     """Plans the remaining schedule of a live run from a fitted bundle."""
 
+    #: the mode its recommendations name (:attr:`Recommendation.mode`)
+    MODE: Literal["generative", "control", "best"] = "generative"
+
     def __init__(self, bundle: Bundle, config: PlannerConfig | None = None) -> None:
         self.bundle = bundle
         self.config = config or PlannerConfig()
@@ -384,7 +387,7 @@ class GenerativePlanner:
             schedule=Schedule(step=[int(s) for s in steps], lr=[float(v) for v in lr]),
             predicted_final=pred, predicted_spread=spread, samples_accepted=accepted,
             samples_drawn=self.config.candidates,
-            model_version=self.bundle.manifest.created_at,
+            model_version=self.bundle.manifest.created_at, mode=self.MODE,
         )
 
 
