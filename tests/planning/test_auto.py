@@ -175,7 +175,7 @@ def test_the_best_mode_reproduces_the_best_configurations_schedule(
 
 
 def test_a_forced_control_mode_needs_a_control_model(planner_bundle: Bundle) -> None:
-    with pytest.raises(InputError, match="no control model"):
+    with pytest.raises(InputError, match="has no control model"):
         make_planner(planner_bundle, "control")
     assert mode_for(planner_bundle) == "generative"  # no decision: as before
     assert make_planner(planner_bundle, "best").MODE == "best"

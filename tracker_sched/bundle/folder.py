@@ -181,12 +181,13 @@ class Bundle:
             ) from exc
         if not isinstance(state, dict):
             raise BundleError(f"{wpath} does not hold a state dict; the bundle is corrupt")
-        models = [_member(state, f"member_{i}", MODEL_CLASSES[manifest.kind], manifest.model,
-                          wpath, mpath) for i in range(manifest.members)]
+        models = [_member(state, f"member_{i}", f"member {i}", MODEL_CLASSES[manifest.kind],
+                          manifest.model, wpath, mpath) for i in range(manifest.members)]
         part = manifest.planner.control if manifest.planner is not None else None
         control = [] if part is None else [
-            _member(state, f"{CONTROL_PREFIX}{i}", MODEL_CLASSES[CONTROL_KIND], part.model,
-                    wpath, mpath) for i in range(part.members)]
+            _member(state, f"{CONTROL_PREFIX}{i}", f"control member {i}",
+                    MODEL_CLASSES[CONTROL_KIND], part.model, wpath, mpath)
+            for i in range(part.members)]
         # Last, so that weights that do not load say why: these load, but are another save's.
         if manifest.weights_sha256 not in (None, hashlib.sha256(weights).hexdigest()):
             raise BundleError(f"{wpath} is not the weights {mpath} was saved with (a save was "
@@ -194,22 +195,22 @@ class Bundle:
         return cls(manifest, models, control)
 
 
-def _member(state: dict[str, object], key: str, cls: type[LatentODE], config: ModelConfig,
-            wpath: Path, mpath: Path) -> LatentODE:
+def _member(state: dict[str, object], key: str, what: str, cls: type[LatentODE],
+            config: ModelConfig, wpath: Path, mpath: Path) -> LatentODE:
     """One member rebuilt from ``state[key]``, its weights checked finite; BundleError if not."""
     sd = state.get(key)
     if not isinstance(sd, dict):
-        raise BundleError(f"{wpath} has no weights for {key}; the bundle is corrupt")
+        raise BundleError(f"{wpath} has no weights for {what}; the bundle is corrupt")
     for name, tensor in sd.items():
         if (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
                 and not bool(torch.isfinite(tensor).all())):
-            raise BundleError(f"{wpath}: {key}'s {name} holds NaN or infinite weights; the "
+            raise BundleError(f"{wpath}: {what}'s {name} holds NaN or infinite weights; the "
                               "bundle is corrupt")
     model = cls(config)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        raise BundleError(f"weights of {key} do not fit the model config in {mpath}: {exc}"
+        raise BundleError(f"weights of {what} do not fit the model config in {mpath}: {exc}"
                           ) from exc
     model.eval()
     return model

@@ -329,8 +329,9 @@ def make_planner(
             return ControlPlanner(bundle, control)
         view = bundle.control_view()
         if view is None:
-            raise InputError("this bundle has no control model: fit it with --mode control, "
-                             "or with --mode auto on a sweep where auto could pick control")
+            raise InputError("the control planner needs a control-mode bundle; this one has "
+                             "no control model: fit it with --mode control (or --mode auto, "
+                             "where the rule could pick control)")
         return ControlPlanner(view, control)
     if chosen != "generative":
         raise InputError(f"unknown planner mode {chosen!r}: generative, control, best or auto")
