@@ -16,7 +16,8 @@ What goes back to the run (:mod:`tracker_sched.integrations.mlflow.writer`):
 ``tracker_sched.lr_recommended`` (the advisor's lr) and ``tracker_sched.lr_applied``
 (the lr the run trained with at that step) at each step, ``tracker_sched.plan`` and
 ``tracker_sched.predicted_final`` at each new plan, the plan as
-``tracker_sched/plan-step<N>.json``, and tags ``tracker_sched.bundle_version``,
+``tracker_sched/plan-step<N>.json`` (for programs) with ``plan-step<N>.md`` beside it (for a
+person), and tags ``tracker_sched.bundle_version``,
 ``tracker_sched.status``, ``tracker_sched.reason``.
 
 With the opt-in stop (``stop=StopRule(...)``): once the odds of beating the incumbent stay
@@ -155,7 +156,8 @@ class MlflowAdvisorCallback:
         queue_size: plan and tag writes waiting for the tracker at most; more are dropped.
         flush_timeout_s: how long ``close()`` waits for the tracker.
         fallback_dir: where plans that could not be written to the tracker are
-            saved instead (``plan-step<N>.json``), so that a tracker outage loses nothing.
+            saved instead (``plan-step<N>.json`` and ``.md``), so that a tracker outage
+            loses nothing.
         stop: opt in to stop decisions with this rule (default None: never stops).
         incumbent: the validation metric to beat (as logged), or a function returning it
             (e.g. the best finished run of the sweep so far); None never stops.

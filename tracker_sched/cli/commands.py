@@ -123,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nplots: " + ", ".join(str(p) for p in result.plots))
     print(f"done in {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s"
                                                for k, v in result.stage_s.items()) + ")")
-    from tracker_sched.demo.run import runs_url
+    from tracker_sched.demo.view import runs_url
 
     print(f"see it all in MLflow:\n  mlflow ui --backend-store-uri {result.tracking_uri} "
           f"--host 127.0.0.1 --port 5000\nthen open the training runs at\n  "
