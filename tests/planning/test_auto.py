@@ -18,8 +18,8 @@ from tracker_sched.advising.serving import answer, parse_request
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.cli import main
 from tracker_sched.cli.parser import build_parser
+from tracker_sched.design.auto_fit import AutoFit, fit_auto
 from tracker_sched.errors import InputError
-from tracker_sched.fit.auto import AutoFit, fit_auto
 from tracker_sched.fit.control import ControlFitConfig
 from tracker_sched.model.latent import ModelConfig
 from tracker_sched.planning.auto import DEFAULT_RULE, AutoEvidence, AutoRule, decide

@@ -1,6 +1,6 @@
 """The planner decision a bundle carries (``--mode auto``): which planner it trusts, and why.
 
-An ``auto`` fit (:mod:`tracker_sched.fit.auto`) stores a :class:`PlannerDecision` in the
+An ``auto`` fit (:mod:`tracker_sched.design.auto_fit`) stores a :class:`PlannerDecision` in the
 manifest's ``planner`` field: the mode (``generative``, ``control`` or ``best``), the
 reason in words, the evidence and the rule that decided it, the sweep's best
 configuration's schedule as logged (what the ``best`` mode follows), and, when the

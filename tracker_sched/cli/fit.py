@@ -67,7 +67,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     mm = _metric_map(args)
     auto = None
     if args.mode == "auto":  # the generative fit, the control fit if it could matter, a decision
-        from tracker_sched.fit.auto import fit_auto
+        from tracker_sched.design.auto_fit import fit_auto
 
         auto = fit_auto(result.runs, config, None, mm, workers=args.workers,
                         progress=not args.no_progress, source_issues=result.issues,

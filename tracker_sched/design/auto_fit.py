@@ -35,7 +35,7 @@ from tracker_sched.planning.auto import (
 from tracker_sched.planning.best import best_schedule
 from tracker_sched.schema import MetricMap, RunIssue, RunRecord
 
-log = logging.getLogger("tracker_sched.fit.auto")
+log = logging.getLogger("tracker_sched.design.auto_fit")
 
 
 @dataclass
