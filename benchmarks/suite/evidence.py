@@ -45,8 +45,8 @@ def forecast_skill(manifest: BundleManifest) -> dict[str, Any]:
         }
         out["taus"][f"{tau:g}"] = row
     trust = trust_of(manifest.report)
-    out["trust"] = {"level": trust.level, "reasons": trust.reasons, "stored":
-                    manifest.report.forecast_trust is not None}
+    out["forecast_trust"] = {"level": trust.level, "reasons": trust.reasons, "stored":
+                             manifest.report.forecast_trust is not None}
     return out
 
 

@@ -17,6 +17,7 @@ from tracker_sched.data.grid import CHANNELS
 from tracker_sched.fit.curves import MIN_POINTS, Select, fit_curves
 from tracker_sched.fit.generative import FitResult
 from tracker_sched.fit.trust import BASELINES, VERDICT_TAUS, forecast_trust, trust_of
+from tracker_sched.planning.auto import trust_verdict
 
 G = 100
 TAU = np.linspace(0.0, 1.0, G)
@@ -127,6 +128,8 @@ def test_the_fit_report_has_curve_rows_and_a_verdict(tiny_fit: FitResult) -> Non
     assert sum(not c.model_wins for c in trust.comparisons) == len(trust.reasons)
     assert trust == forecast_trust(holdout)  # what is stored is what the table says
     assert tiny_fit.bundle.manifest.report.forecast_trust == trust
+    # --mode auto reads it: an untrusted forecaster lowers the generative planner's trust
+    assert trust_verdict(trust) is {"trusted": True, "untrusted": False}.get(trust.level)
 
 
 def _report(model_rho: float, model_rmse: float, *, curve: bool = True) -> ForecastReport:
