@@ -38,11 +38,16 @@ def forecast_skill(manifest: BundleManifest) -> dict[str, Any]:
                 continue
             row[method] = {"rmse_pooled": f.rmse_pooled, "rmse_median_run": f.rmse_median_run,
                            "spearman": fr.rank(tau, method).spearman}
-        row["model_beats"] = {
-            f"{other}_{label}": _beats(row["model"][key], row[other][key], key == "spearman")
-            for other in METHODS if other != "model" and other in row
-            for key, label in (("rmse_median_run", "median_rmse"), ("spearman", "spearman"))
-        }
+        # model_beats: the two baselines the auto rule was selected on (what
+        # AutoEvidence.from_record counts); the curve's comparisons apart, and in the verdict
+        for key_out, others in (("model_beats", ("nearest", "last")),
+                                ("model_beats_curve", ("curve",))):
+            row[key_out] = {
+                f"{other}_{label}": _beats(row["model"][key], row[other][key],
+                                           key == "spearman")
+                for other in others if other in row
+                for key, label in (("rmse_median_run", "median_rmse"), ("spearman", "spearman"))
+            }
         out["taus"][f"{tau:g}"] = row
     trust = trust_of(manifest.report)
     out["forecast_trust"] = {"level": trust.level, "reasons": trust.reasons, "stored":
