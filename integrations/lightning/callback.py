@@ -48,10 +48,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from tracker_sched.advising.following import AdvisorLike
-from tracker_sched.schema import MetricMap
-
-from ..advised import AdvisedRun
+from ..advised_callback import AdvisedCallback
 from ..mlflow import writer as mlflow_names
 from ..wandb import writer as wandb_names
 
@@ -60,22 +57,13 @@ log = logging.getLogger("tracker_sched.integrations.lightning")
 STEP_KEY = "trainer/global_step"  # the step column WandbLogger writes
 
 
-class AdvisorCallback(pl.Callback):
+class AdvisorCallback(AdvisedCallback, pl.Callback):
     """Advise a Lightning run from a fitted bundle.
 
-    Args:
-        bundle: a bundle URI (``mlflow:models:/NAME@ALIAS``, ``wandb:E/P/NAME:ALIAS``,
-            ``file:PATH``), a folder, a :class:`~tracker_sched.Bundle`, or a ready
-            advisor (e.g. :class:`~tracker_sched.RemoteAdvisor`).
-        metric_map: explicit keys where the module's names do not fit the bundle's
-            (by default ``train_loss``/``loss`` and ``val_acc``/``val_loss``...,
-            whichever has the bundle's sense, are found).
-        planner: the planner's settings (a ``PlannerConfig``), passed to the advisor.
-        replan_every: observations between replans, passed to the advisor.
-        max_replans: plans a run makes at most (None: no limit), passed to the advisor.
-        mode: ``"generative"`` or ``"control"`` (default: the bundle's).
-        write_back: write recommendations through the attached loggers.
-        flush_timeout_s: how long the end of training waits for MLflow writes.
+    Takes the arguments of :class:`~tracker_sched.integrations.advised_callback.AdvisedCallback`.
+    By default the metric names ``train_loss``/``loss`` and ``val_acc``/``val_loss``...,
+    whichever has the bundle's sense, are found (``metric_map`` where they do not fit); with
+    ``write_back`` the recommendations go through the attached MLflow and W&B loggers.
 
     Attributes:
         advised: the shared :class:`~tracker_sched.integrations.advised.AdvisedRun`
@@ -84,54 +72,33 @@ class AdvisorCallback(pl.Callback):
     >>> # trainer = L.Trainer(..., callbacks=[AdvisorCallback("file:bundle/")])
     """
 
-    def __init__(
-        self,
-        bundle: Any,
-        *,
-        metric_map: MetricMap | None = None,
-        planner: Any = None,
-        replan_every: int = 10,
-        max_replans: int | None = 1,
-        mode: str | None = None,
-        write_back: bool = True,
-        flush_timeout_s: float = 10.0,
-    ) -> None:
-        super().__init__()
-        self.advised = AdvisedRun(bundle, metric_map=metric_map, planner=planner,
-                                  replan_every=replan_every, max_replans=max_replans, mode=mode)
-        self.write_back = write_back
-        self.flush_timeout_s = flush_timeout_s
-        self.mlflow: list[mlflow_names.MlflowWriter] = []
-        self.wandb: list[wandb_names.WandbWriter] = []
-        self._ratios: list[list[float]] = []
+    def _init_state(self) -> None:
+        self._ratios: list[list[float]] = []  # per optimizer: each group's lr / the first's
         self._step = 0
         self._pending: dict[str, float] = {}  # lr values of the current step, written at cadence
-
-    @property
-    def advisor(self) -> AdvisorLike | None:
-        """The advisor (None before training starts or when off)."""
-        return self.advised.advisor
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Learn the budget, read the groups' lr ratios, open the loggers' writers."""
-        try:
-            budget = trainer.estimated_stepping_batches
-            if not math.isfinite(budget):
+
+        def budget() -> int:
+            steps = trainer.estimated_stepping_batches
+            if not math.isfinite(steps):
                 raise ValueError("the Trainer has no finite budget (set max_steps or max_epochs)")
-            if not self.advised.start(int(budget)):
-                return
+            return int(steps)
+
+        def read_ratios() -> None:
             self._ratios = []
             for opt in trainer.optimizers:
                 lrs = [float(g["lr"]) for g in opt.param_groups]
                 self._ratios.append([lr / (lrs[0] or 1.0) for lr in lrs])
-            if self.write_back and trainer.is_global_zero:
+
+        def open_writers() -> None:
+            if trainer.is_global_zero:
                 self._open_writers(trainer)
-        except Exception as exc:
-            self.advised.fail("train start", f"the callback could not start, the module keeps "
-                                             f"its own lr: {type(exc).__name__}: {exc}")
-            return
-        self._publish(int(trainer.global_step))
+
+        if self._begin("train start", "module", budget, read_ratios, open_writers):
+            self._publish(int(trainer.global_step))
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                              batch: Any, batch_idx: int) -> None:
@@ -178,7 +145,7 @@ class AdvisorCallback(pl.Callback):
                                  lr=self._pending.get("applied"))
             every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))
             if (step + 1) % every == 0 or step == 0:
-                self._write(step)
+                self._write(step, self._pending)
             self._pending = {}
             self._publish(step)
         except Exception as exc:
@@ -200,12 +167,7 @@ class AdvisorCallback(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write what the advisor did, flush the MLflow writers."""
-        summary = self.advised.summary()
-        for wandb_writer in self.wandb:
-            wandb_writer.summary(summary)
-        for mlflow_writer in self.mlflow:
-            mlflow_writer.summary(summary)
-            mlflow_writer.close(self.flush_timeout_s)
+        self._finish()
 
     # ------------------------------------------------------------------ write-back
     def _open_writers(self, trainer: pl.Trainer) -> None:
@@ -232,37 +194,6 @@ class AdvisorCallback(pl.Callback):
                 self.advised.warn_once(f"logger {type(logger).__name__}",
                                        f"no write-back through {type(logger).__name__}: "
                                        f"{type(exc).__name__}: {exc}")
-
-    def _write(self, step: int) -> None:
-        rec = self.advised.plan
-        lrs = self._pending
-        for mlflow_writer in self.mlflow:
-            names = {"recommended": mlflow_names.LR_RECOMMENDED,
-                     "applied": mlflow_names.LR_APPLIED}
-            mlflow_writer.metrics({names[k]: v for k, v in lrs.items()}, step)
-        for wandb_writer in self.wandb:
-            names = {"recommended": wandb_names.LR_RECOMMENDED,
-                     "applied": wandb_names.LR_APPLIED}
-            row: dict[str, object] = {names[k]: v for k, v in lrs.items()}
-            if rec is not None:
-                row[wandb_names.STATUS] = wandb_names.STATUS_CODES[rec.status]
-                if rec.predicted_final is not None:
-                    row[wandb_names.PREDICTED_FINAL] = rec.predicted_final
-            wandb_writer.row(row, step)
-
-    def _publish(self, step: int) -> None:
-        rec = self.advised.take_new_plan()
-        if rec is None:
-            return
-        for mlflow_writer in self.mlflow:
-            mlflow_writer.publish(rec)
-        for wandb_writer in self.wandb:
-            row = wandb_writer.plan_row(rec)
-            row[wandb_names.STATUS] = wandb_names.STATUS_CODES[rec.status]
-            wandb_writer.row(row, step)
-            wandb_writer.summary({"status_name": rec.status, "plan_step": rec.step,
-                                  "reason": self.advised.summary().get("reason"),
-                                  "model_version": rec.model_version})
 
 
 def _scalars(metrics: Any) -> dict[str, float]:
