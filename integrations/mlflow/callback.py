@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 
 LR_METRIC = LR_RECOMMENDED  # the name tests and callers used before the writer module
 TAG_STOPPED = "tracker_sched.stopped"
+TAG_MODE = "tracker_sched.mode"  # the planner mode the advisor follows (auto resolved)
+TAG_MODE_REASON = "tracker_sched.mode_reason"
 
 __all__ = [
     "LR_APPLIED",
@@ -222,7 +224,12 @@ class MlflowAdvisorCallback:
         self.last_lr: float | None = None
         self.stop_watch = StopWatch(stop, incumbent) if stop is not None else None
 
-        self.writer.bundle_tags(bundle_uri, self.bundle_version)
+        # Which planner advises the run and why, once (auto: the bundle's fit-time decision).
+        mode = getattr(self.advisor, "mode", None) or self.advisor.plan.mode
+        why = getattr(self.advisor, "mode_reason", None)
+        self.writer.bundle_tags(bundle_uri, self.bundle_version, extra={
+            TAG_MODE: str(mode or ""),
+            TAG_MODE_REASON: redact_text(str(why or ""))[:TAG_MAX_CHARS]})
         self.writer.publish(self.advisor.plan)
         context.register_callback(self, self.bundle_version)
 

@@ -199,6 +199,9 @@ def test_callback_writes_lr_plans_and_tags_and_drives_the_optimizer(
     assert tags[TAG_STATUS] == "planned"
     assert tags[TAG_REASON] == final.reason
     assert tags["tracker_sched.bundle"] == str(bundle_dir)
+    # which planner advised the run, and why (auto: this bundle has no decision, its kind)
+    assert tags["tracker_sched.mode"] == final.mode == "generative"
+    assert "generative" in tags["tracker_sched.mode_reason"]
 
 
 def test_callback_on_the_active_run_of_a_server(bundle: Bundle, mlflow_server: str) -> None:

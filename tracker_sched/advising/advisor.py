@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Literal
 
 import numpy as np
 
 from tracker_sched.advising.following import PlanFollower
 from tracker_sched.advising.serving import warmup_plan, window_ready
 from tracker_sched.advising.stopping import Stopper
+from tracker_sched.bundle.decision import DecidedMode
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.model.stop_odds import StopDecision, StopRule
-from tracker_sched.planning.control import ControlPlannerConfig, make_planner, mode_for
+from tracker_sched.planning.control import (
+    ControlPlannerConfig,
+    PlannerMode,
+    make_planner,
+    mode_reason,
+)
 from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import Recommendation
@@ -48,8 +53,11 @@ class Advisor(PlanFollower):
     last one, and a step far ahead of the run's next ones is dropped as an outlier (see
     ``HEAL_AFTER``).
 
-    ``mode="control"`` plans with :class:`~tracker_sched.planning.control.ControlPlanner`
-    from a control-mode bundle (``control`` holds its settings).
+    ``mode="auto"`` (the default) follows the planner the bundle trusts: an auto bundle's
+    fit-time decision (control, generative, or ``best``: the sweep's best configuration's
+    schedule), else the bundle's kind. ``mode`` and ``mode_reason`` say which and why;
+    every recommendation names its ``mode``. ``"generative"``, ``"control"`` or
+    ``"best"`` force a mode (``control`` holds the control planner's settings).
 
     Args:
         bundle: the fitted model (:func:`tracker_sched.load_bundle`).
@@ -57,12 +65,14 @@ class Advisor(PlanFollower):
         config: the generative planner's options (candidates, guards).
         replan_every: observations between replans.
         max_replans: plans made once the window is ready (None: no limit).
-        mode: ``"generative"`` or ``"control"``; by default the bundle's kind decides.
+        mode: ``"auto"`` (default, also ``None``), ``"generative"``, ``"control"`` or
+            ``"best"``.
         control: the control planner's options.
 
     Raises:
         InputError: ``total_steps`` is not a positive whole number, or ``mode`` does not
-            fit the bundle's kind. After construction nothing raises.
+            fit the bundle (a control mode needs a control model). After construction
+            nothing raises.
     """
 
     def __init__(
@@ -73,14 +83,17 @@ class Advisor(PlanFollower):
         config: PlannerConfig | None = None,
         replan_every: int = 10,
         max_replans: int | None = 1,
-        mode: Literal["generative", "control"] | None = None,
+        mode: PlannerMode | None = "auto",
         control: ControlPlannerConfig | None = None,
     ) -> None:
         super().__init__(log, total_steps, replan_every=replan_every, max_replans=max_replans)
         self.bundle = bundle
         self.failures = 0  # replans that raised; the advisor stops trying after MAX_FAILURES
         self.planner = make_planner(bundle, mode, config=config, control=control)
-        self.mode = mode_for(bundle) if mode is None else mode
+        #: the mode followed (never "auto": what auto resolved to) and why
+        self.mode: DecidedMode = self.planner.MODE
+        self.mode_reason = mode_reason(bundle, mode)
+        log.info("tracker-sched: planner mode %s: %s", self.mode, self.mode_reason)
         self._obs: dict[str, tuple[list[int], list[float]]] = {
             "train_loss": ([], []), "lr": ([], []), "val_metric": ([], []),
         }
@@ -90,7 +103,7 @@ class Advisor(PlanFollower):
         self._behind: list[tuple[int, dict[str, float]]] = []  # see _take_behind
         self._undo: tuple[int, Recommendation, int] | None = None  # (made at, before, replans)
         self._stopper: Stopper | None = None
-        self._plan = warmup_plan(bundle, self.total_steps)  # the served model's, the same
+        self._plan = warmup_plan(bundle, self.total_steps, mode=self.mode)  # the served one
 
     # ------------------------------------------------------------------ the follower's hooks
     def _take(self, at: int, values: dict[str, float]) -> None:

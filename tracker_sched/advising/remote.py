@@ -145,6 +145,12 @@ class RemoteAdvisor(PlanFollower):
         if due:
             self._submit(at)
 
+    @property
+    def mode(self) -> str | None:
+        """The planner mode the served bundle follows, as its latest answer names it (auto
+        bundles: their fit-time decision); None before an answer or from an older server."""
+        return self._plan.mode
+
     def _observe_failed(self, step: Any, reason: str) -> None:
         with self._lock:
             self._fallback(self._safe_step(step), reason)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from tracker_sched.cli.common import (
     _control_checks_text,
+    _decision_text,
     _forecast_table,
     _issue_table,
     _metric_map,
@@ -64,9 +65,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from tracker_sched.fit.generative import fit_sweep
 
     mm = _metric_map(args)
-    fitted = fit_sweep(result.runs, config, mm, workers=args.workers,
-                       progress=not args.no_progress, source_issues=result.issues,
-                       checked=checked)
+    auto = None
+    if args.mode == "auto":  # the generative fit, the control fit if it could matter, a decision
+        from tracker_sched.design.auto_fit import fit_auto
+
+        auto = fit_auto(result.runs, config, None, mm, workers=args.workers,
+                        progress=not args.no_progress, source_issues=result.issues,
+                        checked=checked)
+        fitted = auto.fit
+    else:
+        fitted = fit_sweep(result.runs, config, mm, workers=args.workers,
+                           progress=not args.no_progress, source_issues=result.issues,
+                           checked=checked)
     report, bundle = fitted.report, fitted.bundle
     out = bundle.save(args.out)
     (out / "report.json").write_text(report.model_dump_json(indent=2))
@@ -98,6 +108,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
                                    config.window)
             except ImportError as exc:
                 print(f"no plot: {exc}", file=sys.stderr)
+    if auto is not None:
+        print(f"sweep design: {auto.confounding.summary()}")
+        if auto.control is not None:
+            from tracker_sched.fit.checks import ControlChecks
+
+            print(_control_checks_text(ControlChecks.model_validate(
+                auto.control.manifest.control or {})))
+        print(_decision_text(bundle.manifest))
     print(f"bundle written to {out}")
     if args.register:
         print(f"registered {_register(args, out, report)}")

@@ -94,10 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", help="JSON file with FitConfig fields (flags win)")
     fit.add_argument("--no-plots", action="store_true", help="skip the forecast plot")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
-    fit.add_argument("--mode", choices=("generative", "control"), default="generative",
-                     help="generative (default): the paper's model, lr decoded; control: the lr "
-                     "as an input of the dynamics, a bootstrap ensemble with lr-response checks "
-                     "(docs/control.md); --config then holds ControlFitConfig fields")
+    fit.add_argument("--mode", choices=("auto", "generative", "control"), default="auto",
+                     help="auto (default): fit the generative model, the control model when the "
+                     "sweep's evidence could pick it, and decide from that evidence which "
+                     "planner the bundle trusts: control, generative or the sweep's best "
+                     "schedule (docs/planner-modes.md); generative: the paper's model only, lr "
+                     "decoded; control: the lr as an input of the dynamics, a bootstrap "
+                     "ensemble with lr-response checks (docs/control.md), --config then holds "
+                     "ControlFitConfig fields")
     fit.add_argument("--register", metavar="NAME",
                      help="also store the bundle in a tracker under NAME (MLflow: a registered "
                      "pyfunc model; W&B: an artifact)")
@@ -127,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the run's planned budget")
     rec.add_argument("--step", type=_steps_arg(0),
                      help="the current step (default: the last logged)")
-    rec.add_argument("--mode", choices=("generative", "control"),
-                     help="planner mode (default: the bundle's kind: control for a "
-                     "control-mode bundle, else generative)")
+    rec.add_argument("--mode", choices=("auto", "generative", "control", "best"),
+                     default="auto",
+                     help="planner mode (default auto: the bundle's own: an auto bundle's "
+                     "fit-time decision, control for a control-mode bundle, else generative)")
 
     ins = sub.add_parser("inspect", help="summarise a bundle and its fit report")
     ins.add_argument("bundle", help="bundle: a folder, mlflow:models:/NAME@ALIAS or "

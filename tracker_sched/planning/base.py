@@ -65,6 +65,9 @@ class Planner:
         guards: the guard settings (the planner's configuration).
     """
 
+    #: the mode its recommendations name (:attr:`Recommendation.mode`)
+    MODE: Literal["generative", "control", "best"] = "generative"
+
     def __init__(self, bundle: Bundle, guards: Guards) -> None:
         self.bundle = bundle
         self.guards = guards
@@ -197,6 +200,7 @@ class Planner:
             schedule=Schedule(step=[int(s) for s in w.future_steps], lr=[float(v) for v in lr]),
             predicted_final=pred, predicted_spread=spread, samples_accepted=accepted,
             samples_drawn=drawn, model_version=self.bundle.manifest.created_at,
+            mode=self.MODE,
         )
 
     def _fallback(self, w: PlanWindow, reason: str, keep_log_lr: np.ndarray, *,

@@ -102,6 +102,8 @@ class ControlPlanner(Planner):
         InputError: the bundle is not a control-mode one.
     """
 
+    MODE = "control"
+
     def __init__(self, bundle: Bundle, config: ControlPlannerConfig | None = None) -> None:
         cc = config or ControlPlannerConfig()
         super().__init__(bundle, cc)
@@ -267,12 +269,28 @@ def _hat_basis(tau: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
     return out
 
 
-PlannerMode = Literal["generative", "control"]
+PlannerMode = Literal["generative", "control", "best", "auto"]
 
 
-def mode_for(bundle: Bundle) -> PlannerMode:
-    """The planner mode a bundle was fitted for: its kind decides."""
-    return "control" if bundle.manifest.kind == KIND else "generative"
+def mode_for(bundle: Bundle) -> Literal["generative", "control", "best"]:
+    """The planner mode a bundle trusts: a control-mode bundle's is control; an auto
+    bundle's is its fit-time decision (``manifest.planner``); any other is generative."""
+    m = bundle.manifest
+    if m.kind == KIND:
+        return "control"
+    return m.planner.mode if m.planner is not None else "generative"
+
+
+def mode_reason(bundle: Bundle, mode: PlannerMode | None = None) -> str:
+    """Why a planner of ``mode`` (default: auto) follows ``bundle``, in one sentence."""
+    m = bundle.manifest
+    if mode not in (None, "auto"):
+        return f"{mode}: forced (the bundle's own decision: {mode_for(bundle)})"
+    if m.kind == KIND:
+        return "control: a control-mode bundle (fitted with --mode control)"
+    if m.planner is not None:
+        return m.planner.reason
+    return "generative: a generative bundle without an auto decision (fitted before 0.3)"
 
 
 def make_planner(
@@ -282,27 +300,45 @@ def make_planner(
     config: PlannerConfig | None = None,
     control: ControlPlannerConfig | None = None,
 ) -> Planner:
-    """The planner of ``mode`` (default: the bundle's kind) for ``bundle``.
+    """The planner of ``mode`` for ``bundle``.
+
+    ``None`` or ``"auto"``: the mode the bundle trusts (:func:`mode_for`). ``"control"``
+    needs a control-mode bundle or an auto bundle that carries a control ensemble;
+    ``"generative"`` needs a generative (or auto) bundle; ``"best"`` works with any.
 
     Args:
         bundle: the fitted model.
-        mode: ``"generative"`` or ``"control"``; None: the bundle's kind decides.
-        config: the generative planner's options.
+        mode: ``"auto"``, ``"generative"``, ``"control"`` or ``"best"``; None: auto.
+        config: the generative (and best) planner's options.
         control: the control planner's options.
 
     Returns:
-        A :class:`~tracker_sched.planning.generative.GenerativePlanner` or a
-        :class:`ControlPlanner`.
+        A :class:`~tracker_sched.planning.generative.GenerativePlanner`, a
+        :class:`ControlPlanner` or a :class:`~tracker_sched.planning.best.BestPlanner`.
 
     Raises:
-        InputError: ``mode`` does not fit the bundle's kind.
+        InputError: the bundle cannot plan in ``mode``.
     """
-    mode = mode or mode_for(bundle)
-    if mode == "control":
-        return ControlPlanner(bundle, control)
+    from tracker_sched.planning.best import BestPlanner
+
+    chosen = mode_for(bundle) if mode in (None, "auto") else mode
+    if chosen == "best":
+        return BestPlanner(bundle, config)
+    if chosen == "control":
+        if bundle.manifest.kind == KIND:
+            return ControlPlanner(bundle, control)
+        view = bundle.control_view()
+        if view is None:
+            raise InputError("the control planner needs a control-mode bundle; this one has "
+                             "no control model: fit it with --mode control (or --mode auto, "
+                             "where the rule could pick control)")
+        return ControlPlanner(view, control)
+    if chosen != "generative":
+        raise InputError(f"unknown planner mode {chosen!r}: generative, control, best or auto")
     if bundle.manifest.kind == KIND:
         raise InputError("this bundle was fitted in control mode; plan with mode 'control'")
     return GenerativePlanner(bundle, config)
 
 
-__all__ = ["ControlPlanner", "ControlPlannerConfig", "PlannerMode", "make_planner", "mode_for"]
+__all__ = ["ControlPlanner", "ControlPlannerConfig", "PlannerMode", "make_planner", "mode_for",
+           "mode_reason"]
