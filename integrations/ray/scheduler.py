@@ -132,9 +132,12 @@ class TrackerSchedScheduler(FIFOScheduler):
         self._stoppers.pop(trial_id, None)
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        # A failed trial is retried from the start (or given up): its history starts again.
-        self._series.pop(str(trial.trial_id), None)
-        self._stoppers.pop(str(trial.trial_id), None)
+        # A failed trial is retried from the start (or given up): its history starts again,
+        # and a decision about its earlier attempt no longer describes it.
+        trial_id = str(trial.trial_id)
+        self._series.pop(trial_id, None)
+        self._stoppers.pop(trial_id, None)
+        self.stopped.pop(trial_id, None)
 
     def incumbent(self) -> float | None:
         """The value to beat: ``target``, else the best final of the trials that finished."""

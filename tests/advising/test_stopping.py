@@ -123,7 +123,8 @@ def test_stopper_stops_a_losing_run_and_keeps_the_best(stop_fit) -> None:
     stopper = Stopper(bundle, total, rule)
     kept = [stopper.decide(history_until(run, s), s, runner_up) for s in range(0, total + 1, 8)]
     assert not any(d.stop for d in kept), [(d.tau, d.p_beat) for d in kept]
-    assert kept[-1].predicted_final == pytest.approx(best.final_val, abs=0.05)
+    assert kept[-1].predicted_final is None and "budget" in kept[-1].reason  # it finished
+    assert kept[-2].predicted_final == pytest.approx(best.final_val, abs=0.05)
 
 
 def test_stopper_never_raises_and_counts_a_repeated_step_once(stop_fit) -> None:
@@ -135,8 +136,15 @@ def test_stopper_never_raises_and_counts_a_repeated_step_once(stop_fit) -> None:
     again = stopper.decide(h, 150, 0.99)
     assert first.below == again.below == 1 and not again.stop
     assert stopper.decide(h, 151, 0.99).stop
+    # At (or past) the end of its budget a run has finished: a stop there would save nothing
+    # and lose a finished run (Ray Tune asks again on a trial's last result).
+    full = history_until(sweep.run(worst.family, worst.peak_lr, 3), sweep.total_steps)
+    for step in (sweep.total_steps, 10**12):
+        d = Stopper(fit.bundle, sweep.total_steps, StopRule(threshold=0.5, patience=1)).decide(
+            full, step, 0.99)
+        assert not d.stop and "budget" in d.reason
     # Garbage in: a decision not to stop, with the reason.
-    for step, inc in ((10**12, 0.9), (150, float("nan")), ("x", 0.9)):
+    for step, inc in ((150, float("nan")), ("x", 0.9), (-3, 0.9)):
         d = stopper.decide(h, step, inc)  # type: ignore[arg-type]
         assert not d.stop and "failed" in d.reason
     assert not stopper.decide(h, 150, None).stop

@@ -1,10 +1,21 @@
 """The same 16-trial sweep on a two-node cluster simulated with Ray's own cluster utilities
-(a head and a worker node, loopback), and a worker node killed mid-sweep: no trial is lost,
-every trial's history is in MLflow. One cluster for the module."""
+(a head and a worker node, one CPU each, loopback), and the worker node killed mid-sweep: no
+trial is lost, every trial's history is in MLflow. One cluster for the module.
+
+What makes it deterministic:
+
+- the node is killed at a fixed point: the first time a trial *on the worker node* reports
+  its second result (before any stop decision can end it), once two trials have ended;
+- the callback that kills it waits, inside Tune's loop, until Ray's control store has
+  declared the node dead (health checks every 0.2 s: a killed node is refused at once), so
+  Tune never places a retried trial on a dead node;
+- Tune retries a trial whose node died (``FailureConfig(max_failures=2)``) from its start;
+- "stopped" is read from the scheduler's own decisions, not from a trial's last step.
+"""
 
 from __future__ import annotations
 
-import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,76 +26,133 @@ ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.tune import Callback  # noqa: E402
+from ray.util.placement_group import placement_group, remove_placement_group  # noqa: E402
 
-from tests.ray.tune_sweep import check_histories, loopback_ray, run_sweep  # noqa: E402
+from tests.ray.tune_sweep import (  # noqa: E402
+    REPORT_EVERY,
+    RULE,
+    check_histories,
+    loopback_ray,
+    run_sweep,
+)
 
-pytestmark = [
-    pytest.mark.slow,
-    # Not reliable yet (issue 14 stays open for it): on this project's loaded 2-core machine it
-    # failed 2 of 4 runs (once Ray's driver raised ActorUnavailableError for the removed node,
-    # once a trial the scheduler had stopped was reported as run to its end) and takes
-    # 140-165 s. Run it with TRACKER_SCHED_RAY_CLUSTER=1.
-    pytest.mark.skipif(not os.environ.get("TRACKER_SCHED_RAY_CLUSTER"),
-                       reason="flaky two-node test; set TRACKER_SCHED_RAY_CLUSTER=1 to run it"),
-]
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = {"include_dashboard": False, "node_ip_address": "127.0.0.1"}
+# Ray's control store (GCS) declares a node dead after this many failed health checks in a
+# row. A killed node refuses the check at once, so it is declared dead in about a second; a
+# live node under load has 10 s to answer each check.
+HEALTH = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 200,
+          "health_check_timeout_ms": 10_000, "health_check_failure_threshold": 5}
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[Cluster, Any]]:
+def cluster() -> Iterator[tuple[Cluster, Any, Any]]:
+    """The head (1 CPU, its CPU held by an empty placement group: trials start on the
+    worker) and the worker node (1 CPU)."""
     with pytest.MonkeyPatch.context() as mp:
         loopback_ray(mp, REPO)
-        c = Cluster(initialize_head=True, connect=True,
-                    head_node_args={"num_cpus": 1, **NODE})
-        worker = c.add_node(num_cpus=2, **NODE)
-        c.wait_for_nodes()
+        c = Cluster(initialize_head=True, connect=False,
+                    head_node_args={"num_cpus": 1, "_system_config": HEALTH, **NODE})
         try:
-            yield c, worker
+            ray.init(address=c.address, log_to_driver=False)
+            hold = placement_group([{"CPU": 1}])  # a reservation, no process
+            assert hold.wait(60), "the head's CPU could not be reserved"
+            worker = c.add_node(num_cpus=1, **NODE)
+            c.wait_for_nodes()
+            yield c, worker, hold
         finally:
             ray.shutdown()
             c.shutdown()
 
 
-_NODES: dict[str, tuple[Cluster, Any]] = {}  # Tune pickles its callbacks: no cluster in them
+# Tune copies its callbacks (and pickles them with the experiment's state): the cluster and
+# what the callback saw live here, in the module, not in the callback.
+_NODES: dict[str, Any] = {}
+SEEN: dict[str, Any] = {}
+
+
+def _ancestors(pid: int) -> set[int]:
+    """The process ids above ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            break
+        pid = int(next(line.split()[1] for line in status.splitlines()
+                       if line.startswith("PPid:")))
+    return found
 
 
 class KillWorker(Callback):  # type: ignore[misc]
-    """Removes the worker node once the sweep is well under way (from Tune's own loop)."""
+    """Kills the worker node when a trial on it reports step ``at_step``, once ``after``
+    trials have ended, waits until Ray declares the node dead, then frees the head's CPU
+    (all from Tune's own loop).
 
-    def __init__(self, cluster: Cluster, node: Any, after: int) -> None:
-        _NODES["worker"] = (cluster, node)
-        self.after = after
-        self.results = 0
-        self.killed_with: list[str] = []  # trials running when the node went away
-        self.recovered: list[str] = []  # trials that failed with it and were started again
+    Records in :data:`SEEN`: ``victim`` (the trial on the node when it went away),
+    ``dead_after_s`` (until Ray declared the node dead), ``recovered`` (trials that failed
+    with it and were started again).
+    """
+
+    def __init__(self, cluster: Cluster, node: Any, hold: Any, *, after: int,
+                 at_step: int) -> None:
+        _NODES.update(cluster=cluster, worker=node, hold=hold)
+        SEEN.clear()
+        SEEN.update(victim=None, dead_after_s=None, recovered=[], ended=0)
+        self.raylet = node.all_processes["raylet"][0].process.pid
+        self.node_id = node.node_id
+        self.after, self.at_step = after, at_step
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        SEEN["ended"] += 1
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any,
                         result: dict[str, Any], **info: Any) -> None:
-        self.results += 1
-        if self.results == self.after and not self.killed_with:
-            self.killed_with = [t.trial_id for t in trials if t.status == "RUNNING"]
-            cluster, node = _NODES["worker"]
-            cluster.remove_node(node, allow_graceful=False)
+        if SEEN["victim"] is not None:
+            return
+        on_worker = self.raylet in _ancestors(int(result["pid"]))
+        SEEN["head_before_kill"] = SEEN.get("head_before_kill", 0) + (not on_worker)
+        if SEEN["ended"] < self.after or result.get("step") != self.at_step or not on_worker:
+            return
+        SEEN["victim"] = str(trial.trial_id)
+        start = time.monotonic()
+        _NODES["cluster"].remove_node(_NODES["worker"], allow_graceful=False)
+        while time.monotonic() - start < 60:
+            if not any(n["NodeID"] == self.node_id and n["Alive"] for n in ray.nodes()):
+                SEEN["dead_after_s"] = time.monotonic() - start
+                break
+            time.sleep(0.1)
+        remove_placement_group(_NODES["hold"])  # the sweep goes on on the head
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any,
                          **info: Any) -> None:
-        self.recovered.append(trial.trial_id)
+        SEEN["recovered"].append(str(trial.trial_id))
 
 
 def test_two_nodes_a_worker_killed_no_trial_lost(cluster, stop_fit, tmp_path: Path) -> None:
-    c, worker = cluster
+    c, worker, hold = cluster
     fit, sweep = stop_fit
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     uri = (tmp_path / "mlruns").as_uri()
-    killer = KillWorker(c, worker, after=12)
-    results, scheduler = run_sweep(fit.bundle, sweep, tmp_path / "tune", uri,
-                                   callbacks=[killer], max_failures=3, slow_s=0.05)
-    assert killer.killed_with, "the worker node was never removed"
-    # Trials on the worker (the head has 1 CPU, two trials run at a time) failed with it and
-    # were run again on the head.
-    assert killer.recovered, killer.__dict__
+    at = 2 * REPORT_EVERY
+    killer = KillWorker(c, worker, hold, after=2, at_step=at)
+    results, scheduler, specs = run_sweep(fit.bundle, sweep, tmp_path / "tune", uri,
+                                          callbacks=[killer], max_failures=2)
+    victim = SEEN["victim"]
+    assert victim is not None, "no trial ran on the worker node"
+    assert SEEN["head_before_kill"] == 0  # the head's CPU was held: every trial began there
+    assert SEEN["dead_after_s"] is not None, "Ray never declared the killed node dead"
     assert len([n for n in ray.nodes() if n["Alive"]]) == 1
-    summary = check_histories(results, scheduler, uri)  # all 16 ended, histories complete
-    assert summary["stopped"] >= 4 and summary["finished"] >= 2, summary
+    # The trial on the dead node failed with it and was run again, from its start, on the head.
+    assert SEEN["recovered"] == [victim], SEEN
+    summary = check_histories(results, scheduler, specs, uri)  # all 16 ended, none lost
+    # Its first attempt's history stays in MLflow beside the second's.
+    first_try = sorted(s for s in summary["steps"][victim] if s <= at)
+    assert first_try == [REPORT_EVERY, REPORT_EVERY, at, at], summary["steps"][victim]
+    assert len(summary["stopped"]) >= 4 and len(summary["finished"]) >= 2, summary
+    for decision in scheduler.stopped.values():
+        assert decision.p_beat is not None and decision.p_beat < RULE.threshold

@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tracker_sched.errors import InputError
+from tracker_sched.errors import InputError, invalid
 from tracker_sched.limits import MAX_ROWS, MAX_SCHEDULE_POINTS, MAX_STEPS
 from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import ROLES, Recommendation, Schedule
 
 if TYPE_CHECKING:  # torch: a thin client (RemoteAdvisor) uses this module without it
     from tracker_sched.bundle.folder import Bundle
-    from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
+    from tracker_sched.planning.base import Planner
+    from tracker_sched.planning.generative import PlannerConfig
 
 CHANNELS = ROLES  # an observation's metrics: the roles, in the one order of schema.ROLES
 
@@ -119,10 +120,7 @@ def parse_request(payload: Mapping[str, Any]) -> RecommendRequest:
     try:
         return RecommendRequest.model_validate(payload)
     except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise InputError(f"bad recommendation request: {errors}") from exc
+        raise invalid(exc, "bad recommendation request") from exc
 
 
 def history_from_observations(observations: Sequence[Observation]) -> LiveHistory:
@@ -147,7 +145,7 @@ def recommend(
     bundle: Bundle,
     request: RecommendRequest,
     *,
-    planner: GenerativePlanner | None = None,
+    planner: Planner | None = None,
     config: PlannerConfig | None = None,
 ) -> Recommendation:
     """One stateless replan for a run's observations. Raises InputError on unusable input."""
@@ -206,7 +204,7 @@ def answer(
     bundle: Bundle,
     request: RecommendRequest,
     *,
-    planner: GenerativePlanner | None = None,
+    planner: Planner | None = None,
 ) -> Recommendation:
     """What a server answers: the warm-up plan until the window is ready, then :func:`recommend`.
 

@@ -117,9 +117,12 @@ class Stopper:
         if self.bundle.manifest.kind != "latent_ode":
             return StopDecision(incumbent=incumbent, reason="stop decisions need a latent_ode "
                                 "bundle (a control bundle forecasts only a given lr)")
+        tau_now = at / self.total_steps
+        if at >= self.total_steps:  # a stop there would save nothing and lose a finished run
+            return StopDecision(incumbent=incumbent, tau=tau_now,
+                                reason="the run has reached its budget: nothing left to save")
         firsts = [int(s[0]) for s, _ in (history.train_loss, history.lr, history.val_metric)
                   if len(s)]
-        tau_now = at / self.total_steps
         if not firsts or not window_ready(self.bundle, at, self.total_steps, min(firsts)):
             return StopDecision(incumbent=incumbent, tau=tau_now,
                                 reason="the context window is not full yet")

@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tracker_sched.cli.common import (
     _control_checks_text,
@@ -18,11 +18,13 @@ from tracker_sched.cli.common import (
     _read_and_check,
     print,
 )
-from tracker_sched.errors import InputError
+from tracker_sched.errors import InputError, invalid
 from tracker_sched.util.term import escape
 
 if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
     from tracker_sched.bundle.manifest import FitReport
+
+_Options = TypeVar("_Options", bound=BaseModel)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -56,13 +58,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         model = dict(base.get("model", {}) or {})  # type: ignore[call-overload]
         model["solver"] = args.solver
         base["model"] = ModelConfig(**model)
-    try:
-        config = FitConfig.model_validate(base)
-    except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise InputError(f"invalid fit options: {errors}") from exc
+    config = _options(FitConfig, base, "fit")
     result, checked = _read_and_check(args)  # options first, then the sweep, then training
     _set_threads(args)
     from tracker_sched.fit.generative import fit_sweep
@@ -108,6 +104,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(model: type[_Options], values: dict[str, object], what: str) -> _Options:
+    """The options (``--config`` and the flags) as ``model``; an InputError naming each bad one."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise invalid(exc, f"invalid {what} options") from exc
+
+
 def _set_threads(args: argparse.Namespace) -> None:
     """``--threads``: torch's intra-op threads (imports torch)."""
     if args.threads:
@@ -128,13 +132,7 @@ def _fit_control(args: argparse.Namespace, base: dict[str, object]) -> int:
     flags = {"iterations": args.iterations, "members": args.ensemble, "seed": args.seed,
              "grid_points": args.grid_points, "window": args.window}
     base.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        config = ControlFitConfig.model_validate(base)
-    except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise InputError(f"invalid control fit options: {errors}") from exc
+    config = _options(ControlFitConfig, base, "control fit")
     result, checked = _read_and_check(args)
     conf = confounding(checked.validated)
     print(f"sweep design: {conf.summary()}")

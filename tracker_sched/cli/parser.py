@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tracker_sched.budget import EPOCH_KEYS, STEP_KEYS
 from tracker_sched.errors import InputError
 from tracker_sched.limits import MAX_STEPS
 
@@ -61,8 +62,9 @@ def _sweep_rule_args(p: argparse.ArgumentParser) -> None:
                    help="every run's budget, in the units of its step axis")
     b.add_argument("--total-steps-key", metavar="KEY",
                    help="the config key (param) holding each run's budget in the units of its "
-                   "step axis (default: total_steps, max_steps, num_training_steps, then epoch "
-                   "counts x steps per epoch, else the last step of a finished run)")
+                   f"step axis (default: {', '.join(STEP_KEYS)}, then epoch counts "
+                   f"({', '.join(EPOCH_KEYS)}) x steps per epoch, else the last step of a "
+                   "finished run)")
     g.add_argument("--ignore-config-key", action="append", default=[], metavar="KEY",
                    help="a config key that is no hyperparameter (a glob; repeatable): runs that "
                    "differ only in it and in seeds are one configuration")

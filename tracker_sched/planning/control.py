@@ -40,9 +40,9 @@ from tracker_sched.data.grid import VAL_METRIC, context_batch
 from tracker_sched.errors import InputError
 from tracker_sched.fit.checks import ControlChecks
 from tracker_sched.model.control import KIND, ControlEnsemble
+from tracker_sched.planning.base import Planner, PlanWindow
 from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
-from tracker_sched.planning.history import LiveHistory
-from tracker_sched.schema import Recommendation, Schedule
+from tracker_sched.schema import Recommendation
 
 
 class ControlPlannerConfig(BaseModel):
@@ -88,20 +88,23 @@ class ControlPlannerConfig(BaseModel):
     seed: int = 0
 
 
-class ControlPlanner(GenerativePlanner):
+class ControlPlanner(Planner):
     """Plans the remaining schedule of a live run from a control-mode bundle.
 
-    Shares the generative planner's live-run resampling, incumbent, guards and
-    recommendation format; only the search differs.
+    Shares the planner base's live-run resampling, incumbent, guards, fallback and
+    recommendation format with the generative planner; only the search differs.
+
+    Args:
+        bundle: the fitted model (a control-mode bundle).
+        config: the planner's options and guards.
+
+    Raises:
+        InputError: the bundle is not a control-mode one.
     """
 
     def __init__(self, bundle: Bundle, config: ControlPlannerConfig | None = None) -> None:
         cc = config or ControlPlannerConfig()
-        super().__init__(bundle, PlannerConfig(
-            lr_cap=cc.lr_cap, no_rise_after_tau=cc.no_rise_after_tau,
-            max_change_dex=cc.max_change_dex, trust_region_dex=cc.trust_region_dex,
-            candidates=cc.population, seed=cc.seed,
-        ))
+        super().__init__(bundle, cc)
         self.control = cc
         m = bundle.manifest
         if m.kind != KIND:
@@ -127,31 +130,19 @@ class ControlPlanner(GenerativePlanner):
         return None
 
     @torch.no_grad()
-    def plan(
-        self,
-        history: LiveHistory,
-        *,
-        step: int,
-        total_steps: int,
-        current: Schedule | None = None,
-    ) -> Recommendation:
-        """One replan. Raises :class:`InputError` on unusable input; the advisor catches it."""
+    def _search(self, w: PlanWindow) -> Recommendation:
         cc = self.control
         g = self.grid_points
-        live, end = self.live_window(history, step, total_steps)
-        future_steps = np.rint(np.linspace(0, 1, g)[end:] * total_steps).astype(np.int64)
-        future_steps[0] = min(int(future_steps[0]), step)
-        incumbent = self.incumbent(future_steps, total_steps)
-        current_log_lr = self._current(current, future_steps)
+        live, end, step = w.live, w.end, w.step
+        incumbent = self.incumbent(w.future_steps, w.total_steps)
+        current_log_lr = w.current_log_lr
+        # A fallback keeps the current plan; before there is one, the incumbent.
         fallback_log_lr = current_log_lr if current_log_lr is not None else incumbent
 
         def fallback(reason: str, pred: float | None = None, spread: float | None = None,
                      drawn: int = 0) -> Recommendation:
-            rec = self._recommendation("fallback", reason, step, future_steps,
-                                       self._guard(fallback_log_lr, end), pred or 0.0,
-                                       spread or 0.0, 0)
-            return rec.model_copy(update={"predicted_final": pred, "predicted_spread": spread,
-                                          "samples_drawn": drawn})
+            return self._fallback(w, reason, fallback_log_lr, pred=pred, spread=spread,
+                                  accepted=0, drawn=drawn)
 
         refused = self.refusal()
         if refused is not None:
@@ -243,12 +234,11 @@ class ControlPlanner(GenerativePlanner):
                             float(ref_spread[0]), drawn)
         sched = self._guard(plan[0].numpy().astype(np.float64), end, current=current_log_lr,
                             incumbent=incumbent)
-        rec = self._recommendation(
+        return self._recommendation(
             "planned", f"cross-entropy search over {cc.knots} knots, {drawn} candidates; "
             f"predicted gain {gain:+.4f} (pessimism {cc.pessimism:g})",
-            step, future_steps, sched, pred, spread, drawn,
+            w, sched, pred, spread, drawn, drawn,
         )
-        return rec.model_copy(update={"samples_drawn": drawn})
 
     def _bounds(
         self, incumbent: np.ndarray, current: np.ndarray | None
@@ -291,9 +281,22 @@ def make_planner(
     *,
     config: PlannerConfig | None = None,
     control: ControlPlannerConfig | None = None,
-) -> GenerativePlanner:
-    """The planner of ``mode`` (default: the bundle's kind) for ``bundle``; a mismatch of
-    mode and bundle kind is an error."""
+) -> Planner:
+    """The planner of ``mode`` (default: the bundle's kind) for ``bundle``.
+
+    Args:
+        bundle: the fitted model.
+        mode: ``"generative"`` or ``"control"``; None: the bundle's kind decides.
+        config: the generative planner's options.
+        control: the control planner's options.
+
+    Returns:
+        A :class:`~tracker_sched.planning.generative.GenerativePlanner` or a
+        :class:`ControlPlanner`.
+
+    Raises:
+        InputError: ``mode`` does not fit the bundle's kind.
+    """
     mode = mode or mode_for(bundle)
     if mode == "control":
         return ControlPlanner(bundle, control)
