@@ -184,6 +184,8 @@ def shoot_playwright(options: dict[str, Any], base: str, todo: list[dict[str, st
         for item in todo:
             png = out / f"{item['name']}.png"
             try:
+                # A new document each time: a hash change alone keeps the last artifact shown.
+                page.goto("about:blank")
                 page.goto(f"{base}/#{item['route']}", wait_until="load", timeout=120_000)
                 if item.get("wait_for"):
                     with contextlib.suppress(Exception):  # not there: the screenshot shows it
