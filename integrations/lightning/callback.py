@@ -26,9 +26,14 @@ How it fits Lightning's hooks:
   loss after each batch, the validation metric after each validation run.
 - **Write-back**: through the attached loggers: ``MLFlowLogger`` (its client and
   run) and ``WandbLogger`` (its run, on ``trainer/global_step``), at the loggers'
-  cadence (``log_every_n_steps``). ``MLFlowLogger`` sets MLflow's process-wide
-  tracking URI when it first starts its run; where this callback is what starts
-  it, the caller's URI is put back.
+  cadence (``log_every_n_steps``).
+- **Tracking URI**: ``MLFlowLogger`` points MLflow's process-wide tracking URI at its
+  own store when its run starts, which the Trainer does in its setup, before any
+  callback hook. At ``setup`` this callback puts back the caller's URI (and
+  ``MLFLOW_TRACKING_URI``) as they were when the callback was made, so that an
+  ``mlflow:models:/`` bundle is read from the caller's store and what the script logs
+  after ``fit`` goes where it went before. The logger is unaffected: it writes through
+  its own client. Make the callback after setting the URI.
 
 Step convention: step N is the optimizer step that ``trainer.global_step == N``
 is about to run (Lightning logs that batch's metrics at step N).
@@ -39,11 +44,10 @@ tracker failure is logged once and the module's own lr stays in charge.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
+import sys
 from typing import Any
 
 import lightning.pytorch as pl
@@ -76,8 +80,24 @@ class AdvisorCallback(AdvisedCallback, pl.Callback):
         self._ratios: list[list[float]] = []  # per optimizer: each group's lr / the first's
         self._step = 0
         self._pending: dict[str, float] = {}  # lr values of the current step, written at cadence
+        self._callers_uri = _tracking_uri_state()
 
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Put back the caller's MLflow tracking URI where an ``MLFlowLogger`` replaced it."""
+        try:
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            theirs = {getattr(lg, "_tracking_uri", None) for lg in trainer.loggers
+                      if isinstance(lg, MLFlowLogger)}
+            now, callers = _tracking_uri_state(), self._callers_uri
+            # A caller who set no URI gets MLflow's default, whichever store the logger chose.
+            if callers != (None, None) and now != callers and now[0] in theirs - {None}:
+                _set_tracking_uri_state(self._callers_uri)
+        except Exception as exc:  # the logger's store is still written; only the URI stays
+            self.advised.warn_once("tracking uri", "could not put back the caller's MLflow "
+                                                   f"tracking URI: {type(exc).__name__}: {exc}")
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Learn the budget, read the groups' lr ratios, open the loggers' writers."""
 
@@ -176,8 +196,7 @@ class AdvisorCallback(AdvisedCallback, pl.Callback):
         for logger in trainer.loggers:
             try:
                 if isinstance(logger, MLFlowLogger):
-                    with _caller_tracking_uri():
-                        client, run_id = logger.experiment, logger.run_id
+                    client, run_id = logger.experiment, logger.run_id
                     if run_id is None:
                         continue
                     writer = mlflow_names.MlflowWriter(client, str(run_id),
@@ -207,21 +226,21 @@ def _scalars(metrics: Any) -> dict[str, float]:
     return out
 
 
-@contextlib.contextmanager
-def _caller_tracking_uri() -> Iterator[None]:
-    """Put MLflow's process-wide tracking URI (and ``MLFLOW_TRACKING_URI``) back as they
-    were: ``MLFlowLogger.experiment`` sets its own the first time it is read."""
+def _tracking_uri_state() -> tuple[str | None, str | None]:
+    """MLflow's process-wide tracking URI as ``set_tracking_uri`` left it (None: never set)
+    and ``MLFLOW_TRACKING_URI``, read without importing mlflow (not imported: never set)."""
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    return getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _set_tracking_uri_state(state: tuple[str | None, str | None]) -> None:
     from mlflow.tracking._tracking_service import utils
 
-    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        yield
-    finally:
-        utils._tracking_uri = before
-        if env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env
+    utils._tracking_uri = state[0]  # type: ignore[assignment]  # typed None, holds str
+    if state[1] is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = state[1]
 
 
 __all__ = ["STEP_KEY", "AdvisorCallback"]
