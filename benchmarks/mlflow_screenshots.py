@@ -11,10 +11,13 @@ listing what each page should show. The browser is Playwright's Chromium where t
 (Debian: ``apt-get install chromium-headless-shell`` or ``chromium``) driven with
 ``--headless --screenshot``. Without either it says so and exits 2.
 
-The pages: the experiment's training runs, the comparison runs with their params,
-an advisor run (description, params, tags), its charts (``tracker_sched.lr_recommended``
-beside ``lr``, ``tracker_sched.plan``), its plan JSON, the fit run (split params,
-``fit.*`` metrics first) and its ``forecast.png``, the registered model and its version.
+The pages: the experiment's training runs in the demo's view (metric columns first) and
+the runs table's column list, an advisor run (description, params, tags), its charts
+(``tracker_sched.lr_recommended`` beside ``lr``, ``tracker_sched.plan``), its plan as the
+artifact viewer shows it (``plan-step<N>.md``), the fit run (split params, only the
+``fit.*`` metrics), its ``report.md`` and ``forecast.png``, the registered model and its
+version. With Playwright each page is taken once its ``wait_for`` text shows (or after
+``--wait-ms``) and the MLflow Assistant panel is closed first where it is open.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def pages(store: str) -> list[dict[str, str]]:
     from mlflow.tracking import MlflowClient
 
     from tracker_sched.demo import ALIAS, EXPERIMENT, MODEL_NAME
+    from tracker_sched.demo.view import VIEW_KEY, VIEW_TAG
 
     client = MlflowClient(store)
     exp = client.get_experiment_by_name(EXPERIMENT)
@@ -91,23 +95,38 @@ def pages(store: str) -> list[dict[str, str]]:
     advisor = next(r for r in runs if kind[r.info.run_id] == "advisor")
     fit = next(r for r in runs if kind[r.info.run_id] == "fit")
     version = client.get_model_version_by_alias(MODEL_NAME, ALIAS)
-    plan = sorted(a.path for a in client.list_artifacts(advisor.info.run_id, "tracker_sched"))
+    plans = [a.path for a in client.list_artifacts(advisor.info.run_id, "tracker_sched")]
+    plan = sorted((p for p in plans if p.endswith(".md")),
+                  key=lambda p: int(p.rsplit("step", 1)[-1].split(".")[0]))
     arid, frid = advisor.info.run_id, fit.info.run_id
+    view = f"?viewStateShareKey={VIEW_KEY}" if VIEW_TAG in exp.tags else ""
     return [
-        {"name": "01-experiment-runs", "route": f"/experiments/{eid}/runs",
-         "shows": "the training runs (not the GenAI overview), the experiment's description"},
+        {"name": "01-experiment-runs", "route": f"/experiments/{eid}/runs{view}",
+         "wait_for": "val_acc",
+         "shows": "the training runs (not the GenAI overview) with val_acc, test_acc, "
+                  "fit.val_rmse... as the first columns"},
+        {"name": "01b-column-list", "route": f"/experiments/{eid}/runs",
+         "wait_for": "comparison", "click": "[data-testid=column-selection-dropdown]",
+         "shows": "the column list: Metrics start with fit.* (headline only), then lr, "
+                  "test_acc, ..., val_acc; no forecast_rmse.* diagnostics"},
         {"name": "02-advisor-run", "route": f"/experiments/{eid}/runs/{arid}",
          "shows": "the advisor run's description, the same params as the parametric arm, "
                   "tags tracker_sched.registered_model/registered_version"},
         {"name": "03-advisor-charts", "route": f"/experiments/{eid}/runs/{arid}/model-metrics",
          "shows": "lr and tracker_sched.lr_recommended side by side, tracker_sched.plan markers,"
                   " tracker_sched.predicted_final"},
-        {"name": "04-plan-json",
+        {"name": "04-plan",
          "route": f"/experiments/{eid}/runs/{arid}/artifactPath/{plan[-1]}" if plan else
-         f"/experiments/{eid}/runs/{arid}/artifacts",
-         "shows": "the plan JSON: status, step, lr_now, predicted_final first, arrays on one line"},
+         f"/experiments/{eid}/runs/{arid}/artifacts", "wait_for": "Schedule",
+         "shows": "the latest plan as tables: status, step, lr now, predicted final, reason, "
+                  "then the schedule at 12 steps"},
         {"name": "05-fit-run", "route": f"/experiments/{eid}/runs/{frid}",
-         "shows": "the fit's description, params scheme/folds/runs_fit, fit.* metrics first"},
+         "wait_for": "fit.val_rmse",
+         "shows": "the fit's description, params scheme/folds/runs_fit, only fit.* metrics"},
+        {"name": "05b-fit-report",
+         "route": f"/experiments/{eid}/runs/{frid}/artifactPath/report.md",
+         "wait_for": "Forecast RMSE",
+         "shows": "report.md: the split, the forecast RMSE table and rank correlations"},
         {"name": "06-forecast-png",
          "route": f"/experiments/{eid}/runs/{frid}/artifactPath/plots/forecast.png",
          "shows": "forecast.png: run names as labels, the out-of-fold title"},
@@ -162,11 +181,30 @@ def shoot_playwright(options: dict[str, Any], base: str, todo: list[dict[str, st
         for item in todo:
             png = out / f"{item['name']}.png"
             page.goto(f"{base}/#{item['route']}", wait_until="load", timeout=120_000)
+            if item.get("wait_for"):
+                with contextlib.suppress(Exception):  # not there: the screenshot shows why
+                    page.get_by_text(item["wait_for"]).first.wait_for(timeout=wait_ms * 6)
             page.wait_for_timeout(wait_ms)
+            _close_assistant(page)
+            if item.get("click"):
+                with contextlib.suppress(Exception):
+                    page.click(item["click"], timeout=wait_ms)
+                    page.wait_for_timeout(2000)
             page.screenshot(path=str(png), full_page=True)
             shots.append({**item, "png": str(png), "bytes": png.stat().st_size})
         browser_.close()
     return shots
+
+
+def _close_assistant(page: Any) -> None:
+    """Close MLflow 3.17's Assistant side panel (it takes a quarter of the window); the UI
+    remembers it for the later pages. Best effort: a UI without one is left alone."""
+    with contextlib.suppress(Exception):
+        panel = page.get_by_text("MLflow Assistant", exact=True)
+        if panel.count() and panel.first.is_visible():
+            header = panel.first.locator("xpath=ancestor::div[.//button][1]")
+            header.locator("button").last.click(timeout=2000)
+            page.wait_for_timeout(500)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,8 +66,8 @@ class AdvisedRun:
         planner: the planner's settings (a ``PlannerConfig``), passed to the advisor.
         replan_every: observations between replans, passed to the advisor.
         max_replans: plans a run makes at most (None: no limit), passed to the advisor.
-        mode: ``"generative"`` or ``"control"`` (default: the bundle's), passed to the
-            advisor.
+        mode: ``"auto"`` (default: the bundle's decision), ``"generative"``, ``"control"``
+            or ``"best"``, passed to the advisor.
 
     The bundle is loaded here; the advisor is built by :meth:`start`, once the
     framework knows the budget. Neither raises: a failure turns the run

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pydantic only for the type: every layer may import this module
+    from pydantic import ValidationError
+
 
 class TrackerSchedError(Exception):
     """Base class of every error tracker-sched raises on purpose."""
@@ -37,3 +42,17 @@ class MissingDependencyError(TrackerSchedError, ImportError):
         )
         self.package = package
         self.extra = extra
+
+
+def invalid(exc: ValidationError, what: str) -> InputError:
+    """A pydantic validation failure as one line, each bad field by its path.
+
+    Args:
+        exc: the validation error.
+        what: what was being read (``"bad recommendation request"``).
+
+    Returns:
+        ``InputError("WHAT: a.b: message; c: message")``, to raise ``from exc``.
+    """
+    errors = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return InputError(f"{what}: {errors}")

@@ -286,6 +286,8 @@ class Recommendation(BaseModel):
         samples_accepted: candidate futures the planner accepted.
         samples_drawn: candidate futures it drew.
         model_version: the bundle's ``created_at``.
+        mode: the planner that made it: ``generative``, ``control`` or ``best`` (the
+            sweep's best configuration's schedule); None from a server before 0.3.
 
     Raises:
         pydantic.ValidationError: a non-positive or non-finite ``lr_now``, an unknown status.
@@ -303,6 +305,7 @@ class Recommendation(BaseModel):
     samples_accepted: int = 0
     samples_drawn: int = 0
     model_version: str | None = None
+    mode: Literal["generative", "control", "best"] | None = None
 
 
 class RunIssue(BaseModel):

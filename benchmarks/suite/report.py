@@ -14,8 +14,42 @@ from typing import Any
 
 from benchmarks.suite import stats
 
-GAIN_ARMS = ("a'", "q", "o", "g", "c")
+GAIN_ARMS = ("a'", "q", "o", "g", "c", "auto")
 REFINED = "a'"
+AUTO_ARMS = {"best": "a", "generative": "g", "control": "c"}
+
+
+def auto_arm(t: dict[str, Any]) -> dict[str, Any]:
+    """The "auto" arm of a task: per seed, the result of the arm the shipped rule
+    (``tracker_sched.planning.auto.DEFAULT_RULE``) picks from the task's evidence. No extra
+    runs: it is (a), (g) or (c). The rule was chosen on the design block's tasks
+    (``benchmarks/suite/auto_rule.py``): on that block it is in-sample; the held-out figures
+    are in ``auto_rule.json``."""
+    from tracker_sched.planning.auto import DEFAULT_RULE, AutoEvidence, decide
+
+    mode, reason = decide(AutoEvidence.from_record(t["evidence"]), DEFAULT_RULE)
+    src = t["arms"][AUTO_ARMS[mode]]
+    out = {"name": "auto", "picks": AUTO_ARMS[mode], "reason": reason,
+           "rule": DEFAULT_RULE.label(), "test": list(src["test"]),
+           "test_mean": src["test_mean"], "diverged": src.get("diverged", 0)}
+    out["gain"] = stats.paired(stats.gains(out["test"], t["arms"]["a"]["test"], t["direction"]))
+    o = t["arms"]["o"]["gain"]["mean"]
+    out["headroom_share"] = stats.headroom_share(out["gain"]["mean"], o)
+    return out
+
+
+def with_auto(tasks: dict[str, Any]) -> dict[str, Any]:
+    """Every task with its "auto" arm (re)computed."""
+    return {name: {**t, "arms": {**t["arms"], "auto": auto_arm(t)}} for name, t in tasks.items()}
+
+
+def refresh(path: Path) -> None:
+    """Recompute every block's "auto" arm and pooled rows in ``path`` (no training)."""
+    doc = json.loads(path.read_text())
+    for block in doc.get("blocks", {}).values():
+        block["tasks"] = with_auto(block["tasks"])
+        block["pooled"] = pooled(block["tasks"])
+    path.write_text(json.dumps(doc, indent=1, default=_json_default, allow_nan=True))
 
 
 def pooled(tasks: dict[str, Any]) -> dict[str, Any]:
@@ -29,7 +63,7 @@ def pooled(tasks: dict[str, Any]) -> dict[str, Any]:
         out[arm] = {"all_tasks": stats.pooled(per),
                     "accuracy_tasks": stats.pooled(acc) if acc else None}
     shares = {}
-    for arm in ("a'", "q", "g", "c"):
+    for arm in ("a'", "q", "g", "c", "auto"):
         shares[arm] = {name: t["arms"][arm].get("headroom_share") for name, t in tasks.items()}
     out["headroom_share"] = shares
     return out
@@ -40,7 +74,7 @@ def merge(path: Path, block: str, section: dict[str, Any], tasks: dict[str, Any]
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     doc.setdefault("blocks", {})
     old = doc["blocks"].get(block, {})
-    merged_tasks = {**old.get("tasks", {}), **tasks}
+    merged_tasks = with_auto({**old.get("tasks", {}), **tasks})
     out = {**old, **section, "tasks": merged_tasks, "pooled": pooled(merged_tasks)}
     doc["blocks"][block] = out
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +158,7 @@ def plot(path: Path, name: str, t: dict[str, Any], block: str) -> None:
     from benchmarks.suite.loop import schedule
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    arms = ["a'", "q", "g", "c"]
+    arms = [a for a in ("a'", "q", "g", "c", "auto") if a in t["arms"]]
     for i, arm in enumerate(arms):
         g = t["arms"][arm]["gain"]
         err = 0.0 if math.isnan(g["lo"]) else g["mean"] - g["lo"]

@@ -16,7 +16,8 @@ What goes back to the run (:mod:`tracker_sched.integrations.mlflow.writer`):
 ``tracker_sched.lr_recommended`` (the advisor's lr) and ``tracker_sched.lr_applied``
 (the lr the run trained with at that step) at each step, ``tracker_sched.plan`` and
 ``tracker_sched.predicted_final`` at each new plan, the plan as
-``tracker_sched/plan-step<N>.json``, and tags ``tracker_sched.bundle_version``,
+``tracker_sched/plan-step<N>.json`` (for programs) with ``plan-step<N>.md`` beside it (for a
+person), and tags ``tracker_sched.bundle_version``,
 ``tracker_sched.status``, ``tracker_sched.reason``.
 
 With the opt-in stop (``stop=StopRule(...)``): once the odds of beating the incumbent stay
@@ -70,6 +71,8 @@ log = logging.getLogger(__name__)
 
 LR_METRIC = LR_RECOMMENDED  # the name tests and callers used before the writer module
 TAG_STOPPED = "tracker_sched.stopped"
+TAG_MODE = "tracker_sched.mode"  # the planner mode the advisor follows (auto resolved)
+TAG_MODE_REASON = "tracker_sched.mode_reason"
 
 __all__ = [
     "LR_APPLIED",
@@ -153,7 +156,8 @@ class MlflowAdvisorCallback:
         queue_size: plan and tag writes waiting for the tracker at most; more are dropped.
         flush_timeout_s: how long ``close()`` waits for the tracker.
         fallback_dir: where plans that could not be written to the tracker are
-            saved instead (``plan-step<N>.json``), so that a tracker outage loses nothing.
+            saved instead (``plan-step<N>.json`` and ``.md``), so that a tracker outage
+            loses nothing.
         stop: opt in to stop decisions with this rule (default None: never stops).
         incumbent: the validation metric to beat (as logged), or a function returning it
             (e.g. the best finished run of the sweep so far); None never stops.
@@ -220,7 +224,12 @@ class MlflowAdvisorCallback:
         self.last_lr: float | None = None
         self.stop_watch = StopWatch(stop, incumbent) if stop is not None else None
 
-        self.writer.bundle_tags(bundle_uri, self.bundle_version)
+        # Which planner advises the run and why, once (auto: the bundle's fit-time decision).
+        mode = getattr(self.advisor, "mode", None) or self.advisor.plan.mode
+        why = getattr(self.advisor, "mode_reason", None)
+        self.writer.bundle_tags(bundle_uri, self.bundle_version, extra={
+            TAG_MODE: str(mode or ""),
+            TAG_MODE_REASON: redact_text(str(why or ""))[:TAG_MAX_CHARS]})
         self.writer.publish(self.advisor.plan)
         context.register_callback(self, self.bundle_version)
 

@@ -9,8 +9,9 @@ MLflow discovers it through the ``mlflow.deployments`` entry point::
 
 A deployment is local: its name, model URI and a downloaded copy of the bundle
 are recorded in ``$TRACKER_SCHED_HOME/deployments.json`` (default
-``~/.tracker_sched``); predictions run in the calling process, no server
-needed. ``predict`` takes either a metrics window (the serving format of
+``~/.tracker_sched``; that state is kept by
+:mod:`~tracker_sched.integrations.mlflow.deployment_registry`); predictions run in the
+calling process, no server needed. ``predict`` takes either a metrics window (the serving format of
 :mod:`tracker_sched.advising.serving`: rows with ``step``, ``train_loss``,
 ``val_metric``, ``lr``, plus ``total_steps``) or a run (``{"run_id": ...,
 "total_steps": ...}``: the run's metric histories are read from MLflow and,
@@ -24,171 +25,31 @@ mlflow only inside functions; the client class, which must subclass MLflow's
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
-import os
-import re
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from tracker_sched.errors import InputError, TrackerSchedError
+from tracker_sched.errors import TrackerSchedError
 
-TARGET = "tracker-sched"
-FLAVOR = "tracker_sched"
-_FLAVORS = (None, "", FLAVOR, TARGET, "python_function", "pyfunc")
-REGISTRY_FILE = "deployments.json"
-ENV_HOME = "TRACKER_SCHED_HOME"
+# Re-exported: the target's constants and home() are read here by users and tests.
+from .deployment_registry import ENV_HOME as ENV_HOME
+from .deployment_registry import FLAVOR as FLAVOR
+from .deployment_registry import REGISTRY_FILE as REGISTRY_FILE
+from .deployment_registry import (
+    TARGET,
+    cache_bundle,
+    check_flavor,
+    check_name,
+    error_class,
+    fail,
+    inside_home,
+    read_registry,
+    registry_entry,
+    write_registry,
+)
+from .deployment_registry import home as home
+
 _TRUE = ("1", "true", "yes", "on")
-
-
-def home() -> Path:
-    """Where local state lives: ``$TRACKER_SCHED_HOME``, else ``~/.tracker_sched``."""
-    return Path(os.environ.get(ENV_HOME) or Path.home() / ".tracker_sched")
-
-
-@functools.cache
-def _error_class() -> type[InputError]:
-    import click
-
-    class DeploymentError(InputError, click.ClickException):
-        """A tracker-sched deployment error; the ``mlflow`` CLI prints it as one line."""
-
-        def __init__(self, message: str) -> None:
-            InputError.__init__(self, message)
-            click.ClickException.__init__(self, message)
-
-    DeploymentError.__module__ = __name__
-    return DeploymentError
-
-
-def _fail(message: str) -> NoReturn:
-    raise _error_class()(message)
-
-
-# ---------------------------------------------------------------------------- names and paths
-# A name becomes a folder under the home: letters, digits, '.', '_' and '-', starting with a
-# letter or digit, no '..'. Nothing else can reach outside (no '/', '\\', NUL, '..', '-rf').
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
-        _fail(f"deployment name {name!r} is not allowed: use 1-100 letters, digits, '.', '_' "
-              "or '-', starting with a letter or digit (it names a folder under "
-              f"{home() / 'deployments'})")
-    return name
-
-
-def _deployments_root() -> Path:
-    return home() / "deployments"
-
-
-def _inside_home(path: str | Path, name: str) -> Path:
-    """A recorded bundle folder, refused unless it lies under the home's deployments folder
-    (the registry is a JSON file anyone can edit: delete must never follow it elsewhere)."""
-    resolved = Path(path).resolve()
-    root = _deployments_root().resolve()
-    if root not in resolved.parents:
-        _fail(f"deployment {name!r} records its bundle at {path}, outside {root}; the "
-              f"registry {_registry_path()} was edited by hand: fix or remove that entry")
-    return resolved
-
-
-# ---------------------------------------------------------------------------- the registry
-def _registry_path() -> Path:
-    return home() / REGISTRY_FILE
-
-
-def _read_registry() -> dict[str, dict[str, Any]]:
-    path = _registry_path()
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        _fail(f"cannot read the deployments registry {path}: {exc}; delete it to start afresh")
-    if not isinstance(data, dict):
-        _fail(f"the deployments registry {path} is not a JSON object; delete it to start afresh")
-    return data
-
-
-def _write_registry(data: Mapping[str, Mapping[str, Any]]) -> None:
-    path = _registry_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".deployments-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)  # a full disk leaves no half-written file behind
-        raise
-
-
-def _entry(name: str) -> dict[str, Any]:
-    registry = _read_registry()
-    if name not in registry:
-        known = ", ".join(sorted(registry)) or "none"
-        _fail(f"no tracker-sched deployment named {name!r} (known: {known}); create it with "
-              f"`mlflow deployments create -t {TARGET} --name {name} -m models:/MODEL@ALIAS`")
-    return registry[name]
-
-
-@contextlib.contextmanager
-def _tracking_uri(uri: str | None) -> Iterator[None]:
-    if not uri:
-        yield
-        return
-    # MLflow's own helper restores the unset state too (set_tracking_uri would pin a value).
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-    with _use_tracking_uri(uri):
-        yield
-
-
-def _cache_bundle(name: str, model_uri: str, tracking_uri: str | None) -> dict[str, Any]:
-    """Download (or copy) the bundle into the deployment's own folder; return its record."""
-    from tracker_sched.bundle.folder import Bundle
-    from tracker_sched.stores import bundle_path
-
-    if not model_uri:
-        _fail("a model URI is required: -m models:/NAME@ALIAS (or runs:/, or a bundle folder)")
-    # MLflow's own URI forms go to the MLflow store; anything else is any bundle URI.
-    is_mlflow = model_uri.split(":", 1)[0] in ("models", "runs")
-    uri = "mlflow:" + model_uri if is_mlflow else model_uri
-    folder = _deployments_root() / _check_name(name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=_ensure(_deployments_root())))
-    try:
-        with _tracking_uri(tracking_uri):
-            local = bundle_path(uri, dst=staging / "download")
-        manifest = Bundle.load(local).manifest  # never record a bundle that does not load
-        shutil.copytree(local, staging / "bundle")
-        if folder.exists() or folder.is_symlink():
-            shutil.rmtree(_inside_home(folder, name))  # a link out of the home is refused
-        (staging / "bundle").rename(folder)
-    except TrackerSchedError as exc:
-        _fail(f"cannot deploy {model_uri}: {exc}")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {"name": name, "model_uri": model_uri, "flavor": FLAVOR,
-            "bundle_path": str(folder), "bundle_version": manifest.created_at,
-            "tracking_uri": tracking_uri}
-
-
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _check_flavor(flavor: str | None) -> None:
-    if flavor not in _FLAVORS:
-        _fail(f"flavor {flavor!r} is not served by the {TARGET} target; leave it out "
-              f"(or use {FLAVOR!r})")
 
 
 # ---------------------------------------------------------------------------- predictions
@@ -201,9 +62,9 @@ def _records(inputs: Any) -> list[dict[str, Any]]:
     if (isinstance(inputs, Sequence) and not isinstance(inputs, str | bytes)
             and all(isinstance(r, Mapping) for r in inputs)):
         return [dict(r) for r in inputs]
-    _fail("inputs must be a metrics window (rows with step, train_loss, val_metric, lr and "
-          "total_steps) or {'run_id': ..., 'total_steps': ...}; got "
-          f"{type(inputs).__name__}")
+    fail("inputs must be a metrics window (rows with step, train_loss, val_metric, lr and "
+         "total_steps) or {'run_id': ..., 'total_steps': ...}; got "
+         f"{type(inputs).__name__}")
 
 
 def _first(rows: Sequence[Mapping[str, Any]], key: str) -> Any:
@@ -220,9 +81,9 @@ def _positive_int(value: Any, what: str, minimum: int = 1) -> int:
     try:
         f = float(value)
     except (TypeError, ValueError):
-        _fail(f"{what} must be {kind} integer, got {value!r}")
+        fail(f"{what} must be {kind} integer, got {value!r}")
     if not f.is_integer() or f < minimum:
-        _fail(f"{what} must be {kind} integer, got {value!r}")
+        fail(f"{what} must be {kind} integer, got {value!r}")
     return int(f)
 
 
@@ -238,12 +99,12 @@ def _run_observations(client: Any, run_id: str, bundle: Any) -> tuple[list[Any],
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        _fail(f"run {run_id!r} not found in {client.tracking_uri}: {exc.message}")
+        fail(f"run {run_id!r} not found in {client.tracking_uri}: {exc.message}")
     keys = sorted(run.data.metrics)
     roles = map_roles(keys, role_keys(bundle), MetricMap())
     if "lr" not in roles and "train_loss" not in roles:
-        _fail(f"run {run_id} has no metric usable by the advisor; it logged: "
-              f"{', '.join(keys) or 'nothing'}")
+        fail(f"run {run_id} has no metric usable by the advisor; it logged: "
+             f"{', '.join(keys) or 'nothing'}")
     rows: dict[int, dict[str, float]] = {}
     for role, key in roles.items():
         points = [(int(m.step), int(m.timestamp), float(m.value))
@@ -264,8 +125,8 @@ def predict_recommendation(entry: Mapping[str, Any], inputs: Any,
     params = dict(params or {})
     rows = _records(inputs)
     if not rows:
-        _fail("inputs are empty: send the run's logged steps or {'run_id': ...}")
-    bundle = Bundle.load(_inside_home(entry["bundle_path"], str(entry.get("name"))))
+        fail("inputs are empty: send the run's logged steps or {'run_id': ...}")
+    bundle = Bundle.load(inside_home(entry["bundle_path"], str(entry.get("name"))))
     total = params.get("total_steps", _first(rows, "total_steps"))
     log_back = str(params.get("log_back", _first(rows, "log_back")) or "").lower() in _TRUE
     run_id = params.get("run_id", _first(rows, "run_id"))
@@ -273,12 +134,12 @@ def predict_recommendation(entry: Mapping[str, Any], inputs: Any,
         if run_id is not None:
             return _predict_run(entry, bundle, str(run_id), total, log_back, params)
         if log_back:
-            _fail("log_back needs a run_id: with a metrics window there is no run to write to")
+            fail("log_back needs a run_id: with a metrics window there is no run to write to")
         if "observations" in rows[0]:
             request = parse_request({**rows[0], **({"total_steps": total} if total else {})})
         else:
             if total is None:
-                _fail("total_steps is missing: add it as a column (or params['total_steps'])")
+                fail("total_steps is missing: add it as a column (or params['total_steps'])")
             payload: dict[str, Any] = {
                 "observations": observations_from_records(rows),
                 "total_steps": _positive_int(total, "total_steps"),
@@ -288,9 +149,9 @@ def predict_recommendation(entry: Mapping[str, Any], inputs: Any,
             request = parse_request(payload)
         rec = answer(bundle, request)
     except TrackerSchedError as exc:
-        if isinstance(exc, _error_class()):
+        if isinstance(exc, error_class()):
             raise
-        _fail(str(exc))
+        fail(str(exc))
     return rec.model_dump(mode="json")
 
 
@@ -308,10 +169,10 @@ def _predict_run(entry: Mapping[str, Any], bundle: Any, run_id: str, total: Any,
         found = stated_budget(run_params)
         total = found.steps if found is not None else None
     if total is None:
-        _fail(f"total_steps is missing: pass it, or log one of the params "
-              f"{', '.join(STEP_KEYS)} on run {run_id}")
+        fail(f"total_steps is missing: pass it, or log one of the params "
+             f"{', '.join(STEP_KEYS)} on run {run_id}")
     if not observations:
-        _fail(f"run {run_id} has logged no steps yet")
+        fail(f"run {run_id} has logged no steps yet")
     rec = answer(bundle, RecommendRequest(observations=observations,
                                              total_steps=_positive_int(total, "total_steps")))
     if log_back:
@@ -336,16 +197,16 @@ def _build_client() -> type:
         def create_deployment(self, name: str, model_uri: str, flavor: str | None = None,
                               config: Mapping[str, Any] | None = None,
                               endpoint: str | None = None) -> dict[str, Any]:
-            _check_flavor(flavor)
-            _check_name(name)
-            if name in _read_registry():
-                _fail(f"deployment {name!r} exists; use `mlflow deployments update` "
-                      "or delete it first")
-            record = _cache_bundle(name, model_uri, (config or {}).get("tracking_uri"))
-            registry = _read_registry()
+            check_flavor(flavor)
+            check_name(name)
+            if name in read_registry():
+                fail(f"deployment {name!r} exists; use `mlflow deployments update` "
+                     "or delete it first")
+            record = cache_bundle(name, model_uri, (config or {}).get("tracking_uri"))
+            registry = read_registry()
             registry[name] = record
             try:
-                _write_registry(registry)
+                write_registry(registry)
             except BaseException:  # not recorded: do not leave its copy behind
                 shutil.rmtree(record["bundle_path"], ignore_errors=True)
                 raise
@@ -355,36 +216,36 @@ def _build_client() -> type:
                               flavor: str | None = None,
                               config: Mapping[str, Any] | None = None,
                               endpoint: str | None = None) -> dict[str, Any]:
-            _check_flavor(flavor)
-            old = _entry(name)
+            check_flavor(flavor)
+            old = registry_entry(name)
             tracking_uri = (config or {}).get("tracking_uri", old.get("tracking_uri"))
-            record = _cache_bundle(name, model_uri or old["model_uri"], tracking_uri)
-            registry = _read_registry()
+            record = cache_bundle(name, model_uri or old["model_uri"], tracking_uri)
+            registry = read_registry()
             registry[name] = record
-            _write_registry(registry)
+            write_registry(registry)
             return record
 
         def delete_deployment(self, name: str, config: Mapping[str, Any] | None = None,
                               endpoint: str | None = None) -> None:
-            record = _entry(name)
-            folder = _inside_home(record["bundle_path"], name)  # before anything changes
-            registry = _read_registry()
+            record = registry_entry(name)
+            folder = inside_home(record["bundle_path"], name)  # before anything changes
+            registry = read_registry()
             registry.pop(name, None)
-            _write_registry(registry)
+            write_registry(registry)
             shutil.rmtree(folder, ignore_errors=True)
 
         def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
-            return [dict(v) for _, v in sorted(_read_registry().items())]
+            return [dict(v) for _, v in sorted(read_registry().items())]
 
         def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
-            return dict(_entry(name))
+            return dict(registry_entry(name))
 
         def predict(self, deployment_name: str | None = None, inputs: Any = None,
                     endpoint: str | None = None,
                     params: Mapping[str, Any] | None = None) -> Any:
             if not deployment_name:
-                _fail("name the deployment to predict with (--name)")
-            rec = predict_recommendation(_entry(deployment_name), inputs, params)
+                fail("name the deployment to predict with (--name)")
+            rec = predict_recommendation(registry_entry(deployment_name), inputs, params)
             # A dict (the Recommendation) that MLflow's CLI can print with .to_json().
             return PredictionsResponse(rec)
 
@@ -395,11 +256,11 @@ def _build_client() -> type:
 def run_local(name: str, model_uri: str, flavor: str | None = None,
               config: Mapping[str, Any] | None = None) -> None:
     """Deployments of this target are local already: record (or refresh) the deployment."""
-    _check_flavor(flavor)
-    _check_name(name)
-    registry = _read_registry()
-    registry[name] = _cache_bundle(name, model_uri, (config or {}).get("tracking_uri"))
-    _write_registry(registry)
+    check_flavor(flavor)
+    check_name(name)
+    registry = read_registry()
+    registry[name] = cache_bundle(name, model_uri, (config or {}).get("tracking_uri"))
+    write_registry(registry)
 
 
 def target_help() -> str:
@@ -425,7 +286,8 @@ INPUT.json, one of:
 The answer is the Recommendation as JSON: status, reason, step, lr_now,
 schedule (future steps and lrs), predicted_final, model_version.
 With log_back the run gets metric tracker_sched.lr_recommended (and a plan marker), artifact
-tracker_sched/plan-step<N>.json and tags tracker_sched.status/reason.
+tracker_sched/plan-step<N>.json (with its summary plan-step<N>.md) and tags
+tracker_sched.status/reason.
 """
 
 

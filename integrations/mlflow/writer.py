@@ -11,7 +11,11 @@ What a run gets (the names say which lr is which):
                                       metric, at each new plan
 ``tracker_sched.plan``                metric: a marker at each new plan's step (0 warm-up,
                                       1 planned, 2 fallback)
-``tracker_sched/plan-step<N>.json``   artifact: the plan, summary first
+``tracker_sched/plan-step<N>.json``   artifact: the plan, summary first (for programs)
+``tracker_sched/plan-step<N>.md``     artifact: the same plan for a person: the summary and
+                                      the schedule at a dozen steps, as tables (MLflow's
+                                      artifact viewer re-indents ``.json``, one number a
+                                      line, and renders ``.md``)
 ``tracker_sched.status`` ...          tags: status, reason, bundle, bundle version, the
                                       registered model's name and version number, and
                                       at the end what the advisor did (plans, fallbacks,
@@ -60,6 +64,8 @@ TAG_BUNDLE_VERSION = "tracker_sched.bundle_version"
 TAG_STATUS = "tracker_sched.status"
 TAG_REASON = "tracker_sched.reason"
 PLAN_ARTIFACT = "tracker_sched/plan-step{step}.json"
+PLAN_SUMMARY = "tracker_sched/plan-step{step}.md"
+PLAN_ROWS = 12  # schedule points the markdown summary shows
 TAG_MAX_CHARS = 5000  # MLflow's tag value limit is 8,000 on recent servers, 5,000 on older
 SIGNIFICANT = 6  # digits kept for floats in plan JSON
 LR_DIGITS = 5  # significant digits of the lr metrics (relative error at most 5e-5)
@@ -103,6 +109,39 @@ def plan_json(rec: Recommendation) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{_round(value):.6g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def plan_markdown(rec: Recommendation) -> str:
+    """The plan for a person (``plan-step<N>.md``): the summary as a table, then the
+    schedule at :data:`PLAN_ROWS` evenly spaced points (the first and the last among them);
+    the whole schedule is in the JSON beside it. The reason is redacted."""
+    rows: list[tuple[str, object]] = [("status", rec.status), ("step", rec.step),
+                                      ("lr now", rec.lr_now)]
+    if rec.predicted_final is not None:
+        spread = (f" ± {_cell(rec.predicted_spread)}" if rec.predicted_spread is not None
+                  else "")
+        rows.append(("predicted final", f"{_cell(rec.predicted_final)}{spread}"))
+    rows.append(("reason", redact_text(rec.reason) or "-"))
+    if rec.samples_drawn:
+        rows.append(("candidates", f"{rec.samples_accepted} accepted of {rec.samples_drawn}"))
+    rows.append(("bundle created", rec.model_version or "-"))
+    steps, lrs = rec.schedule.step, rec.schedule.lr
+    n = len(steps)
+    picks = sorted({round(i * (n - 1) / (PLAN_ROWS - 1)) for i in range(PLAN_ROWS)}) if n else []
+    lines = [f"# tracker-sched plan at step {rec.step}: {rec.status}", "", "| | |", "|---|---|",
+             *(f"| {key} | {_cell(value)} |" for key, value in rows), "",
+             f"## Schedule: the lr from step {steps[0] if n else '-'} to the end "
+             f"({len(picks)} of {n} points)", "", "| step | lr |", "|---:|---:|",
+             *(f"| {steps[i]} | {float(lrs[i]):.4g} |" for i in picks), "",
+             f"Every point, for programs: `{PLAN_ARTIFACT.format(step=rec.step).split('/')[-1]}`"
+             " (a `Recommendation` as JSON).", ""]
+    return "\n".join(lines)
+
+
 def recommendation_tags(rec: Recommendation) -> dict[str, str]:
     """Status and reason tags. The reason may quote a server URL: credentials are masked."""
     return {TAG_STATUS: rec.status,
@@ -136,6 +175,7 @@ def log_recommendation(client: MlflowClient, run_id: str, rec: Recommendation, *
     for key, value in plan_metrics(rec).items():
         client.log_metric(run_id, key, value, step=rec.step)
     client.log_text(run_id, plan_json(rec), PLAN_ARTIFACT.format(step=rec.step))
+    client.log_text(run_id, plan_markdown(rec), PLAN_SUMMARY.format(step=rec.step))
     tags = recommendation_tags(rec)
     if bundle_version:
         tags[TAG_BUNDLE_VERSION] = bundle_version
@@ -212,8 +252,9 @@ class MlflowWriter:
             return
         self._last_plan = rec
         if last is None or rec.schedule != last.schedule or rec.status != last.status:
-            text, name = plan_json(rec), PLAN_ARTIFACT.format(step=rec.step)
-            self._submit("plan", lambda: self._write_plan(text, name))
+            files = [(plan_json(rec), PLAN_ARTIFACT.format(step=rec.step)),
+                     (plan_markdown(rec), PLAN_SUMMARY.format(step=rec.step))]
+            self._submit("plan", lambda: self._write_plan(files))
             self.metrics(plan_metrics(rec), rec.step)
         self.set_tags(recommendation_tags(rec))
 
@@ -286,15 +327,19 @@ class MlflowWriter:
         if exc is not None:
             self._tracker_error("metrics", exc)
 
-    def _write_plan(self, text: str, name: str) -> None:
-        try:
-            self.client.log_text(self.run_id, text, name)
-        except Exception:
-            if self.fallback_dir is not None:
-                path = self.fallback_dir / Path(name).name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
-            raise
+    def _write_plan(self, files: list[tuple[str, str]]) -> None:
+        """The plan's files (the JSON first); where one fails, every file not yet written is
+        saved to ``fallback_dir`` instead."""
+        for i, (text, name) in enumerate(files):
+            try:
+                self.client.log_text(self.run_id, text, name)
+            except Exception:
+                if self.fallback_dir is not None:
+                    for rest, rest_name in files[i:]:
+                        path = self.fallback_dir / Path(rest_name).name
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        path.write_text(rest)
+                raise
 
     def _submit(self, what: str, job: Callable[[], None]) -> None:
         if self._closed:

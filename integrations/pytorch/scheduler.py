@@ -48,7 +48,7 @@ class AdvisorLR(LRScheduler):
         bundle: Bundle,
         total_steps: int,
         *,
-        mode: Literal["generative", "control"] | None = None,
+        mode: Literal["auto", "generative", "control", "best"] | None = None,
         **advisor_kw: Any,
     ) -> AdvisorLR:
         """An advisor for ``bundle`` in ``mode`` (default: the bundle's kind; control needs a

@@ -72,7 +72,8 @@ class AdvisorCallback(TrainerCallback):
         planner: the planner's settings (a ``PlannerConfig``), passed to the advisor.
         replan_every: observations between replans, passed to the advisor.
         max_replans: plans a run makes at most (None: no limit), passed to the advisor.
-        mode: ``"generative"`` or ``"control"`` (default: the bundle's).
+        mode: ``"auto"`` (default: the bundle's decision), ``"generative"``, ``"control"``
+            or ``"best"`` (docs/planner-modes.md).
         write_back: write recommendations to the ``report_to`` trackers.
         flush_timeout_s: how long the end of training waits for MLflow writes.
 

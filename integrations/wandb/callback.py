@@ -211,6 +211,7 @@ class SweepCallback:
                 self.writer.summary({"status_name": rec.status,
                                      "reason": redact_text(rec.reason),
                                      "plan_step": rec.step, "model_version": rec.model_version,
+                                     "mode": rec.mode or "",
                                      **self._counts()})
         self.writer.row(row, step)
         return lr

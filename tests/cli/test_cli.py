@@ -76,6 +76,12 @@ def test_fit_writes_a_bundle_report_and_plot(cli_fit: CliFit) -> None:
     assert report["runs_total"] == 48
     assert report == json.loads(bundle.manifest.report.model_dump_json())
     assert f"sweep best: {bundle.manifest.sweep.best_run_id}" in cli_fit.stdout
+    # --mode auto is the default: the decision is stored and printed
+    decision = bundle.manifest.planner
+    assert decision is not None
+    assert f"planner mode (auto): {decision.mode}" in cli_fit.stdout
+    assert decision.best_schedule is not None
+    assert decision.best_schedule.run_id == bundle.manifest.sweep.best_run_id
 
 
 def test_inspect_prints_the_best_run(cli_fit: CliFit, capsys: pytest.CaptureFixture[str]) -> None:
@@ -85,6 +91,7 @@ def test_inspect_prints_the_best_run(cli_fit: CliFit, capsys: pytest.CaptureFixt
     assert f"best {best}" in out
     assert "1 member(s)" in out
     assert "Forecast RMSE" in out
+    assert "planner mode (auto): " in out and "  why: " in out
 
 
 def test_inspect_json(cli_fit: CliFit, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,7 @@ tests run in-process and stop before any training.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from tracker_sched import cli
 from tracker_sched.demo.results import DemoConfig
 from tracker_sched.demo.run import ALIAS, EXPERIMENT, MARKER, MODEL_NAME, check_folder, run_demo
+from tracker_sched.demo.view import VIEW_KEY, VIEW_TAG, column_key
 from tracker_sched.errors import InputError, MissingDependencyError
 
 pytest.importorskip("mlflow")
@@ -59,10 +61,20 @@ def test_demo_prints_the_comparison_and_the_ui_command(demo: dict[str, Any]) -> 
     assert "not a benchmark" in out and "docs/benchmarks.md" in out
     assert f"mlflow ui --backend-store-uri {demo['uri']}" in out
     exp = demo["client"].get_experiment_by_name(EXPERIMENT)
-    assert f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs" in out
+    assert (f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs"
+            f"?viewStateShareKey={VIEW_KEY}") in out
     # The UI opens the experiment on its training runs, with a description.
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "tracker-sched demo" in exp.tags["mlflow.note.content"]
+    # The printed URL's view shows metric columns that the runs really logged, first.
+    view = json.loads(exp.tags[VIEW_TAG])
+    logged = {"metrics": {k for r in demo["runs"] for k in r.data.metrics},
+              "params": {k for r in demo["runs"] for k in r.data.params}}
+    want = [column_key(kind, name) for kind in logged for name in sorted(logged[kind])]
+    shown = [c for c in view["selectedColumns"] if not c.startswith("attributes.")]
+    assert shown and set(shown) <= set(want)
+    assert shown[:2] == [column_key("metrics", "val_acc"), column_key("metrics", "test_acc")]
+    assert column_key("metrics", "fit.val_rmse") in shown
 
 
 @pytest.mark.slow
@@ -124,7 +136,7 @@ def test_the_advisor_run_carries_the_recommended_lr(demo: dict[str, Any]) -> Non
     assert advisor.data.tags["tracker_sched.status"] in {"planned", "warmup", "fallback"}
     assert "advisor error" not in advisor.data.tags.get("tracker_sched.reason", "")
     plans = [a.path for a in client.list_artifacts(advisor.info.run_id, "tracker_sched")]
-    assert plans and all(p.endswith(".json") for p in plans)
+    assert plans and {p.rsplit(".", 1)[-1] for p in plans} == {"json", "md"}
     assert not [k for k in parametric.data.metrics if k.startswith("tracker_sched.")]
 
 

@@ -116,7 +116,7 @@ def test_disk_full_writing_the_deployments_registry(
 ) -> None:
     """Survives: the registry as it was (a reader never sees half a file), no temp file."""
     pytest.importorskip("mlflow")
-    from tracker_sched.integrations.mlflow import deployments
+    from tracker_sched.integrations.mlflow import deployment_registry, deployments
 
     monkeypatch.setenv(deployments.ENV_HOME, str(tmp_path / "home"))
     client = deployments.TrackerSchedDeploymentClient("tracker-sched")
@@ -130,7 +130,7 @@ def test_disk_full_writing_the_deployments_registry(
         real_dump({"half": "written"}, fp)  # type: ignore[arg-type]
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(deployments.json, "dump", full_dump)
+    monkeypatch.setattr(deployment_registry.json, "dump", full_dump)  # the registry's writer
     with pytest.raises(OSError, match="No space left"):
         client.create_deployment("second", str(bundle))
     assert registry.read_text() == before

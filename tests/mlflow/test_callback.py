@@ -39,9 +39,11 @@ from tracker_sched.integrations.mlflow.callback import (
 )
 from tracker_sched.integrations.mlflow.writer import (
     PLAN_MARKER,
+    PLAN_ROWS,
     PREDICTED_FINAL,
     _shown,
     plan_json,
+    plan_markdown,
 )
 from tracker_sched.schema import MetricMap, Recommendation, Schedule
 from tracker_sched.sources.files import read_sweep
@@ -133,9 +135,12 @@ def optimizer() -> torch.optim.Optimizer:
 
 
 def plans(client: MlflowClient, run_id: str) -> dict[str, Recommendation]:
+    """The run's plan JSONs by file name; each has its markdown summary beside it."""
     names = [f.path for f in client.list_artifacts(run_id, "tracker_sched")]
+    assert sorted(n for n in names if n.endswith(".md")) == sorted(
+        n.removesuffix(".json") + ".md" for n in names if n.endswith(".json"))
     out = {}
-    for name in names:
+    for name in (n for n in names if n.endswith(".json")):
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
                                                     tracking_uri=client.tracking_uri)
         out[Path(name).name] = Recommendation.model_validate_json(Path(local).read_text())
@@ -194,6 +199,9 @@ def test_callback_writes_lr_plans_and_tags_and_drives_the_optimizer(
     assert tags[TAG_STATUS] == "planned"
     assert tags[TAG_REASON] == final.reason
     assert tags["tracker_sched.bundle"] == str(bundle_dir)
+    # which planner advised the run, and why (auto: this bundle has no decision, its kind)
+    assert tags["tracker_sched.mode"] == final.mode == "generative"
+    assert "generative" in tags["tracker_sched.mode_reason"]
 
 
 def test_callback_on_the_active_run_of_a_server(bundle: Bundle, mlflow_server: str) -> None:
@@ -341,6 +349,8 @@ def test_server_going_away_mid_run_never_stops_training(bundle: Bundle, tmp_path
         (spool / f"plan-step{cb.plan.step}.json").read_text())
     assert (saved.step, saved.status, saved.schedule.step) == (
         cb.plan.step, cb.plan.status, cb.plan.schedule.step)
+    assert (spool / f"plan-step{cb.plan.step}.md").read_text().startswith(
+        f"# tracker-sched plan at step {cb.plan.step}")
 
 
 def test_a_hung_tracker_never_blocks_training(bundle: Bundle,
@@ -387,6 +397,17 @@ def test_plan_json_reads_summary_first() -> None:
     assert back.schedule.step == rec.schedule.step
     assert back.schedule.lr == pytest.approx(rec.schedule.lr, rel=1e-5)
     assert back.predicted_final == pytest.approx(0.812346)
+    # For a person: the summary and a dozen points of the schedule, as markdown tables.
+    md = plan_markdown(rec.model_copy(update={"reason": "best | of 64"}))
+    assert md.splitlines()[0] == "# tracker-sched plan at step 120: planned"
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert rows[1:5] == ["| status | planned |", "| step | 120 |", "| lr now | 0.0123457 |",
+                         "| predicted final | 0.812346 ± 0.01 |"]
+    assert "| reason | best \\| of 64 |" in rows  # a | in the reason does not split the row
+    points = rows[rows.index("| step | lr |") + 1:]
+    assert len(points) == PLAN_ROWS
+    assert points[0] == "| 120 | 0.05 |" and points[-1] == f"| 836 | {0.05 * 0.99 ** 179:.4g} |"
+    assert "`plan-step120.json`" in md
     # The lr metrics are logged short enough for the runs table to show them whole.
     assert _shown(LR_METRIC, 9.88846518234e-07) == 9.8885e-07
     assert _shown("train_loss", 0.123456789) == 0.123456789

@@ -152,7 +152,7 @@ def test_mlflow_deployments_cli_end_to_end(store: dict[str, Any], tmp_path: Path
     assert tags[TAG_STATUS] == from_run.status
     assert tags[TAG_BUNDLE_VERSION] == store["bundle"].manifest.created_at
     assert [f.path for f in client.list_artifacts(store["run_id"], "tracker_sched")] == [
-        f"tracker_sched/plan-step{from_run.step}.json"]
+        f"tracker_sched/plan-step{from_run.step}.{ext}" for ext in ("json", "md")]
 
     gone = mlflow_cli(["delete", "--name", "cnn"], store, home, tmp_path)
     assert gone.returncode == 0, gone.stderr

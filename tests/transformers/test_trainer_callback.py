@@ -140,7 +140,7 @@ def test_applied_lr_read_back_from_mlflow(advised: dict[str, Any]) -> None:
     assert history(client, run_id, "tracker_sched.predicted_final") == {
         plan.step: pytest.approx(plan.predicted_final)}
     names = {Path(f.path).name for f in client.list_artifacts(run_id, "tracker_sched")}
-    assert names == {"plan-step0.json", f"plan-step{plan.step}.json"}
+    assert names == {f"plan-step{s}.{ext}" for s in (0, plan.step) for ext in ("json", "md")}
     tags = client.get_run(run_id).data.tags
     assert tags["tracker_sched.status"] == "planned"
     assert tags["tracker_sched.lr_control"] == "scheduler"

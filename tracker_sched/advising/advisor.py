@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Literal
 
 import numpy as np
 
 from tracker_sched.advising.following import PlanFollower
-from tracker_sched.advising.serving import warmup_plan, whole_steps, window_ready
+from tracker_sched.advising.serving import warmup_plan, window_ready
 from tracker_sched.advising.stopping import Stopper
+from tracker_sched.bundle.decision import DecidedMode
 from tracker_sched.bundle.folder import Bundle
-from tracker_sched.errors import InputError
 from tracker_sched.model.stop_odds import StopDecision, StopRule
-from tracker_sched.planning.control import ControlPlannerConfig, make_planner, mode_for
+from tracker_sched.planning.control import (
+    ControlPlannerConfig,
+    PlannerMode,
+    make_planner,
+    mode_reason,
+)
 from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import Recommendation
@@ -45,8 +49,15 @@ class Advisor(PlanFollower):
     raises does not count as the run's plan: it is tried again at the next due point,
     up to ``MAX_FAILURES`` times.
 
-    ``mode="control"`` plans with :class:`~tracker_sched.planning.control.ControlPlanner`
-    from a control-mode bundle (``control`` holds its settings).
+    Observations may arrive late or out of order: each series takes only steps after its
+    last one, and a step far ahead of the run's next ones is dropped as an outlier (see
+    ``HEAL_AFTER``).
+
+    ``mode="auto"`` (the default) follows the planner the bundle trusts: an auto bundle's
+    fit-time decision (control, generative, or ``best``: the sweep's best configuration's
+    schedule), else the bundle's kind. ``mode`` and ``mode_reason`` say which and why;
+    every recommendation names its ``mode``. ``"generative"``, ``"control"`` or
+    ``"best"`` force a mode (``control`` holds the control planner's settings).
 
     Args:
         bundle: the fitted model (:func:`tracker_sched.load_bundle`).
@@ -54,12 +65,14 @@ class Advisor(PlanFollower):
         config: the generative planner's options (candidates, guards).
         replan_every: observations between replans.
         max_replans: plans made once the window is ready (None: no limit).
-        mode: ``"generative"`` or ``"control"``; by default the bundle's kind decides.
+        mode: ``"auto"`` (default, also ``None``), ``"generative"``, ``"control"`` or
+            ``"best"``.
         control: the control planner's options.
 
     Raises:
         InputError: ``total_steps`` is not a positive whole number, or ``mode`` does not
-            fit the bundle's kind. After construction nothing raises.
+            fit the bundle (a control mode needs a control model). After construction
+            nothing raises.
     """
 
     def __init__(
@@ -70,18 +83,17 @@ class Advisor(PlanFollower):
         config: PlannerConfig | None = None,
         replan_every: int = 10,
         max_replans: int | None = 1,
-        mode: Literal["generative", "control"] | None = None,
+        mode: PlannerMode | None = "auto",
         control: ControlPlannerConfig | None = None,
     ) -> None:
-        super().__init__(log)
+        super().__init__(log, total_steps, replan_every=replan_every, max_replans=max_replans)
         self.bundle = bundle
-        self.total_steps = whole_steps(total_steps, "total_steps", minimum=1)
-        self.replan_every = max(1, replan_every)
-        self.max_replans = max_replans
-        self.replans = 0  # plans made (a failed attempt does not count)
         self.failures = 0  # replans that raised; the advisor stops trying after MAX_FAILURES
         self.planner = make_planner(bundle, mode, config=config, control=control)
-        self.mode = mode_for(bundle) if mode is None else mode
+        #: the mode followed (never "auto": what auto resolved to) and why
+        self.mode: DecidedMode = self.planner.MODE
+        self.mode_reason = mode_reason(bundle, mode)
+        log.info("tracker-sched: planner mode %s: %s", self.mode, self.mode_reason)
         self._obs: dict[str, tuple[list[int], list[float]]] = {
             "train_loss": ([], []), "lr": ([], []), "val_metric": ([], []),
         }
@@ -91,99 +103,30 @@ class Advisor(PlanFollower):
         self._behind: list[tuple[int, dict[str, float]]] = []  # see _take_behind
         self._undo: tuple[int, Recommendation, int] | None = None  # (made at, before, replans)
         self._stopper: Stopper | None = None
-        self._plan = warmup_plan(bundle, self.total_steps)  # the served model's, the same
+        self._plan = warmup_plan(bundle, self.total_steps, mode=self.mode)  # the served one
 
-    def observe(
-        self,
-        step: int,
-        *,
-        train_loss: float | None = None,
-        val_metric: float | None = None,
-        lr: float | None = None,
-    ) -> Recommendation:
-        """Record what the run logged at ``step``; replan when due. Never raises.
+    # ------------------------------------------------------------------ the follower's hooks
+    def _take(self, at: int, values: dict[str, float]) -> None:
+        """Each series takes only steps after its last one (a late validation metric for an
+        earlier step than the last loss is fine). An observation behind every series it
+        carries is set aside; if the run goes on behind ``HEAL_AFTER`` times in a row, the
+        newer points were the outliers (a step in another unit): they are dropped, with any
+        plan made from them, and the set-aside observations are kept."""
+        lasts = [self._obs[key][0][-1] for key in values if self._obs[key][0]]
+        if values and len(lasts) == len(values) and all(at < last for last in lasts):
+            self._take_behind(at, values)  # behind every series it would extend
+        else:
+            self._behind.clear()  # stragglers: the run is back on course
+            self._record(at, values)
+            self._maybe_replan(at)
 
-        A step that is no whole number in ``[0, total_steps]`` is refused (logged once) and
-        changes nothing. Each series takes only steps after its last one (a late validation
-        metric for an earlier step than the last loss is fine). An observation behind every
-        series it carries is set aside; if the run goes on behind ``HEAL_AFTER`` times in a
-        row, the newer points were the outliers (a step in another unit): they are dropped,
-        with any plan made from them, and the set-aside observations are kept.
-
-        Args:
-            step: the training step the values were logged at, in the unit of
-                ``total_steps``.
-            train_loss: the training loss at ``step``, if logged.
-            val_metric: the validation metric at ``step``, if logged.
-            lr: the lr the run used at ``step``, if known.
-
-        Returns:
-            The :class:`~tracker_sched.schema.Recommendation` to follow now.
-        """
-        try:
-            values = {key: float(v) for key, v in (("train_loss", train_loss),
-                                                    ("val_metric", val_metric), ("lr", lr))
-                      if v is not None}
-            at = self._valid_step(step)
-            if at is None:
-                return self._plan
-            lasts = [self._obs[key][0][-1] for key in values if self._obs[key][0]]
-            if values and len(lasts) == len(values) and all(at < last for last in lasts):
-                self._take_behind(at, values)  # behind every series it would extend
-            else:
-                self._behind.clear()  # stragglers: the run is back on course
-                self._record(at, values)
-                self._maybe_replan(at)
-        except Exception as exc:  # the training loop must never die because of us
-            self._fallback(step, f"advisor error: {type(exc).__name__}: {exc}")
-        return self._plan
-
-    def lr(self, step: int) -> float:
-        """The lr to use at ``step`` (log-linear between planned points). Never raises.
-
-        Args:
-            step: the training step about to run.
-
-        Returns:
-            The learning rate (positive, finite): the plan's, or the last known one.
-        """
-        out = self._scheduled_lr(step)
-        return self._plan.lr_now if out is None else out
-
-    def stop_decision(self, incumbent: float | None, *,
-                      rule: StopRule | None = None) -> StopDecision:
-        """Should the run stop now? The odds that its final validation metric beats
-        ``incumbent`` (the best finished run's, or a target; as logged), from what it has
-        observed (:mod:`tracker_sched.stopping`). Never raises: a failure is "do not stop".
-
-        Args:
-            incumbent: the value to beat; None: nothing to beat yet (never stops).
-            rule: threshold, grace period, patience (default :class:`StopRule`); a new rule
-                starts a new count of decisions below the threshold.
-        """
-        try:
-            if self._stopper is None or (rule is not None and rule != self._stopper.rule):
-                self._stopper = Stopper(self.bundle, self.total_steps, rule)
-            step = self._accepted[-1] if self._accepted else 0
-            return self._stopper.decide(self._history(), step, incumbent)
-        except Exception as exc:  # the training loop must never die because of us
-            self._warn_once(f"stop decision failed: {type(exc).__name__}: {exc}")
-            return StopDecision(incumbent=None, reason=f"stop decision failed, not stopping: "
-                                f"{type(exc).__name__}: {exc}")
+    def _decide_stop(self, incumbent: float | None, rule: StopRule | None) -> StopDecision:
+        if self._stopper is None or (rule is not None and rule != self._stopper.rule):
+            self._stopper = Stopper(self.bundle, self.total_steps, rule)
+        step = self._accepted[-1] if self._accepted else 0
+        return self._stopper.decide(self._history(), step, incumbent)
 
     # ------------------------------------------------------------------ internals
-    def _valid_step(self, step: object) -> int | None:
-        try:
-            at = whole_steps(step, "step")
-        except InputError as exc:
-            self._warn_once(f"observation refused: {exc}")
-            return None
-        if at > self.total_steps:
-            self._warn_once(f"observation refused: step {at} is past total_steps="
-                            f"{self.total_steps} (a step in another unit?)")
-            return None
-        return at
-
     def _record(self, step: int, values: dict[str, float]) -> None:
         for key, value in values.items():
             steps, vals = self._obs[key]

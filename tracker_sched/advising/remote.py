@@ -22,26 +22,22 @@ import logging
 import math
 import queue
 import threading
-import time
 from typing import Any
 
 import requests
 
 from tracker_sched.advising.following import PlanFollower
-from tracker_sched.advising.serving import CHANNELS, recommendation_from_row, whole_steps
-from tracker_sched.errors import InputError, TrackerSchedError
+from tracker_sched.advising.serving import CHANNELS
+from tracker_sched.advising.transport import ServedModel, ServerError
+from tracker_sched.errors import InputError
 from tracker_sched.limits import CLIENT_MAX_ROWS
 from tracker_sched.model.stop_odds import StopDecision, StopRequest, StopRule
 from tracker_sched.schema import Recommendation, Schedule
-from tracker_sched.util.redact import redact_text, redact_url
+from tracker_sched.util.redact import redact_text
 
 log = logging.getLogger("tracker_sched.remote")
 
-BACKOFF_S = 0.2  # first retry delay; doubles per retry
-
-
-class ServerError(TrackerSchedError):
-    """The served model did not answer usefully; the message says why (never leaves the advisor)."""
+__all__ = ["RemoteAdvisor", "ServerError"]
 
 
 class RemoteAdvisor(PlanFollower):
@@ -71,12 +67,16 @@ class RemoteAdvisor(PlanFollower):
     in flight waits for it (the queue holds one request), so a slow server costs requests, not
     training time. :meth:`wait` blocks until the server has answered what was asked (tests,
     the end of a run); :meth:`close` stops the thread (also ``with RemoteAdvisor(...)``).
+    :meth:`stop_decision` does not wait either: it returns the server's latest decision and
+    asks for a fresh one, which arrives with a later call.
 
     Raises:
         ServerError: (a :class:`~tracker_sched.errors.TrackerSchedError`) without
             ``initial_lr``, the server gave no warm-up plan.
         InputError: ``total_steps`` or another argument is unusable.
     """
+
+    _error_label = "remote advisor"
 
     def __init__(
         self,
@@ -90,21 +90,10 @@ class RemoteAdvisor(PlanFollower):
         session: requests.Session | None = None,
         initial_lr: float | None = None,
     ) -> None:
-        total = whole_steps(total_steps, "total_steps", minimum=1)
+        super().__init__(log, total_steps, replan_every=replan_every, max_replans=max_replans)
         if initial_lr is not None and not (math.isfinite(initial_lr) and initial_lr > 0):
             raise InputError(f"initial_lr must be a positive number, got {initial_lr}")
-        super().__init__(log)
-        self.url = url.rstrip("/") + "/invocations"
-        self.url_shown = redact_url(self.url)
-        self.total_steps = total
-        self.timeout = timeout
-        self.retries = max(0, retries)
-        self.replan_every = max(1, replan_every)
-        self.max_replans = max_replans
-        self.replans = 0
-        self.requests_sent = 0
-        self._own_session = session is None
-        self.session = session or requests.Session()
+        self.server = ServedModel(url, timeout=timeout, retries=retries, session=session)
         self._rows: dict[int, dict[str, float]] = {}
         self._last: dict[str, int] = {}
         self._run_lr = initial_lr
@@ -135,89 +124,52 @@ class RemoteAdvisor(PlanFollower):
             "run's own lr", step=0, lr_now=initial_lr, schedule=Schedule(step=[], lr=[]))
         self._submit(0)
 
-    # ------------------------------------------------------------------ the advisor interface
-    def observe(
-        self,
-        step: int,
-        *,
-        train_loss: float | None = None,
-        val_metric: float | None = None,
-        lr: float | None = None,
-    ) -> Recommendation:
-        """Record what the run logged at ``step``; ask the server when due. Never raises, never
-        waits on the network. A step that is no whole number in ``[0, total_steps]`` is
-        refused (logged once) and changes nothing, as in the local advisor.
+    @property
+    def url_shown(self) -> str:
+        """The server's ``/invocations`` URL with any credentials masked (logs, reasons)."""
+        return self.server.url_shown
 
-        Args:
-            step: the training step the values were logged at, in the unit of
-                ``total_steps``.
-            train_loss: the training loss at ``step``, if logged.
-            val_metric: the validation metric at ``step``, if logged.
-            lr: the lr the run used at ``step``, if known.
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests sent so far, retries included."""
+        return self.server.requests_sent
 
-        Returns:
-            The :class:`~tracker_sched.schema.Recommendation` to follow now.
-        """
-        try:
-            try:
-                at = whole_steps(step, "step")
-                if at > self.total_steps:
-                    raise InputError(f"step {at} is past total_steps={self.total_steps} (a "
-                                     "step in another unit?)")
-            except InputError as exc:
-                self._warn_once(f"observation refused: {exc}")
-                return self._plan
-            with self._lock:
-                self._record(at, train_loss=train_loss, val_metric=val_metric, lr=lr)
-                self._since_plan += 1
-                self._since_try += 1
-                due = self._due(at)
-            if due:
-                self._submit(at)
-        except Exception as exc:  # the training loop must never die because of us
-            with self._lock:
-                self._fallback(self._safe_step(step),
-                               f"remote advisor error: {type(exc).__name__}: {exc}")
-        return self._plan
+    # ------------------------------------------------------------------ the follower's hooks
+    def _take(self, at: int, values: dict[str, float]) -> None:
+        """Record the observation and ask the server when due; never waits on the network."""
+        with self._lock:
+            self._record(at, **values)
+            self._since_plan += 1
+            self._since_try += 1
+            due = self._due(at)
+        if due:
+            self._submit(at)
 
-    def lr(self, step: int) -> float:
-        """The lr to use at ``step`` (log-linear between planned points). Never raises.
+    @property
+    def mode(self) -> str | None:
+        """The planner mode the served bundle follows, as its latest answer names it (auto
+        bundles: their fit-time decision); None before an answer or from an older server."""
+        return self._plan.mode
 
-        Args:
-            step: the training step about to run.
+    def _observe_failed(self, step: Any, reason: str) -> None:
+        with self._lock:
+            self._fallback(self._safe_step(step), reason)
 
-        Returns:
-            The learning rate (positive, finite): the plan's, or the last known one.
-        """
-        out = self._scheduled_lr(step)
-        if out is not None:
-            return out
+    def _unplanned_lr(self) -> float:
         # No schedule from the server yet: the run's own lr.
         return self._run_lr if self._run_lr is not None else self._plan.lr_now
 
-    def stop_decision(self, incumbent: float | None, *,
-                      rule: StopRule | None = None) -> StopDecision:
-        """The server's latest stop decision; asks for a fresh one in the background.
-
-        Never waits on the network and never raises: the answer to this call arrives with
-        a later one (call :meth:`wait` first to have it now), and every plan request asks
-        too once a stop has been asked for. A failing server means "do not stop".
-
-        Args:
-            incumbent: the value to beat (as logged); None: nothing to beat (never stops).
-            rule: threshold, grace period, patience (default :class:`StopRule`).
-        """
-        try:
-            with self._lock:
-                self._stop_ask = StopRequest(incumbent=incumbent, rule=rule or StopRule(),
-                                             below=self._stop.below)
-                step = max(self._rows) if self._rows else 0
-                free = self._idle.is_set() and not self._closed
-            if free:
-                self._submit(step, stop_only=True)
-        except Exception as exc:  # the training loop must never die because of us
-            self._warn_once(f"stop decision failed: {type(exc).__name__}: {exc}")
-            return StopDecision(reason=f"stop decision failed, not stopping: {exc}")
+    def _decide_stop(self, incumbent: float | None, rule: StopRule | None) -> StopDecision:
+        """The server's latest decision; a fresh one is asked for in the background (its
+        answer arrives with a later call: :meth:`wait` first to have it now), and every plan
+        request asks too once a stop has been asked for. A failing server: "do not stop"."""
+        with self._lock:
+            self._stop_ask = StopRequest(incumbent=incumbent, rule=rule or StopRule(),
+                                         below=self._stop.below)
+            step = max(self._rows) if self._rows else 0
+            free = self._idle.is_set() and not self._closed
+        if free:
+            self._submit(step, stop_only=True)
         return self._stop
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -239,8 +191,8 @@ class RemoteAdvisor(PlanFollower):
                 with contextlib.suppress(queue.Empty):
                     self._jobs.get_nowait()  # the queued request is dropped: we are closing
         self._thread.join(timeout)
-        if not self._thread.is_alive() and self._own_session:
-            self.session.close()
+        if not self._thread.is_alive():
+            self.server.close()
 
     def __enter__(self) -> RemoteAdvisor:
         return self
@@ -348,33 +300,12 @@ class RemoteAdvisor(PlanFollower):
         self._plan = rec
 
     def _request(self, payload: dict[str, Any]) -> Recommendation:
-        shown = self.url_shown
-        reason = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(BACKOFF_S * 2 ** (attempt - 1))
-            self.requests_sent += 1
-            try:
-                resp = self.session.post(self.url, json=payload, timeout=self.timeout)
-            except requests.Timeout:
-                reason = f"no answer from {shown} within {self.timeout:g} s"
-                continue
-            except requests.RequestException as exc:
-                reason = f"cannot reach {shown} ({type(exc).__name__})"
-                continue
-            if resp.status_code >= 500:
-                reason = f"{shown} answered HTTP {resp.status_code}: {_server_message(resp)}"
-                continue
-            if resp.status_code != 200:
-                raise ServerError(f"{shown} refused the request (HTTP {resp.status_code}): "
-                                  f"{_server_message(resp)}")
-            rec, ready, stop = _parse_answer(resp, shown)
-            if ready is not None:
-                self._ready_step = ready
-            if stop is not None:
-                self._stop = stop
-            return rec
-        raise ServerError(f"{reason} ({self.retries + 1} attempts)")
+        answer = self.server.ask(payload)
+        if answer.ready_step is not None:
+            self._ready_step = answer.ready_step
+        if answer.stop is not None:
+            self._stop = answer.stop
+        return answer.recommendation
 
     def _fallback(self, step: int, reason: str) -> None:
         """Keep the plan we follow, marked as a fallback with the reason."""
@@ -382,43 +313,3 @@ class RemoteAdvisor(PlanFollower):
         self._warn_once(reason)
         self._plan = self._plan.model_copy(update={"status": "fallback", "reason": reason,
                                                    "step": int(step), "lr_now": self.lr(step)})
-
-
-def _server_message(resp: requests.Response) -> str:
-    """The useful line of an MLflow scoring server's error: our own exception's message."""
-    try:
-        body = resp.json()
-    except ValueError:
-        return resp.text.strip()[:300] or resp.reason
-    if isinstance(body, dict):
-        trace = str(body.get("stack_trace") or "").strip().splitlines()
-        if trace:
-            return trace[-1][:300]
-        return str(body.get("message") or body)[:300]
-    return str(body)[:300]
-
-
-def _parse_answer(resp: requests.Response,
-                  url: str) -> tuple[Recommendation, int | None, StopDecision | None]:
-    """The recommendation in a ``{"predictions": [row]}`` answer, the row's ``ready_step``
-    and its stop decision (None when not asked, or not one)."""
-    try:
-        body: Any = resp.json()
-        row = body["predictions"][0]
-        rec = recommendation_from_row(row)
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        # InputError is a ValueError: a row that is no recommendation lands here too.
-        raise ServerError(f"{url} answered something that is not a recommendation "
-                          f"({exc}): {resp.text[:200]!r}") from exc
-    stop = None
-    raw = row.get("stop")
-    if isinstance(raw, str) and raw:
-        try:
-            stop = StopDecision.model_validate_json(raw)
-        except ValueError:
-            stop = StopDecision(reason=f"{url} answered a stop decision that is not one; "
-                                "not stopping")
-    ready = row.get("ready_step")
-    if isinstance(ready, (int, float)) and math.isfinite(ready):
-        return rec, int(ready), stop
-    return rec, None, stop

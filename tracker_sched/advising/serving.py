@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tracker_sched.errors import InputError
+from tracker_sched.errors import InputError, invalid
 from tracker_sched.limits import MAX_ROWS, MAX_SCHEDULE_POINTS, MAX_STEPS
 from tracker_sched.planning.history import LiveHistory
 from tracker_sched.schema import ROLES, Recommendation, Schedule
 
 if TYPE_CHECKING:  # torch: a thin client (RemoteAdvisor) uses this module without it
     from tracker_sched.bundle.folder import Bundle
-    from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
+    from tracker_sched.planning.base import Planner
+    from tracker_sched.planning.generative import PlannerConfig
 
 CHANNELS = ROLES  # an observation's metrics: the roles, in the one order of schema.ROLES
 
@@ -119,10 +120,7 @@ def parse_request(payload: Mapping[str, Any]) -> RecommendRequest:
     try:
         return RecommendRequest.model_validate(payload)
     except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise InputError(f"bad recommendation request: {errors}") from exc
+        raise invalid(exc, "bad recommendation request") from exc
 
 
 def history_from_observations(observations: Sequence[Observation]) -> LiveHistory:
@@ -147,7 +145,7 @@ def recommend(
     bundle: Bundle,
     request: RecommendRequest,
     *,
-    planner: GenerativePlanner | None = None,
+    planner: Planner | None = None,
     config: PlannerConfig | None = None,
 ) -> Recommendation:
     """One stateless replan for a run's observations. Raises InputError on unusable input."""
@@ -189,16 +187,26 @@ def first_logged(observations: Sequence[Observation]) -> int | None:
     return min(steps) if steps else None
 
 
-def warmup_plan(bundle: Bundle, total_steps: int, step: int = 0) -> Recommendation:
-    """The sweep's best run's schedule stretched to ``total_steps``; ``lr_now`` at ``step``."""
-    sweep = bundle.manifest.sweep
-    steps = [round(t * total_steps) for t in sweep.warmup_tau]
-    lr_now = float(10 ** np.interp(step / total_steps, sweep.warmup_tau,
-                                   np.log10(sweep.warmup_lr)))
+def warmup_plan(bundle: Bundle, total_steps: int, step: int = 0,
+                mode: str | None = None) -> Recommendation:
+    """The sweep's best run's schedule stretched to ``total_steps``; ``lr_now`` at ``step``.
+
+    An auto bundle's best schedule as logged (``manifest.planner.best_schedule``) when it
+    has one, else the warm-up plan on the bundle's grid. ``mode``: the mode the caller
+    follows, named on the recommendation."""
+    m = bundle.manifest
+    best = m.planner.best_schedule if m.planner is not None else None
+    tau, lr = (best.tau, best.lr) if best is not None else (m.sweep.warmup_tau,
+                                                            m.sweep.warmup_lr)
+    if best is not None:
+        keep = np.r_[np.diff(np.rint(np.asarray(tau) * total_steps)) != 0, True]
+        tau, lr = list(np.asarray(tau)[keep]), list(np.asarray(lr)[keep])
+    steps = [round(t * total_steps) for t in tau]
+    lr_now = float(10 ** np.interp(step / total_steps, tau, np.log10(lr)))
     return Recommendation(
         status="warmup", reason="following the sweep's best run until a full window exists",
-        step=int(step), lr_now=lr_now, schedule=Schedule(step=steps, lr=list(sweep.warmup_lr)),
-        model_version=bundle.manifest.created_at,
+        step=int(step), lr_now=lr_now, schedule=Schedule(step=steps, lr=[float(v) for v in lr]),
+        model_version=m.created_at, mode=mode,  # type: ignore[arg-type]
     )
 
 
@@ -206,7 +214,7 @@ def answer(
     bundle: Bundle,
     request: RecommendRequest,
     *,
-    planner: GenerativePlanner | None = None,
+    planner: Planner | None = None,
 ) -> Recommendation:
     """What a server answers: the warm-up plan until the window is ready, then :func:`recommend`.
 
@@ -219,7 +227,8 @@ def answer(
         raise InputError(f"step {step} is outside the budget [0, {request.total_steps}]")
     first = first_logged(request.observations)
     if first is None or not window_ready(bundle, step, request.total_steps, first):
-        return warmup_plan(bundle, request.total_steps, step)
+        return warmup_plan(bundle, request.total_steps, step,
+                           getattr(planner, "MODE", None) if planner is not None else None)
     return recommend(bundle, request, planner=planner)
 
 
@@ -228,7 +237,7 @@ def answer(
 # as one JSON string column, since nested lists in a pandas cell do not
 # round-trip through every MLflow output path.
 ROW_FIELDS = ("status", "reason", "step", "lr_now", "schedule", "predicted_final",
-              "predicted_spread", "samples_accepted", "samples_drawn", "model_version")
+              "predicted_spread", "samples_accepted", "samples_drawn", "model_version", "mode")
 
 
 def recommendation_to_row(rec: Recommendation) -> dict[str, Any]:

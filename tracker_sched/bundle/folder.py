@@ -41,13 +41,15 @@ from tracker_sched.bundle.manifest import (
     BundleManifest,
 )
 from tracker_sched.errors import BundleError
+from tracker_sched.model.control import KIND as CONTROL_KIND
 from tracker_sched.model.forecast import Forecaster
 from tracker_sched.model.kinds import MODEL_CLASSES
-from tracker_sched.model.latent import LatentODE
+from tracker_sched.model.latent import LatentODE, ModelConfig
 from tracker_sched.util.folders import check_target, install, staging_dir
 from tracker_sched.util.redact import redact_config
 
 WEIGHTS = "weights.pt"
+CONTROL_PREFIX = "control_member_"  # an auto bundle's control members in weights.pt
 REPORT = "report.json"
 PLOT = "forecast.png"
 # The files a bundle folder is made of, in the order a save puts them in place: the manifest,
@@ -69,11 +71,33 @@ class Bundle:
         BundleError: the number of members does not match the manifest.
     """
 
-    def __init__(self, manifest: BundleManifest, models: list[LatentODE]) -> None:
+    def __init__(self, manifest: BundleManifest, models: list[LatentODE],
+                 control_models: list[LatentODE] | None = None) -> None:
         if len(models) != manifest.members:
             raise BundleError(f"manifest says {manifest.members} members, got {len(models)}")
+        part = manifest.planner.control if manifest.planner is not None else None
+        want = part.members if part is not None else 0
+        if len(control_models or []) != want:
+            raise BundleError(f"manifest says {want} control members, got "
+                              f"{len(control_models or [])}")
         self.manifest = manifest
         self.models = models
+        #: an auto bundle's control ensemble (``manifest.planner.control``), else empty
+        self.control_models = list(control_models or [])
+
+    def control_view(self) -> Bundle | None:
+        """An auto bundle's control ensemble as a control-mode bundle (what
+        :class:`~tracker_sched.planning.control.ControlPlanner` reads); None without one."""
+        m = self.manifest
+        part = m.planner.control if m.planner is not None else None
+        if part is None:
+            return None
+        view = m.model_copy(update={
+            "kind": CONTROL_KIND, "members": part.members, "model": part.model,
+            "fit": part.fit, "window": part.window, "normalisation": part.normalisation,
+            "control": part.checks, "planner": None,
+        })
+        return Bundle(view, self.control_models)
 
     @property
     def forecaster(self) -> Forecaster:
@@ -98,7 +122,10 @@ class Bundle:
             staged = staging_dir(dest)
             manifest = stored_manifest(self.manifest)
             buf = io.BytesIO()
-            torch.save({f"member_{i}": m.state_dict() for i, m in enumerate(self.models)}, buf)
+            state = {f"member_{i}": m.state_dict() for i, m in enumerate(self.models)}
+            state.update({f"{CONTROL_PREFIX}{i}": m.state_dict()
+                          for i, m in enumerate(self.control_models)})
+            torch.save(state, buf)
             weights = buf.getvalue()
             manifest = manifest.model_copy(
                 update={"weights_sha256": hashlib.sha256(weights).hexdigest()})
@@ -154,30 +181,39 @@ class Bundle:
             ) from exc
         if not isinstance(state, dict):
             raise BundleError(f"{wpath} does not hold a state dict; the bundle is corrupt")
-        models = []
-        for i in range(manifest.members):
-            sd = state.get(f"member_{i}")
-            if not isinstance(sd, dict):
-                raise BundleError(f"{wpath} has no weights for member {i}; the bundle is corrupt")
-            for name, tensor in sd.items():
-                if (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
-                        and not bool(torch.isfinite(tensor).all())):
-                    raise BundleError(f"{wpath}: member {i}'s {name} holds NaN or infinite "
-                                      "weights; the bundle is corrupt")
-            model = MODEL_CLASSES[manifest.kind](manifest.model)
-            try:
-                model.load_state_dict(sd, strict=True)
-            except RuntimeError as exc:
-                raise BundleError(
-                    f"weights of member {i} do not fit the model config in {mpath}: {exc}"
-                ) from exc
-            model.eval()
-            models.append(model)
+        models = [_member(state, f"member_{i}", f"member {i}", MODEL_CLASSES[manifest.kind],
+                          manifest.model, wpath, mpath) for i in range(manifest.members)]
+        part = manifest.planner.control if manifest.planner is not None else None
+        control = [] if part is None else [
+            _member(state, f"{CONTROL_PREFIX}{i}", f"control member {i}",
+                    MODEL_CLASSES[CONTROL_KIND], part.model, wpath, mpath)
+            for i in range(part.members)]
         # Last, so that weights that do not load say why: these load, but are another save's.
         if manifest.weights_sha256 not in (None, hashlib.sha256(weights).hexdigest()):
             raise BundleError(f"{wpath} is not the weights {mpath} was saved with (a save was "
                               "interrupted, or a file was replaced); save the bundle again")
-        return cls(manifest, models)
+        return cls(manifest, models, control)
+
+
+def _member(state: dict[str, object], key: str, what: str, cls: type[LatentODE],
+            config: ModelConfig, wpath: Path, mpath: Path) -> LatentODE:
+    """One member rebuilt from ``state[key]``, its weights checked finite; BundleError if not."""
+    sd = state.get(key)
+    if not isinstance(sd, dict):
+        raise BundleError(f"{wpath} has no weights for {what}; the bundle is corrupt")
+    for name, tensor in sd.items():
+        if (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+                and not bool(torch.isfinite(tensor).all())):
+            raise BundleError(f"{wpath}: {what}'s {name} holds NaN or infinite weights; the "
+                              "bundle is corrupt")
+    model = cls(config)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"weights of {what} do not fit the model config in {mpath}: {exc}"
+                          ) from exc
+    model.eval()
+    return model
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tracker_sched import limits
+from tracker_sched.bundle.decision import PlannerDecision
 from tracker_sched.data.grid import Normalisation
 from tracker_sched.data.summary import SweepSummary
 from tracker_sched.model.latent import ModelConfig
@@ -146,6 +147,12 @@ class BundleManifest(BaseModel):
         description="config keys whose values were redacted before saving (names only; the "
         "rule is in tracker_sched.util.redact)",
     )
+    planner: PlannerDecision | None = Field(
+        default=None,
+        description="an auto fit's decision: which planner the bundle trusts and why, with "
+        "its evidence (tracker_sched.bundle.decision); None in bundles fitted for one mode, "
+        "or before the field existed: their kind decides",
+    )
     weights_sha256: str | None = Field(
         default=None,
         description="digest of weights.pt: a folder caught between two saves cannot pair one "
@@ -163,6 +170,10 @@ class BundleManifest(BaseModel):
         for run in self.sweep.top_runs:
             if {len(run.train_loss), len(run.log_lr), len(run.val_metric)} != {g}:
                 raise ValueError(f"top run {run.run_id} is not on the {g}-point grid")
+        part = self.planner.control if self.planner is not None else None
+        if part is not None and part.window > g:
+            raise ValueError(f"the control ensemble's window {part.window} is longer than the "
+                             f"grid ({g} points)")
         return self
 
 

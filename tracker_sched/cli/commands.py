@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from tracker_sched.cli.common import (
     _check,
     _control_checks_text,
+    _decision_text,
     _forecast_table,
     _issue_table,
     _json,
@@ -90,14 +91,14 @@ def read_history(path: str) -> list[Observation]:
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from tracker_sched.advising.serving import RecommendRequest, answer
-    from tracker_sched.planning.control import PlannerMode, make_planner, mode_for
+    from tracker_sched.planning.control import PlannerMode, make_planner
     from tracker_sched.stores import load_bundle
 
     observations = read_history(args.history)  # before the bundle: a bad file fails fast
     if args.step is not None and args.step > args.total_steps:
         raise InputError(f"--step {args.step} is past --total-steps {args.total_steps}")
     bundle = load_bundle(_with_tracking_uri(args, args.bundle))
-    mode: PlannerMode = args.mode or mode_for(bundle)
+    mode: PlannerMode = args.mode or "auto"
     request = RecommendRequest(observations=observations, total_steps=args.total_steps,
                                step=args.step)
     # answer(), not recommend(): the warm-up rule of the Advisor and the served model.
@@ -122,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nplots: " + ", ".join(str(p) for p in result.plots))
     print(f"done in {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s"
                                                for k, v in result.stage_s.items()) + ")")
-    from tracker_sched.demo.run import runs_url
+    from tracker_sched.demo.view import runs_url
 
     print(f"see it all in MLflow:\n  mlflow ui --backend-store-uri {result.tracking_uri} "
           f"--host 127.0.0.1 --port 5000\nthen open the training runs at\n  "
@@ -147,6 +148,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
           f"lr explored {s.lr_min:.2e} .. {s.lr_max:.2e}")
     if m.report.holdout is not None:
         print(_forecast_table(m))
+    print(_decision_text(m))
     if m.control:
         from tracker_sched.fit.checks import ControlChecks
 

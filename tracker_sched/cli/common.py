@@ -137,6 +137,40 @@ def _control_checks_text(checks: ControlChecks) -> str:
     return "\n".join(lines)
 
 
+def _decision_text(manifest: BundleManifest) -> str:
+    """The planner a bundle trusts, why, and the numbers behind it (fit report, inspect)."""
+    d = manifest.planner
+    if d is None:
+        mode = "control" if manifest.kind == "control_ode" else "generative"
+        return (f"planner mode: {mode} (the bundle's kind; fitted without --mode auto, so no "
+                "auto decision is stored)")
+    ev = d.evidence
+    lines = [f"planner mode (auto): {d.mode}", f"  why: {d.reason}"]
+    skill = ev.get("forecast_skill")
+    lines.append(f"  evidence: forecast wins {ev.get('forecast_wins')}/"
+                 f"{ev.get('forecast_comparisons')} comparisons"
+                 + (f" ({skill:.0%})" if isinstance(skill, float) else "")
+                 + f", forecast trust {ev.get('forecast_trust')}; control "
+                 + ("fitted, flags " + str(len(ev.get("control_flags") or [])) + ", ranking "
+                    f"mean {_num(ev.get('ranking_mean'))} worst {_num(ev.get('ranking_worst'))}"
+                    if ev.get("control_fitted") else "not fitted (the rule could not pick it)")
+                 + f"; learnable design {ev.get('learnable')}")
+    rule = d.rule
+    lines.append(f"  rule: control ranking mean >= {rule.get('control_min_ranking_mean')}, "
+                 f"worst >= {rule.get('control_min_ranking_worst')}; generative skill >= "
+                 f"{rule.get('generative_min_skill')}; prefer {rule.get('prefer')} "
+                 "(benchmarks/results/auto_rule.json)")
+    if d.best_schedule is not None:
+        b = d.best_schedule
+        lines.append(f"  best schedule: run {b.run_id}, {len(b.tau)} points (within "
+                     f"{b.tolerance_dex:g} dex of the logged lr)")
+    return "\n".join(lines)
+
+
+def _num(x: object) -> str:
+    return f"{x:.2f}" if isinstance(x, float) else "-"
+
+
 def _with_tracking_uri(args: argparse.Namespace, uri: str) -> str:
     """Point MLflow at ``--tracking-uri`` for an ``mlflow:`` bundle URI; returns the URI."""
     import os

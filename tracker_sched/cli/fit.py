@@ -6,23 +6,26 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from tracker_sched.cli.common import (
     _control_checks_text,
+    _decision_text,
     _forecast_table,
     _issue_table,
     _metric_map,
     _read_and_check,
     print,
 )
-from tracker_sched.errors import InputError
+from tracker_sched.errors import InputError, invalid
 from tracker_sched.util.term import escape
 
 if TYPE_CHECKING:  # the bundle module imports torch: keep `--help` fast
     from tracker_sched.bundle.manifest import FitReport
+
+_Options = TypeVar("_Options", bound=BaseModel)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -56,21 +59,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
         model = dict(base.get("model", {}) or {})  # type: ignore[call-overload]
         model["solver"] = args.solver
         base["model"] = ModelConfig(**model)
-    try:
-        config = FitConfig.model_validate(base)
-    except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise InputError(f"invalid fit options: {errors}") from exc
+    config = _options(FitConfig, base, "fit")
     result, checked = _read_and_check(args)  # options first, then the sweep, then training
     _set_threads(args)
     from tracker_sched.fit.generative import fit_sweep
 
     mm = _metric_map(args)
-    fitted = fit_sweep(result.runs, config, mm, workers=args.workers,
-                       progress=not args.no_progress, source_issues=result.issues,
-                       checked=checked)
+    auto = None
+    if args.mode == "auto":  # the generative fit, the control fit if it could matter, a decision
+        from tracker_sched.design.auto_fit import fit_auto
+
+        auto = fit_auto(result.runs, config, None, mm, workers=args.workers,
+                        progress=not args.no_progress, source_issues=result.issues,
+                        checked=checked)
+        fitted = auto.fit
+    else:
+        fitted = fit_sweep(result.runs, config, mm, workers=args.workers,
+                           progress=not args.no_progress, source_issues=result.issues,
+                           checked=checked)
     report, bundle = fitted.report, fitted.bundle
     out = bundle.save(args.out)
     (out / "report.json").write_text(report.model_dump_json(indent=2))
@@ -102,10 +108,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
                                    config.window)
             except ImportError as exc:
                 print(f"no plot: {exc}", file=sys.stderr)
+    if auto is not None:
+        print(f"sweep design: {auto.confounding.summary()}")
+        if auto.control is not None:
+            from tracker_sched.fit.checks import ControlChecks
+
+            print(_control_checks_text(ControlChecks.model_validate(
+                auto.control.manifest.control or {})))
+        print(_decision_text(bundle.manifest))
     print(f"bundle written to {out}")
     if args.register:
         print(f"registered {_register(args, out, report)}")
     return 0
+
+
+def _options(model: type[_Options], values: dict[str, object], what: str) -> _Options:
+    """The options (``--config`` and the flags) as ``model``; an InputError naming each bad one."""
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise invalid(exc, f"invalid {what} options") from exc
 
 
 def _set_threads(args: argparse.Namespace) -> None:
@@ -128,13 +150,7 @@ def _fit_control(args: argparse.Namespace, base: dict[str, object]) -> int:
     flags = {"iterations": args.iterations, "members": args.ensemble, "seed": args.seed,
              "grid_points": args.grid_points, "window": args.window}
     base.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        config = ControlFitConfig.model_validate(base)
-    except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise InputError(f"invalid control fit options: {errors}") from exc
+    config = _options(ControlFitConfig, base, "control fit")
     result, checked = _read_and_check(args)
     conf = confounding(checked.validated)
     print(f"sweep design: {conf.summary()}")

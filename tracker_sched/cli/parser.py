@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tracker_sched.budget import EPOCH_KEYS, STEP_KEYS
 from tracker_sched.errors import InputError
 from tracker_sched.limits import MAX_STEPS
 
@@ -61,8 +62,9 @@ def _sweep_rule_args(p: argparse.ArgumentParser) -> None:
                    help="every run's budget, in the units of its step axis")
     b.add_argument("--total-steps-key", metavar="KEY",
                    help="the config key (param) holding each run's budget in the units of its "
-                   "step axis (default: total_steps, max_steps, num_training_steps, then epoch "
-                   "counts x steps per epoch, else the last step of a finished run)")
+                   f"step axis (default: {', '.join(STEP_KEYS)}, then epoch counts "
+                   f"({', '.join(EPOCH_KEYS)}) x steps per epoch, else the last step of a "
+                   "finished run)")
     g.add_argument("--ignore-config-key", action="append", default=[], metavar="KEY",
                    help="a config key that is no hyperparameter (a glob; repeatable): runs that "
                    "differ only in it and in seeds are one configuration")
@@ -92,10 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", help="JSON file with FitConfig fields (flags win)")
     fit.add_argument("--no-plots", action="store_true", help="skip the forecast plot")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
-    fit.add_argument("--mode", choices=("generative", "control"), default="generative",
-                     help="generative (default): the paper's model, lr decoded; control: the lr "
-                     "as an input of the dynamics, a bootstrap ensemble with lr-response checks "
-                     "(docs/control.md); --config then holds ControlFitConfig fields")
+    fit.add_argument("--mode", choices=("auto", "generative", "control"), default="auto",
+                     help="auto (default): fit the generative model, the control model when the "
+                     "sweep's evidence could pick it, and decide from that evidence which "
+                     "planner the bundle trusts: control, generative or the sweep's best "
+                     "schedule (docs/planner-modes.md); generative: the paper's model only, lr "
+                     "decoded; control: the lr as an input of the dynamics, a bootstrap "
+                     "ensemble with lr-response checks (docs/control.md), --config then holds "
+                     "ControlFitConfig fields")
     fit.add_argument("--register", metavar="NAME",
                      help="also store the bundle in a tracker under NAME (MLflow: a registered "
                      "pyfunc model; W&B: an artifact)")
@@ -125,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the run's planned budget")
     rec.add_argument("--step", type=_steps_arg(0),
                      help="the current step (default: the last logged)")
-    rec.add_argument("--mode", choices=("generative", "control"),
-                     help="planner mode (default: the bundle's kind: control for a "
-                     "control-mode bundle, else generative)")
+    rec.add_argument("--mode", choices=("auto", "generative", "control", "best"),
+                     default="auto",
+                     help="planner mode (default auto: the bundle's own: an auto bundle's "
+                     "fit-time decision, control for a control-mode bundle, else generative)")
 
     ins = sub.add_parser("inspect", help="summarise a bundle and its fit report")
     ins.add_argument("bundle", help="bundle: a folder, mlflow:models:/NAME@ALIAS or "

@@ -25,13 +25,15 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tracker_sched._optional import require
 from tracker_sched.demo.report import write_plots
 from tracker_sched.demo.results import ArmRun, DemoConfig, DemoResult
+from tracker_sched.demo.store import log_run, quiet_mlflow, use_tracking_uri
+from tracker_sched.demo.view import VIEW_TAG, runs_view
 from tracker_sched.errors import InputError
 from tracker_sched.util.workers import spawn_pool
 
@@ -46,7 +48,6 @@ EXPERIMENT = "tracker-sched-demo"
 MODEL_NAME = "tracker-sched-demo"
 ALIAS = "champion"
 MARKER = "tracker-sched-demo.json"
-METRIC_KEYS = {"train_loss": "train_loss", "lr": "lr", "val_metric": "val_acc"}
 #: The UI opens a "custom model development" experiment on its training runs (not on the
 #: GenAI overview), and shows the note as the experiment's description.
 EXPERIMENT_TAGS = {
@@ -59,10 +60,6 @@ EXPERIMENT_TAGS = {
         "advisor runs, `lr` is the lr applied and `tracker_sched.lr_recommended` the advice."),
 }
 
-
-def runs_url(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:
-    """The address of the experiment's training runs in ``mlflow ui``."""
-    return f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
 
 Say = Callable[[str], None]
 
@@ -85,51 +82,6 @@ def check_folder(folder: Path) -> None:
         )
 
 
-@contextmanager
-def _tracking_uri(uri: str) -> Iterator[None]:
-    """Point MLflow's global tracking URI at the demo's store, then restore the caller's.
-
-    MLflow keeps the URI in module state and mirrors it into MLFLOW_TRACKING_URI;
-    both are put back so that an in-process caller (a notebook, a test) is unaffected.
-    """
-    import os
-
-    import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    before, env_before = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets
-        if env_before is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = env_before
-
-
-@contextmanager
-def _quiet_mlflow() -> Iterator[None]:
-    """Keep the demo's output to its own lines: MLflow's info logs, download bars and
-    model-logging hints (input examples, cloudpickle) say nothing about the demo."""
-    import os
-    import warnings
-
-    logger = logging.getLogger("mlflow")
-    level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    logger.setLevel(logging.ERROR)
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
-            yield
-    finally:
-        logger.setLevel(level)
-        if bar is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
-
-
 # -------------------------------------------------------------------------- sweep
 
 
@@ -147,44 +99,6 @@ def _train_job(kwargs: dict[str, Any]) -> TrainResult:
     from tracker_sched.tasks.mnist1d import train_run
 
     return train_run(**kwargs)
-
-
-def _describe(config: dict[str, Any], what: str) -> str:
-    """A run's description (``mlflow.note.content``): what it is and what it logs."""
-    return (f"{what}: MNIST-1D {config.get('model', 'cnn').upper()}, schedule "
-            f"{config.get('schedule')} at peak lr {config.get('peak_lr'):g}, seed "
-            f"{config.get('seed')}, {config.get('epochs')} epochs. Metrics: train_loss, lr (the "
-            "lr the optimizer applied), val_acc and test_acc (fractions, 0 to 1).")
-
-
-def _log_run(client: MlflowClient, experiment_id: str, parent_id: str, result: TrainResult,
-             tags: dict[str, str], extra: dict[str, str] | None = None) -> str:
-    """One finished training run as an MLflow child run: params, histories, final test acc."""
-    from mlflow.entities import Metric, Param
-
-    rec = result.record
-    what = {"sweep": "Sweep run", "parametric": "Comparison arm, the sweep's best schedule"}
-    run = client.create_run(experiment_id, run_name=rec.run_id, tags={
-        "mlflow.parentRunId": parent_id, "tracker_sched.run_id": rec.run_id,
-        "mlflow.note.content": _describe(rec.config, what.get(
-            tags.get("tracker_sched.demo", ""), "Run")), **tags})
-    rid: str = run.info.run_id
-    params = [Param(k, str(v)) for k, v in rec.config.items()]
-    params.append(Param("total_steps", str(rec.total_steps)))
-    params.extend(Param(k, v) for k, v in (extra or {}).items())
-    t0 = int(time.time() * 1000)
-    metrics: list[Metric] = []
-    for role, key in METRIC_KEYS.items():
-        series = rec.series(role)  # type: ignore[arg-type]
-        assert series is not None  # train_run logs all three
-        metrics.extend(Metric(key, float(v), t0 + i, int(s))
-                       for i, (s, v) in enumerate(zip(series.step, series.value, strict=True)))
-    last = rec.val_metric.step[-1] if rec.val_metric and rec.val_metric.step else 0
-    metrics.append(Metric("test_acc", float(result.final_test_acc), t0 + len(metrics), last))
-    for i in range(0, max(len(metrics), 1), 900):  # log_batch takes 1,000 entities at most
-        client.log_batch(rid, metrics=metrics[i:i + 900], params=params if i == 0 else [])
-    client.set_terminated(rid, status="FINISHED" if rec.state == "finished" else "FAILED")
-    return rid
 
 
 def _run_sweep(cfg: DemoConfig, client: MlflowClient, experiment_id: str, progress: bool,
@@ -215,7 +129,7 @@ def _run_sweep(cfg: DemoConfig, client: MlflowClient, experiment_id: str, progre
         else:
             done = map(_train_job, jobs)
         for res in done:
-            _log_run(client, experiment_id, parent_id, res, {"tracker_sched.demo": "sweep"})
+            log_run(client, experiment_id, parent_id, res, {"tracker_sched.demo": "sweep"})
             bar.update(1)
     client.set_terminated(parent_id)
     return parent_id
@@ -330,7 +244,7 @@ def _compare(cfg: DemoConfig, client: MlflowClient, experiment_id: str, uri: str
               disable=not progress) as bar:
         for seed in cfg.compare_seeds:
             res = train_run(schedule=schedule, peak_lr=peak, seed=seed, epochs=cfg.epochs)
-            rid = _log_run(client, experiment_id, parent_id, res,
+            rid = log_run(client, experiment_id, parent_id, res,
                            {"tracker_sched.demo": "parametric"},
                            {"arm": "parametric", "bundle": "none"})
             runs.append(_arm_result("parametric", seed, rid, res))
@@ -370,14 +284,14 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True, say: Say | None = None) 
     torch.set_num_threads(1)  # tiny models: more threads only contend with the workers
     stage_s: dict[str, float] = {}
     try:
-        with _tracking_uri(uri), _quiet_mlflow():
+        with use_tracking_uri(uri), quiet_mlflow():
             say(f"[0/4] MLflow store {uri} (artifacts in {folder / 'artifacts'})")
             t0 = time.perf_counter()
             client = MlflowClient(tracking_uri=uri)
             exp = client.get_experiment_by_name(EXPERIMENT)
             exp_id = str(exp.experiment_id if exp is not None else client.create_experiment(
                 EXPERIMENT, artifact_location=(folder / "artifacts").as_uri()))
-            for key, value in EXPERIMENT_TAGS.items():
+            for key, value in {**EXPERIMENT_TAGS, VIEW_TAG: runs_view()}.items():
                 client.set_experiment_tag(exp_id, key, value)
             stage_s["store"] = time.perf_counter() - t0
             t0 = time.perf_counter()

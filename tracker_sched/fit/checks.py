@@ -53,8 +53,10 @@ class ResponseCheckConfig(BaseModel):
         default=1.5, gt=0, description="'hold low': the best peak lr divided by 10**this",
     )
     min_rank_corr: float | None = Field(
-        default=None, description="flag a mean shared-context rank correlation below this "
-        "(None: report it only)",
+        default=0.0, description="flag a mean shared-context rank correlation below this "
+        "(None: report it only). 0: a model that ranks the sweep's own schedules no better "
+        "than chance is not planned with (issue 11: 'usable' was printed under a mean of "
+        "-0.09, worst -0.54); not tuned on any task",
     )
     contexts: int = Field(default=5, ge=1, description="best runs used as shared contexts")
 

@@ -40,9 +40,9 @@ from tracker_sched.data.grid import VAL_METRIC, context_batch
 from tracker_sched.errors import InputError
 from tracker_sched.fit.checks import ControlChecks
 from tracker_sched.model.control import KIND, ControlEnsemble
+from tracker_sched.planning.base import Planner, PlanWindow
 from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
-from tracker_sched.planning.history import LiveHistory
-from tracker_sched.schema import Recommendation, Schedule
+from tracker_sched.schema import Recommendation
 
 
 class ControlPlannerConfig(BaseModel):
@@ -88,20 +88,25 @@ class ControlPlannerConfig(BaseModel):
     seed: int = 0
 
 
-class ControlPlanner(GenerativePlanner):
+class ControlPlanner(Planner):
     """Plans the remaining schedule of a live run from a control-mode bundle.
 
-    Shares the generative planner's live-run resampling, incumbent, guards and
-    recommendation format; only the search differs.
+    Shares the planner base's live-run resampling, incumbent, guards, fallback and
+    recommendation format with the generative planner; only the search differs.
+
+    Args:
+        bundle: the fitted model (a control-mode bundle).
+        config: the planner's options and guards.
+
+    Raises:
+        InputError: the bundle is not a control-mode one.
     """
+
+    MODE = "control"
 
     def __init__(self, bundle: Bundle, config: ControlPlannerConfig | None = None) -> None:
         cc = config or ControlPlannerConfig()
-        super().__init__(bundle, PlannerConfig(
-            lr_cap=cc.lr_cap, no_rise_after_tau=cc.no_rise_after_tau,
-            max_change_dex=cc.max_change_dex, trust_region_dex=cc.trust_region_dex,
-            candidates=cc.population, seed=cc.seed,
-        ))
+        super().__init__(bundle, cc)
         self.control = cc
         m = bundle.manifest
         if m.kind != KIND:
@@ -127,31 +132,19 @@ class ControlPlanner(GenerativePlanner):
         return None
 
     @torch.no_grad()
-    def plan(
-        self,
-        history: LiveHistory,
-        *,
-        step: int,
-        total_steps: int,
-        current: Schedule | None = None,
-    ) -> Recommendation:
-        """One replan. Raises :class:`InputError` on unusable input; the advisor catches it."""
+    def _search(self, w: PlanWindow) -> Recommendation:
         cc = self.control
         g = self.grid_points
-        live, end = self.live_window(history, step, total_steps)
-        future_steps = np.rint(np.linspace(0, 1, g)[end:] * total_steps).astype(np.int64)
-        future_steps[0] = min(int(future_steps[0]), step)
-        incumbent = self.incumbent(future_steps, total_steps)
-        current_log_lr = self._current(current, future_steps)
+        live, end, step = w.live, w.end, w.step
+        incumbent = self.incumbent(w.future_steps, w.total_steps)
+        current_log_lr = w.current_log_lr
+        # A fallback keeps the current plan; before there is one, the incumbent.
         fallback_log_lr = current_log_lr if current_log_lr is not None else incumbent
 
         def fallback(reason: str, pred: float | None = None, spread: float | None = None,
                      drawn: int = 0) -> Recommendation:
-            rec = self._recommendation("fallback", reason, step, future_steps,
-                                       self._guard(fallback_log_lr, end), pred or 0.0,
-                                       spread or 0.0, 0)
-            return rec.model_copy(update={"predicted_final": pred, "predicted_spread": spread,
-                                          "samples_drawn": drawn})
+            return self._fallback(w, reason, fallback_log_lr, pred=pred, spread=spread,
+                                  accepted=0, drawn=drawn)
 
         refused = self.refusal()
         if refused is not None:
@@ -243,12 +236,11 @@ class ControlPlanner(GenerativePlanner):
                             float(ref_spread[0]), drawn)
         sched = self._guard(plan[0].numpy().astype(np.float64), end, current=current_log_lr,
                             incumbent=incumbent)
-        rec = self._recommendation(
+        return self._recommendation(
             "planned", f"cross-entropy search over {cc.knots} knots, {drawn} candidates; "
             f"predicted gain {gain:+.4f} (pessimism {cc.pessimism:g})",
-            step, future_steps, sched, pred, spread, drawn,
+            w, sched, pred, spread, drawn, drawn,
         )
-        return rec.model_copy(update={"samples_drawn": drawn})
 
     def _bounds(
         self, incumbent: np.ndarray, current: np.ndarray | None
@@ -277,12 +269,28 @@ def _hat_basis(tau: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
     return out
 
 
-PlannerMode = Literal["generative", "control"]
+PlannerMode = Literal["generative", "control", "best", "auto"]
 
 
-def mode_for(bundle: Bundle) -> PlannerMode:
-    """The planner mode a bundle was fitted for: its kind decides."""
-    return "control" if bundle.manifest.kind == KIND else "generative"
+def mode_for(bundle: Bundle) -> Literal["generative", "control", "best"]:
+    """The planner mode a bundle trusts: a control-mode bundle's is control; an auto
+    bundle's is its fit-time decision (``manifest.planner``); any other is generative."""
+    m = bundle.manifest
+    if m.kind == KIND:
+        return "control"
+    return m.planner.mode if m.planner is not None else "generative"
+
+
+def mode_reason(bundle: Bundle, mode: PlannerMode | None = None) -> str:
+    """Why a planner of ``mode`` (default: auto) follows ``bundle``, in one sentence."""
+    m = bundle.manifest
+    if mode not in (None, "auto"):
+        return f"{mode}: forced (the bundle's own decision: {mode_for(bundle)})"
+    if m.kind == KIND:
+        return "control: a control-mode bundle (fitted with --mode control)"
+    if m.planner is not None:
+        return m.planner.reason
+    return "generative: a generative bundle without an auto decision (fitted before 0.3)"
 
 
 def make_planner(
@@ -291,15 +299,46 @@ def make_planner(
     *,
     config: PlannerConfig | None = None,
     control: ControlPlannerConfig | None = None,
-) -> GenerativePlanner:
-    """The planner of ``mode`` (default: the bundle's kind) for ``bundle``; a mismatch of
-    mode and bundle kind is an error."""
-    mode = mode or mode_for(bundle)
-    if mode == "control":
-        return ControlPlanner(bundle, control)
+) -> Planner:
+    """The planner of ``mode`` for ``bundle``.
+
+    ``None`` or ``"auto"``: the mode the bundle trusts (:func:`mode_for`). ``"control"``
+    needs a control-mode bundle or an auto bundle that carries a control ensemble;
+    ``"generative"`` needs a generative (or auto) bundle; ``"best"`` works with any.
+
+    Args:
+        bundle: the fitted model.
+        mode: ``"auto"``, ``"generative"``, ``"control"`` or ``"best"``; None: auto.
+        config: the generative (and best) planner's options.
+        control: the control planner's options.
+
+    Returns:
+        A :class:`~tracker_sched.planning.generative.GenerativePlanner`, a
+        :class:`ControlPlanner` or a :class:`~tracker_sched.planning.best.BestPlanner`.
+
+    Raises:
+        InputError: the bundle cannot plan in ``mode``.
+    """
+    from tracker_sched.planning.best import BestPlanner
+
+    chosen = mode_for(bundle) if mode in (None, "auto") else mode
+    if chosen == "best":
+        return BestPlanner(bundle, config)
+    if chosen == "control":
+        if bundle.manifest.kind == KIND:
+            return ControlPlanner(bundle, control)
+        view = bundle.control_view()
+        if view is None:
+            raise InputError("the control planner needs a control-mode bundle; this one has "
+                             "no control model: fit it with --mode control (or --mode auto, "
+                             "where the rule could pick control)")
+        return ControlPlanner(view, control)
+    if chosen != "generative":
+        raise InputError(f"unknown planner mode {chosen!r}: generative, control, best or auto")
     if bundle.manifest.kind == KIND:
         raise InputError("this bundle was fitted in control mode; plan with mode 'control'")
     return GenerativePlanner(bundle, config)
 
 
-__all__ = ["ControlPlanner", "ControlPlannerConfig", "PlannerMode", "make_planner", "mode_for"]
+__all__ = ["ControlPlanner", "ControlPlannerConfig", "PlannerMode", "make_planner", "mode_for",
+           "mode_reason"]

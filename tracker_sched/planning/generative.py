@@ -46,13 +46,12 @@ from tracker_sched.data.grid import (
     VALUES,
     SweepTensors,
     context_batch,
-    resample,
 )
-from tracker_sched.errors import InputError
 from tracker_sched.model.latent import solve_stacked
+from tracker_sched.planning.base import Planner, PlanWindow
 from tracker_sched.planning.history import LiveHistory
 from tracker_sched.planning.kernels import PlanEncoder, PlanField, Stacked, rk4_nodes, step_grid
-from tracker_sched.schema import Recommendation, Schedule
+from tracker_sched.schema import Recommendation
 
 _TIE = 1e-6  # relative: gains below this are float32 rounding, not a better candidate
 
@@ -99,20 +98,20 @@ class PlannerConfig(BaseModel):
     seed: int = 0
 
 
-class GenerativePlanner:
-    """Plans the remaining schedule of a live run from a fitted bundle."""
+class GenerativePlanner(Planner):
+    """Plans the remaining schedule of a live run from a fitted bundle, by sampling candidate
+    futures (the module docstring has the steps).
+
+    Args:
+        bundle: the fitted model (a generative bundle).
+        config: the planner's options and guards.
+    """
 
     def __init__(self, bundle: Bundle, config: PlannerConfig | None = None) -> None:
-        self.bundle = bundle
         self.config = config or PlannerConfig()
-        m = bundle.manifest
-        self.norm = m.normalisation
-        self.grid_points = m.grid_points
-        self.window = m.window
-        self.sign = 1.0 if m.metrics.direction == "max" else -1.0
+        super().__init__(bundle, self.config)
         self._top = self._regime_tensors()
-        self._stacked: Stacked | None = None  # built at the first replan (subclasses that
-        # plan their own way, like the control planner, never need it)
+        self._stacked: Stacked | None = None  # built at the first replan
 
     @property
     def _fast(self) -> Stacked:
@@ -145,54 +144,12 @@ class GenerativePlanner:
         return SweepTensors(values=torch.as_tensor(z, dtype=torch.float32),
                             mask=torch.as_tensor(mask))
 
-    def live_tensors(self, history: LiveHistory, total_steps: int) -> SweepTensors:
-        """The live run on the grid, standardised: ``(1, G, 3)``."""
-        g = self.grid_points
-        vals = np.full((1, g, N_CHANNELS), np.nan)
-        mask = np.zeros((1, g, N_CHANNELS), dtype=bool)
-        series = {TRAIN_LOSS: history.train_loss, LOG_LR: history.lr,
-                  VAL_METRIC: history.val_metric}
-        for c, (steps, values) in series.items():
-            steps = np.asarray(steps, dtype=np.int64)
-            values = np.asarray(values, dtype=np.float64)
-            ok = np.isfinite(values) & (steps >= 0)
-            if c == LOG_LR:
-                ok &= values > 0
-            x = self.norm.transform(c, values[ok])
-            vals[0, :, c], mask[0, :, c] = resample(steps[ok], x, total_steps, g)
-        z = np.where(mask, self.norm.normalise(np.nan_to_num(vals)), 0.0)
-        return SweepTensors(values=torch.as_tensor(z, dtype=torch.float32),
-                            mask=torch.as_tensor(mask))
-
-    def live_window(self, history: LiveHistory, step: int,
-                    total_steps: int) -> tuple[SweepTensors, int]:
-        """The live run on the grid and its last fully observed grid point ("now").
-
-        Raises :class:`InputError` when the step is outside the budget or no grid point has
-        train loss, lr and the validation metric together.
-        """
-        if total_steps <= 0 or not 0 <= step <= total_steps:
-            raise InputError(f"step {step} is outside the budget [0, {total_steps}]")
-        live = self.live_tensors(history, total_steps)
-        observed = live.mask[0].all(dim=1)
-        if not bool(observed.any()):
-            raise InputError("the live window has no point with train loss, lr and val metric")
-        return live, min(int(torch.nonzero(observed).max()), self.grid_points - 2)
-
     # ------------------------------------------------------------------ planning
     @torch.inference_mode()
-    def plan(
-        self,
-        history: LiveHistory,
-        *,
-        step: int,
-        total_steps: int,
-        current: Schedule | None = None,
-    ) -> Recommendation:
-        """One replan. Raises :class:`InputError` on unusable input; the advisor catches it."""
+    def _search(self, w: PlanWindow) -> Recommendation:
         cfg = self.config
         g = self.grid_points
-        live, end = self.live_window(history, step, total_steps)
+        live, end, step = w.live, w.end, w.step
         k_len = g - end
         offsets = torch.arange(k_len, dtype=torch.float32) / (g - 1)
         # The live window and the regimes' windows ending at the same grid point: one batch,
@@ -241,16 +198,13 @@ class GenerativePlanner:
         score = self.sign * final.mean(dim=0)
         spread = final.std(dim=0) if final.shape[0] > 1 else torch.zeros_like(score)
 
-        future_steps = np.rint(np.linspace(0, 1, g)[end:] * total_steps).astype(np.int64)
-        future_steps[0] = min(int(future_steps[0]), step)  # the plan starts now
-        base_log_lr = self._log_lr(mean[0, :, LOG_LR])
-        current_log_lr = self._current(current, future_steps)
-        fallback_log_lr = current_log_lr if current_log_lr is not None else base_log_lr
+        # A fallback keeps the current plan; before there is one, the current course's lrs.
+        keep = w.current_log_lr if w.current_log_lr is not None else self._log_lr(
+            mean[0, :, LOG_LR])
 
         def fallback(reason: str) -> Recommendation:
-            sched = self._guard(fallback_log_lr, end)
-            return self._recommendation("fallback", reason, step, future_steps, sched,
-                                        float(final.mean(dim=0)[0]), float(spread[0]), n_acc)
+            return self._fallback(w, reason, keep, pred=float(final.mean(dim=0)[0]),
+                                  spread=float(spread[0]), accepted=n_acc, drawn=cfg.candidates)
 
         if n_acc <= 1:
             return fallback("no candidate matches the live state (phase alignment); "
@@ -265,12 +219,12 @@ class GenerativePlanner:
             return fallback(f"no candidate beats the current course (best gain {gain:+.4f}); "
                             "keeping the current plan")
         log_lr = self._log_lr(mean[best, :, LOG_LR].mean(dim=0))
-        sched = self._guard(log_lr, end, current=current_log_lr,
-                            incumbent=self.incumbent(future_steps, total_steps))
+        sched = self._guard(log_lr, end, current=w.current_log_lr,
+                            incumbent=self.incumbent(w.future_steps, w.total_steps))
         pred = float(final.mean(dim=0)[best].mean())
         return self._recommendation(
             "planned", f"top {k} of {n_acc} accepted candidates; predicted gain {gain:+.4f}",
-            step, future_steps, sched, pred, float(spread[best].mean()), n_acc,
+            w, sched, pred, float(spread[best].mean()), n_acc, cfg.candidates,
         )
 
     def _decode_path(self, h0: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -334,58 +288,6 @@ class GenerativePlanner:
     def _log_lr(self, z: torch.Tensor) -> np.ndarray:
         """Standardised lr channel -> log10 lr."""
         return np.asarray(z.numpy() * self.norm.std[LOG_LR] + self.norm.mean[LOG_LR])
-
-    @staticmethod
-    def _current(current: Schedule | None, steps: np.ndarray) -> np.ndarray | None:
-        if current is None or not current.step:
-            return None
-        s = np.asarray(current.step, dtype=np.float64)
-        lr = np.log10(np.asarray(current.lr, dtype=np.float64))
-        return np.asarray(np.interp(steps, s, lr))
-
-    def incumbent(self, steps: np.ndarray, total_steps: int) -> np.ndarray:
-        """log10 lr of the sweep's best run's schedule at ``steps`` of a ``total_steps`` run."""
-        sweep = self.bundle.manifest.sweep
-        return np.asarray(np.interp(np.asarray(steps) / total_steps, sweep.warmup_tau,
-                                    np.log10(sweep.warmup_lr)))
-
-    def _guard(
-        self,
-        log_lr: np.ndarray,
-        end: int,
-        *,
-        current: np.ndarray | None = None,
-        incumbent: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Apply the guards in order: change per replan, trust region, cap, no late rise."""
-        cfg = self.config
-        out = np.array(log_lr, dtype=np.float64)
-        if current is not None:  # limited change per replan
-            out = np.clip(out, current - cfg.max_change_dex, current + cfg.max_change_dex)
-        band = cfg.trust_region_dex
-        if incumbent is not None and band is not None:  # the incumbent's band wins a conflict
-            out = np.clip(out, incumbent - band, incumbent + band)
-        cap = np.log10(cfg.lr_cap * self.bundle.manifest.sweep.best_peak_lr)
-        out = np.minimum(out, cap)
-        tau = np.linspace(0, 1, self.grid_points)[end:]
-        late = tau >= cfg.no_rise_after_tau
-        if late.any():  # no rise late in training: a running minimum from the first late point
-            i = int(np.argmax(late))
-            out[i:] = np.minimum.accumulate(out[i:])
-        return out
-
-    def _recommendation(
-        self, status: Literal["planned", "fallback"], reason: str, step: int,
-        steps: np.ndarray, log_lr: np.ndarray, pred: float, spread: float, accepted: int,
-    ) -> Recommendation:
-        lr = np.power(10.0, log_lr)
-        return Recommendation(
-            status=status, reason=reason, step=step, lr_now=float(np.interp(step, steps, lr)),
-            schedule=Schedule(step=[int(s) for s in steps], lr=[float(v) for v in lr]),
-            predicted_final=pred, predicted_spread=spread, samples_accepted=accepted,
-            samples_drawn=self.config.candidates,
-            model_version=self.bundle.manifest.created_at,
-        )
 
 
 __all__ = ["GenerativePlanner", "LiveHistory", "PlannerConfig"]

@@ -1,4 +1,5 @@
-"""What a person sees of a fit in the MLflow UI: headline metrics first, the split that was
+"""What a person sees of a fit in the MLflow UI: only the headline metrics (the full
+forecast report is in ``report.json``, and as tables in ``report.md``), the split that was
 used, descriptions on the fit run, the registered model and its version, and tags that
 name the registered version (name and number), not only the bundle's timestamp.
 
@@ -39,7 +40,12 @@ def _tau(report: FitReport) -> float | None:
 
 
 def headline_metrics(report: FitReport) -> dict[str, float]:
-    """The few numbers that say how good the fit is, under ``fit.*`` so they sort first.
+    """The few numbers that say how good the fit is: the fit run's only metrics, under
+    ``fit.*``. Runs registered before 0.2 also carry the full forecast report as metrics
+    (``forecast_rmse.<method>.<channel>.tau<t>``, ``rank_spearman.<method>.tau<t>``,
+    ``runs_total``, ``runs_used``, ``runs_holdout``, ``run_issues``, ``fit_wall_s``);
+    those numbers are now in ``report.json`` and ``report.md`` only, so that the runs
+    table's column list does not start with 36 diagnostics.
 
     ``fit.val_rmse`` is the held-out forecast RMSE of the validation metric from mid-run
     (tau 0.5), in the sweep's units; ``fit.val_rmse_last`` the same for the last value
@@ -93,6 +99,32 @@ def fit_description(name: str, version: str, manifest: BundleManifest,
                  f"{best.best_config_mean_final_val:.4g} over {best.best_config_runs} seeds")
     lines.append(f"- bundle created {manifest.created_at}; full report in `report.json`")
     return "\n".join(lines)
+
+
+def report_markdown(manifest: BundleManifest, report: FitReport) -> str:
+    """The fit report for a person (the fit run's ``report.md``): the split, the forecast
+    RMSE of every method, channel and tau, the rank correlations, and the runs validation
+    excluded or changed. An accuracy-like validation metric is shown in points."""
+    from tracker_sched.fit.report import format_forecast
+
+    lines = [f"# tracker-sched fit report: {report.runs_used} runs, `{report.val_key}` "
+             f"({report.direction}imised)", "", f"- split: {split_text(report)}",
+             f"- runs read: {report.runs_total}, used: {report.runs_used}, with issues: "
+             f"{len(report.issues)}", f"- fit wall time: {report.wall_s:.1f} s", ""]
+    if report.holdout is not None:
+        best = manifest.sweep.best_config_mean_final_val
+        points = report.direction == "max" and 0 <= best <= 1
+        table = format_forecast(report.holdout, val_scale=100 if points else 1,
+                                val_unit="points" if points else "metric units")
+        lines += ["## Held-out forecasts", "", "Methods: `model` (this fit), `nearest` (the "
+                  "nearest sweep run), `last` (the last value carried forward).", "", "```",
+                  table.rstrip(), "```", ""]
+    if report.issues:
+        lines += ["## Runs excluded or changed", "", "| run | what | why |", "|---|---|---|",
+                  *(f"| {i.run_id} | {i.action} | {i.reason.replace('|', '/')} |"
+                    for i in report.issues), ""]
+    lines.append("Every number, for programs: `report.json`.")
+    return "\n".join(lines) + "\n"
 
 
 def model_description(name: str) -> str:

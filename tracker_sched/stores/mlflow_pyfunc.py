@@ -52,6 +52,7 @@ def model_signature() -> ModelSignature:
         ColSpec("double", "predicted_spread", required=False),
         ColSpec("long", "samples_accepted"), ColSpec("long", "samples_drawn"),
         ColSpec("string", "model_version", required=False),
+        ColSpec("string", "mode", required=False),
         ColSpec("long", "ready_step"),
         ColSpec("string", "stop", required=False),
     ])
@@ -75,7 +76,8 @@ def input_example() -> tuple[pd.DataFrame, dict[str, Any]]:
 class TrackerSchedModel(PythonModel):
     """Loads the bundle artifact once; each ``predict`` is one stateless answer.
 
-    The planner follows the bundle's kind: a control-mode bundle plans in control mode.
+    The planner is the one the bundle trusts (auto): an auto bundle's fit-time decision,
+    else its kind (a control-mode bundle plans in control mode).
     """
 
     def load_context(self, context: Any) -> None:
@@ -94,7 +96,7 @@ class TrackerSchedModel(PythonModel):
             torch.set_num_threads(1)
 
         self.bundle = Bundle.load(context.artifacts[BUNDLE_ARTIFACT])
-        self.planner = make_planner(self.bundle)  # the bundle's kind picks the mode
+        self.planner = make_planner(self.bundle)  # auto: the bundle's decision, else its kind
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None

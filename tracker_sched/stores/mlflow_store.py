@@ -2,11 +2,11 @@
 
 ``register_bundle`` logs the bundle folder inside a fit run as an MLflow
 pyfunc model (:mod:`tracker_sched.stores.mlflow_pyfunc`, so ``mlflow models
-serve`` and the deployments target answer recommendations), with the fit
-report as metrics, ``report.json`` and plots, registers it under a name and
-sets an alias. ``download_bundle`` takes ``models:/NAME@ALIAS``,
-``models:/NAME/VERSION`` or ``runs:/RUN_ID/PATH`` back to a local bundle
-folder; anything it cannot find is a :class:`~tracker_sched.errors.BundleError`
+serve`` and the deployments target answer recommendations), with the fit's
+headline metrics (``fit.*``), the full report as ``report.json`` and ``report.md``
+and plots, registers it under a name and sets an alias. ``download_bundle`` takes
+``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or ``runs:/RUN_ID/PATH`` back to a
+local bundle folder; anything it cannot find is a :class:`~tracker_sched.errors.BundleError`
 that names it.
 
 Both follow MLflow's own tracking URI resolution (``MLFLOW_TRACKING_URI``,
@@ -57,22 +57,6 @@ def _tracking_uri(uri: str | None) -> Iterator[None]:
 
     with _use_tracking_uri(uri):
         yield
-
-
-def report_metrics(report: FitReport) -> dict[str, float]:
-    """The fit report as MLflow metrics: forecast RMSE per tau, rank correlation, wall time."""
-    out: dict[str, float] = {
-        "fit_wall_s": report.wall_s, "runs_total": report.runs_total,
-        "runs_used": report.runs_used, "runs_holdout": report.runs_holdout,
-        "run_issues": len(report.issues),
-    }
-    if report.holdout is not None:
-        for row in report.holdout.forecast:
-            out[f"forecast_rmse.{row.method}.{row.channel}.tau{row.tau:.2f}"] = row.rmse_pooled
-        for rank in report.holdout.ranking:
-            if rank.spearman is not None:
-                out[f"rank_spearman.{rank.method}.tau{rank.tau:.2f}"] = rank.spearman
-    return {k: float(v) for k, v in out.items()}
 
 
 def _pip_requirements() -> list[str]:
@@ -161,6 +145,7 @@ def _register(staged: Path, root: Path, manifest: BundleManifest, *, name: str,
         describe_registration,
         fit_params,
         headline_metrics,
+        report_markdown,
     )
     from tracker_sched.stores.mlflow_pyfunc import (
         BUNDLE_ARTIFACT,
@@ -188,10 +173,11 @@ def _register(staged: Path, root: Path, manifest: BundleManifest, *, name: str,
                     "best_run_id": manifest.sweep.best_run_id,
                     **fit_params(manifest, report),
                 })
-                mlflow.log_metrics({**headline_metrics(report), **report_metrics(report)})
+                mlflow.log_metrics(headline_metrics(report))
                 active = mlflow.active_run()
                 run_id = str(active.info.run_id) if active is not None else None
                 mlflow.log_dict(report.model_dump(mode="json"), "report.json")
+                mlflow.log_text(report_markdown(manifest, report), "report.md")
                 for image in images:
                     mlflow.log_artifact(str(image), "plots")
                 info = mlflow.pyfunc.log_model(
