@@ -112,11 +112,14 @@ def test_register_returns_alias_uri_and_logs_the_fit_run(
     text = text_of("report.md")
     assert text.startswith("# tracker-sched fit report") and "Forecast RMSE" in text
     assert f"{row.rmse_pooled:.3f}" in text or f"{row.rmse_pooled * 100:.3f}" in text
+    assert report.forecast_trust is not None  # the verdict, with its reasons, for a person
+    assert f"forecast trust: {report.forecast_trust.level.upper()}" in text and "curve" in text
     assert run.data.tags["tracker_sched.registered_model"] == "cnn-sched"
     assert run.data.tags["tracker_sched.registered_version"] == str(version.version)
     assert version.tags["tracker_sched.registered_version"] == str(version.version)
     note = run.data.tags["mlflow.note.content"]
     assert f"version {version.version}" in note and "split:" in note
+    assert f"forecast trust: {report.forecast_trust.level}" in note
     assert version.description == note
     assert "tracker-sched" in client.get_registered_model("cnn-sched").description
 
