@@ -107,7 +107,8 @@ def test_register_returns_alias_uri_and_logs_the_fit_run(
 
     report = FitReport.model_validate_json(text_of("report.json"))
     row = report.holdout.row(0.5, "val_metric", "model") if report.holdout else None
-    assert row is not None and metrics["fit.val_rmse"] == pytest.approx(row.rmse_pooled)
+    assert row is not None  # the headline to 4 significant digits
+    assert metrics["fit.val_rmse"] == pytest.approx(row.rmse_pooled, rel=1e-3)
     text = text_of("report.md")
     assert text.startswith("# tracker-sched fit report") and "Forecast RMSE" in text
     assert f"{row.rmse_pooled:.3f}" in text or f"{row.rmse_pooled * 100:.3f}" in text

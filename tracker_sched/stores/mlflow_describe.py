@@ -65,7 +65,9 @@ def headline_metrics(report: FitReport) -> dict[str, float]:
         rank = [r for r in report.holdout.ranking if r.tau == tau and r.method == "model"]
         if rank and rank[0].spearman is not None:
             out["fit.rank_spearman"] = rank[0].spearman
-    return {k: float(v) for k, v in out.items()}
+    # Short enough for the runs table to show whole (not 0.07836405932...).
+    return {k: float(f"{v:.4g}") if k != "fit.wall_s" else round(float(v), 1)
+            for k, v in out.items()}
 
 
 def split_text(report: FitReport) -> str:
