@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,33 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def mlflow_tracking_uri_restored() -> Iterator[None]:
+    """Every test leaves MLflow's process-wide tracking URI (and ``MLFLOW_TRACKING_URI``,
+    which ``mlflow.set_tracking_uri`` also writes) as it found them.
+
+    A library that calls ``mlflow.set_tracking_uri`` in the test process (Ray Tune's MLflow
+    callback does, in the driver) otherwise hands its store to every later test: the
+    Lightning test that checks the caller's URI survives failed after the Ray sweep.
+    """
+    def snapshot() -> tuple[str | None, str | None]:
+        utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+        uri = getattr(utils, "_tracking_uri", None) if utils is not None else None
+        return uri, os.environ.get("MLFLOW_TRACKING_URI")
+
+    before = snapshot()
+    yield
+    if snapshot() == before:
+        return
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None:
+        utils.set_tracking_uri(before[0])  # None: unset (it also resets the tracer)
+    if before[1] is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before[1]
 
 
 @pytest.fixture(scope="session")

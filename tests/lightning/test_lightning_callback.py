@@ -187,9 +187,9 @@ def test_the_callers_tracking_uri_survives_the_loggers_own(
     callers = f"sqlite:///{tmp_path}/callers.db"
     loggers = advised["uri"]  # a store that exists already: no second schema migration
     monkeypatch.setenv("MLFLOW_TRACKING_URI", callers)
-    cb = AdvisorCallback(f"file:{tiny_bundle_dir}", max_replans=0)  # the warm-up plan only
-    logger = MLFlowLogger(experiment_name="pl-uri", tracking_uri=loggers, run_name="uri")
-    with _use_tracking_uri(callers):
+    with _use_tracking_uri(callers):  # the caller sets its URI, then builds the callback
+        cb = AdvisorCallback(f"file:{tiny_bundle_dir}", max_replans=0)  # warm-up plan only
+        logger = MLFlowLogger(experiment_name="pl-uri", tracking_uri=loggers, run_name="uri")
         trainer = fit(cb, [logger], epochs=1)
         after, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     assert trainer.global_step == BATCHES and cb.advised.error is None
