@@ -122,6 +122,21 @@ def stop_fit() -> Iterator[tuple[FitResult, object]]:
 
 
 @pytest.fixture(scope="session")
+def control_bundle() -> Bundle:
+    """A tiny control-mode bundle (kind ``control_ode``, what ``fit --mode control`` makes) of the
+    stop tests' 200-step synthetic sweep, once per session (seconds): the stop decision's
+    "why not" in every place it is offered. Share it, never change it."""
+    from tests.synthetic import make_sweep
+    from tracker_sched.fit.control import ControlFitConfig, fit_control
+    from tracker_sched.model.latent import ModelConfig
+
+    cfg = ControlFitConfig(grid_points=40, window=10, iterations=10, batch_size=16, members=2,
+                           model=ModelConfig(latent_dim=4, ode_dim=8, hidden=16,
+                                             encoder_hidden=16, step_points=2))
+    return fit_control(make_sweep(total_steps=200).runs, cfg, workers=1)
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle_dir(tiny_fit: FitResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny fit's bundle saved once per session: what the framework callback tests load
     by URI (``file:`` or a folder). Share it, never change it."""

@@ -16,7 +16,9 @@ calling process, no server needed. ``predict`` takes either a metrics window (th
 ``val_metric``, ``lr``, plus ``total_steps``) or a run (``{"run_id": ...,
 "total_steps": ...}``: the run's metric histories are read from MLflow and,
 with ``log_back``, the recommendation is written back to that run). It
-returns the :class:`~tracker_sched.schema.Recommendation` as a dict.
+returns the :class:`~tracker_sched.schema.Recommendation` as a dict; with ``stop`` (a param
+or column: the served model's stop request, ``{"incumbent": 0.91}``) it adds ``stop``, the
+:class:`~tracker_sched.model.stop_odds.StopDecision` at the last step.
 
 MLflow imports its plugins while importing itself, so this module imports
 mlflow only inside functions; the client class, which must subclass MLflow's
@@ -130,6 +132,7 @@ def predict_recommendation(entry: Mapping[str, Any], inputs: Any,
     total = params.get("total_steps", _first(rows, "total_steps"))
     log_back = str(params.get("log_back", _first(rows, "log_back")) or "").lower() in _TRUE
     run_id = params.get("run_id", _first(rows, "run_id"))
+    params.setdefault("stop", _first(rows, "stop"))
     try:
         if run_id is not None:
             return _predict_run(entry, bundle, str(run_id), total, log_back, params)
@@ -148,11 +151,11 @@ def predict_recommendation(entry: Mapping[str, Any], inputs: Any,
                 payload["step"] = _positive_int(params["step"], "step", minimum=0)
             request = parse_request(payload)
         rec = answer(bundle, request)
+        return _with_stop(rec.model_dump(mode="json"), bundle, request, params.get("stop"))
     except TrackerSchedError as exc:
         if isinstance(exc, error_class()):
             raise
         fail(str(exc))
-    return rec.model_dump(mode="json")
 
 
 def _predict_run(entry: Mapping[str, Any], bundle: Any, run_id: str, total: Any,
@@ -173,11 +176,25 @@ def _predict_run(entry: Mapping[str, Any], bundle: Any, run_id: str, total: Any,
              f"{', '.join(STEP_KEYS)} on run {run_id}")
     if not observations:
         fail(f"run {run_id} has logged no steps yet")
-    rec = answer(bundle, RecommendRequest(observations=observations,
-                                             total_steps=_positive_int(total, "total_steps")))
+    request = RecommendRequest(observations=observations,
+                               total_steps=_positive_int(total, "total_steps"))
+    rec = answer(bundle, request)
     if log_back:
         log_recommendation(client, run_id, rec, bundle_version=entry.get("bundle_version"))
-    return rec.model_dump(mode="json")
+    return _with_stop(rec.model_dump(mode="json"), bundle, request, params.get("stop"))
+
+
+def _with_stop(answer: dict[str, Any], bundle: Any, request: Any, ask: Any) -> dict[str, Any]:
+    """Add the stop decision (key ``stop``, a StopDecision as a dict) when one was asked for:
+    ``stop`` as a param or input column, the served model's StopRequest (JSON or a dict)."""
+    if ask is None or ask == "":
+        return answer
+    import json
+
+    from tracker_sched.stores.mlflow_pyfunc import stop_answer
+
+    raw = ask if isinstance(ask, str) else json.dumps(ask)
+    return {**answer, "stop": json.loads(stop_answer(bundle, request, raw))}
 
 
 # ---------------------------------------------------------------------------- MLflow's interface
@@ -284,7 +301,9 @@ INPUT.json, one of:
     (total_steps defaults to the run's total_steps/max_steps param)
 
 The answer is the Recommendation as JSON: status, reason, step, lr_now,
-schedule (future steps and lrs), predicted_final, model_version.
+schedule (future steps and lrs), predicted_final, model_version. Add
+"stop": {{"incumbent": 0.91}} to the first row (the value to beat; "rule" and
+"below" as for the served model) to get "stop": the stop decision.
 With log_back the run gets metric tracker_sched.lr_recommended (and a plan marker), artifact
 tracker_sched/plan-step<N>.json (with its summary plan-step<N>.md) and tags
 tracker_sched.status/reason.

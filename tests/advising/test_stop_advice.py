@@ -69,3 +69,35 @@ def test_served_model_answers_stop_beside_the_lr(stop_fit, tmp_path: Path) -> No
     with pytest.raises(InputError, match="stop"):
         model.predict(None, rows, {"total_steps": sweep.total_steps,
                                    "stop": json.dumps({"rule": {"threshold": 2}})})
+
+
+def test_a_control_bundle_says_why_it_never_stops(control_bundle, stop_fit,
+                                                  tmp_path: Path) -> None:
+    """A control bundle forecasts the metric only under a given lr and has no calibrated
+    odds: its decisions never stop a run and say why (the same reason in the Advisor and the
+    served model), while the lr keeps coming."""
+    pytest.importorskip("mlflow")
+    from tracker_sched.advising.stopping import NO_STOP_CONTROL
+    from tracker_sched.stores.mlflow_pyfunc import TrackerSchedModel
+
+    _, sweep = stop_fit
+    assert control_bundle.manifest.kind == "control_ode"
+    worst = sweep.configs[-1]
+    run = sweep.run(worst.family, worst.peak_lr, 5)
+    advisor = Advisor(control_bundle, sweep.total_steps)
+    assert advisor.mode == "control"
+    incumbent = sweep.configs[0].final_val
+    for step, row in logged_rows(run):
+        advisor.observe(step, **row)
+        assert advisor.lr(step) > 0
+        d = advisor.stop_decision(incumbent, rule=StopRule(threshold=0.99, patience=1))
+        assert not d.stop and d.reason == NO_STOP_CONTROL, (step, d.reason)
+    model = TrackerSchedModel()
+    folder = control_bundle.save(tmp_path / "control")
+    model.load_context(SimpleNamespace(artifacts={"bundle": str(folder)}))
+    rows = pd.DataFrame([{"step": s, **r} for s, r in logged_rows(run) if s <= 120])
+    out = model.predict(None, rows, {"total_steps": sweep.total_steps,
+                                     "stop": StopRequest(incumbent=incumbent).model_dump_json()})
+    assert out.iloc[0]["lr_now"] > 0
+    served = StopDecision.model_validate_json(out.iloc[0]["stop"])
+    assert not served.stop and served.reason == NO_STOP_CONTROL

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tiny import FIXTURE, history_until, tiny_config
+from tests.tiny import FIXTURE, history_until, logged_rows, tiny_config
 from tracker_sched.advising.advisor import Advisor
 from tracker_sched.advising.serving import answer, parse_request
 from tracker_sched.bundle.folder import Bundle
@@ -153,6 +153,31 @@ def test_every_mode_plans_from_the_auto_bundle(auto_dir: Path,
         rec = make_planner(bundle, mode).plan(history, step=total // 2, total_steps=total)
         assert rec.mode == mode, (mode, rec.reason)
         assert rec.schedule.step[-1] == total
+
+
+def test_an_auto_bundle_stops_in_every_mode(auto_dir: Path,
+                                           fixture_runs: list[RunRecord]) -> None:
+    """An auto bundle carries generative members beside its control ensemble: the stop
+    decision (the generative forecast, calibrated) is the same whichever planner the lr
+    follows, control included."""
+    from tracker_sched.model.stop_odds import StopRule
+
+    bundle = Bundle.load(auto_dir)
+    assert bundle.manifest.stopping is not None
+    run = fixture_runs[0]
+    total = run.total_steps
+    assert total is not None and run.train_loss is not None and run.val_metric is not None
+    rule = StopRule(threshold=0.99, patience=1)  # a bar no run meets: it must stop
+    decisions = {}
+    for mode in ("control", "generative"):
+        adv = Advisor(bundle, total_steps=total, mode=mode)  # type: ignore[arg-type]
+        for step, row in logged_rows(run):
+            if step > total // 2:
+                break
+            adv.observe(step, **row)
+        decisions[mode] = adv.stop_decision(max(run.val_metric.value) + 1.0, rule=rule)
+    assert decisions["control"].stop and decisions["control"].p_beat is not None
+    assert decisions["control"] == decisions["generative"]
 
 
 def test_the_best_mode_reproduces_the_best_configurations_schedule(

@@ -32,6 +32,14 @@ from tracker_sched.planning.history import LiveHistory
 
 log = logging.getLogger("tracker_sched.advising.stopping")
 
+#: Why a control bundle (``fit --mode control``) never stops a run, the reason its decisions
+#: carry everywhere (Advisor, RemoteAdvisor, the served model, the deployments target).
+NO_STOP_CONTROL = (
+    "no stop decisions from a control bundle: its model forecasts the metric only under an "
+    "lr schedule it is given, and its fit calibrates no odds of beating the incumbent; fit "
+    "with --mode auto or generative (generative members, which forecast the final metric and "
+    "are calibrated) to have stop decisions, in any planner mode")
+
 
 @dataclass(frozen=True)
 class FinalForecast:
@@ -111,12 +119,11 @@ class Stopper:
     def _decide(self, history: LiveHistory, step: int, incumbent: float | None) -> StopDecision:
         at = whole_steps(step, "step")
         cal = self.calibration
+        if self.bundle.manifest.kind != "latent_ode":
+            return StopDecision(incumbent=incumbent, reason=NO_STOP_CONTROL)
         if cal is None:
             return StopDecision(incumbent=incumbent, reason="the bundle has no stop "
                                 "calibration (fitted before stop decisions): refit it")
-        if self.bundle.manifest.kind != "latent_ode":
-            return StopDecision(incumbent=incumbent, reason="stop decisions need a latent_ode "
-                                "bundle (a control bundle forecasts only a given lr)")
         tau_now = at / self.total_steps
         if at >= self.total_steps:  # a stop there would save nothing and lose a finished run
             return StopDecision(incumbent=incumbent, tau=tau_now,
@@ -159,4 +166,4 @@ def decide_once(bundle: Bundle, history: LiveHistory, step: int, total_steps: in
     return stopper.decide(history, step, ask.incumbent)
 
 
-__all__ = ["FinalForecast", "Stopper", "decide_once", "forecast_final"]
+__all__ = ["NO_STOP_CONTROL", "FinalForecast", "Stopper", "decide_once", "forecast_final"]

@@ -143,12 +143,27 @@ class TrackerSchedModel(PythonModel):
         row = recommendation_to_row(rec)
         row["ready_step"] = ready_step(self.bundle, request.total_steps,
                                        first_logged(request.observations) or 0)
-        row["stop"] = _stop_answer(self.bundle, request, params.get("stop") or "")
+        row["stop"] = stop_answer(self.bundle, request, params.get("stop") or "")
         return pd.DataFrame([row])
 
 
-def _stop_answer(bundle: Any, request: Any, raw: str) -> str:
-    """The ``stop`` column: "" when not asked; a bad ask is an InputError like bad rows."""
+def stop_answer(bundle: Any, request: Any, raw: str) -> str:
+    """The ``stop`` column (also the ``stop`` key of the ``mlflow deployments`` target's
+    answer): the :class:`~tracker_sched.model.stop_odds.StopDecision` as JSON at the request's
+    step, "" when not asked.
+
+    Args:
+        bundle: the served bundle.
+        request: the parsed :class:`~tracker_sched.advising.serving.RecommendRequest`.
+        raw: the ``stop`` param, a :class:`~tracker_sched.model.stop_odds.StopRequest` as
+            JSON, or "".
+
+    Returns:
+        The decision as JSON, or "".
+
+    Raises:
+        InputError: the ask is too long or no stop request.
+    """
     if not raw:
         return ""
     from pydantic import ValidationError
