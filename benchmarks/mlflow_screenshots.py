@@ -42,6 +42,9 @@ from benchmarks.mlflow_server import free_port
 OUT = Path(__file__).resolve().parent / "results" / "mlflow-screens"
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 WINDOW = (1600, 1000)
+COLUMNS_BUTTON = ("[data-component-id$='experiment-page_components_runs_"
+                  "experimentviewrunscolumnselector.tsx_315']")
+ASSISTANT_CLOSE = "[data-component-id='mlflow.assistant.chat_panel.close']"
 HEALTH_S = 240.0  # mlflow ui on a loaded 2-core machine takes a while
 
 
@@ -105,8 +108,8 @@ def pages(store: str) -> list[dict[str, str]]:
          "wait_for": "val_acc",
          "shows": "the training runs (not the GenAI overview) with val_acc, test_acc, "
                   "fit.val_rmse... as the first columns"},
-        {"name": "01b-column-list", "route": f"/experiments/{eid}/runs",
-         "wait_for": "comparison", "click": "[data-testid=column-selection-dropdown]",
+        {"name": "01b-column-list", "route": f"/experiments/{eid}/runs{view}",
+         "wait_for": "comparison", "click": COLUMNS_BUTTON,
          "shows": "the column list: Metrics start with fit.* (headline only), then lr, "
                   "test_acc, ..., val_acc; no forecast_rmse.* diagnostics"},
         {"name": "02-advisor-run", "route": f"/experiments/{eid}/runs/{arid}",
@@ -180,18 +183,23 @@ def shoot_playwright(options: dict[str, Any], base: str, todo: list[dict[str, st
         page = browser_.new_page(viewport={"width": WINDOW[0], "height": WINDOW[1]})
         for item in todo:
             png = out / f"{item['name']}.png"
-            page.goto(f"{base}/#{item['route']}", wait_until="load", timeout=120_000)
-            if item.get("wait_for"):
-                with contextlib.suppress(Exception):  # not there: the screenshot shows why
-                    page.get_by_text(item["wait_for"]).first.wait_for(timeout=wait_ms * 6)
-            page.wait_for_timeout(wait_ms)
-            _close_assistant(page)
-            if item.get("click"):
-                with contextlib.suppress(Exception):
-                    page.click(item["click"], timeout=wait_ms)
-                    page.wait_for_timeout(2000)
-            page.screenshot(path=str(png), full_page=True)
-            shots.append({**item, "png": str(png), "bytes": png.stat().st_size})
+            try:
+                # A new document each time: a hash change alone keeps the last artifact shown.
+                page.goto("about:blank")
+                page.goto(f"{base}/#{item['route']}", wait_until="load", timeout=120_000)
+                if item.get("wait_for"):
+                    with contextlib.suppress(Exception):  # not there: the screenshot shows it
+                        page.get_by_text(item["wait_for"]).first.wait_for(timeout=wait_ms * 6)
+                page.wait_for_timeout(wait_ms)
+                _close_assistant(page)
+                if item.get("click"):
+                    with contextlib.suppress(Exception):
+                        page.click(item["click"], timeout=wait_ms)
+                        page.wait_for_timeout(2000)
+                page.screenshot(path=str(png), full_page=True, timeout=120_000)
+                shots.append({**item, "png": str(png), "bytes": png.stat().st_size})
+            except Exception as exc:  # a slow page must not cost the others
+                shots.append({**item, "error": f"{type(exc).__name__}: {exc}"[:300]})
         browser_.close()
     return shots
 
@@ -200,10 +208,9 @@ def _close_assistant(page: Any) -> None:
     """Close MLflow 3.17's Assistant side panel (it takes a quarter of the window); the UI
     remembers it for the later pages. Best effort: a UI without one is left alone."""
     with contextlib.suppress(Exception):
-        panel = page.get_by_text("MLflow Assistant", exact=True)
-        if panel.count() and panel.first.is_visible():
-            header = panel.first.locator("xpath=ancestor::div[.//button][1]")
-            header.locator("button").last.click(timeout=2000)
+        close = page.locator(ASSISTANT_CLOSE)
+        if close.count() and close.first.is_visible():
+            close.first.click(timeout=2000)
             page.wait_for_timeout(500)
 
 
@@ -238,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
               "screens": shots}
     (ns.out / "screens.json").write_text(json.dumps(report, indent=2))
     for shot in shots:
-        print(f"{shot['png']}  ({shot['bytes']:,} bytes): {shot['shows']}")
+        if "error" in shot:
+            print(f"{shot['name']}: NOT TAKEN ({shot['error']})")
+        else:
+            print(f"{shot['png']}  ({shot['bytes']:,} bytes): {shot['shows']}")
     print(f"wrote {ns.out / 'screens.json'}")
     return 0
 

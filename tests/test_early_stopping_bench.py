@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -64,3 +66,13 @@ def test_optuna_arm_is_run_by_optuna() -> None:
         n_startup_trials=1))
     assert out.finished[0] and not out.finished[1:].all()
     assert (out.steps[~out.finished] < 100).all()
+
+
+def test_the_default_rule_is_the_benchmarks_choice() -> None:
+    """One definition of the defaults: StopRule's (which every stop uses when given no rule)
+    are the setting the committed benchmark chose on its design block."""
+    report = Path(__file__).resolve().parents[1] / "benchmarks/results/early_stopping.json"
+    chosen = json.loads(report.read_text())["chosen"]
+    rule = StopRule()
+    assert (rule.threshold, rule.patience) == (chosen["threshold"], chosen["patience"])
+    assert rule.margin == 0.0 == chosen["margin_goal_units"] and rule.grace == 0.0

@@ -7,7 +7,9 @@ message a user sees (``pip install "tracker-sched[EXTRA]"``) is written once.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import Any
 
 from tracker_sched.errors import MissingDependencyError
 
@@ -46,3 +48,37 @@ def require(module: str, extra: str | None = None) -> ModuleType:
     except ImportError as exc:
         raise MissingDependencyError(package, extra or EXTRAS[package]) from exc
     return found
+
+
+def lazy_exports(package: str, module: str, names: Sequence[str], *, extra: str,
+                 roots: Sequence[str]) -> Callable[[str], Any]:
+    """A package's PEP 562 ``__getattr__``: ``names`` are read from ``module`` on first use,
+    so importing the package imports no framework.
+
+    Args:
+        package: the package's ``__name__``.
+        module: the module that defines the names, relative to ``package`` (``".callback"``).
+        names: the names it exports (its ``__all__``).
+        extra: the tracker-sched extra that installs the framework.
+        roots: the top-level packages whose absence means "install the extra".
+
+    Returns:
+        The ``__getattr__`` to assign in the package.
+
+    Raises:
+        MissingDependencyError: (from the returned function) a name was asked for and one
+            of ``roots`` is not installed.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name not in names:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        try:
+            found = importlib.import_module(module, package)
+        except ImportError as exc:
+            if exc.name is not None and exc.name.split(".")[0] in roots:
+                raise MissingDependencyError(exc.name, extra) from exc
+            raise
+        return getattr(found, name)
+
+    return __getattr__

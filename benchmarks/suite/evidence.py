@@ -1,8 +1,9 @@
 """What a sweep says about itself, recorded per task for a later ``--mode auto`` rule.
 
 Three kinds of evidence, each computed from the sweep's runs alone (never from a
-block): the generative fit's out-of-fold forecast skill against the last value
-and the nearest run, the control bundle's checks, and the confounding report.
+block): the generative fit's out-of-fold forecast skill against the last value,
+the nearest run and the learning curve (and its verdict), the control bundle's
+checks, and the confounding report.
 The rule itself is chosen later, across tasks (leave one task out); this module
 only records the inputs it could use.
 """
@@ -11,14 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracker_sched.bundle.manifest import BundleManifest
+from tracker_sched.bundle.manifest import METHODS, BundleManifest
 from tracker_sched.design.confounding import confounding
 from tracker_sched.schema import RunRecord
 
 
 def forecast_skill(manifest: BundleManifest) -> dict[str, Any]:
     """Val-metric forecast RMSE (pooled, median run) and final-metric rank correlation of
-    the model and both baselines at each report tau, and whether the model wins."""
+    the model and the three baselines (last value, nearest run, learning curve) at each
+    report tau, whether the model wins each comparison, and the fit's forecast verdict
+    (``tracker_sched.fit.trust``; computed now for a bundle written before it)."""
+    from tracker_sched.fit.trust import trust_of
+
     fr = manifest.report.holdout
     if fr is None:
         return {"available": False}
@@ -26,16 +31,27 @@ def forecast_skill(manifest: BundleManifest) -> dict[str, Any]:
     taus = sorted({r.tau for r in fr.ranking})
     for tau in taus:
         row: dict[str, Any] = {}
-        for method in ("model", "nearest", "last"):
-            f = fr.row(tau, "val_metric", method)
+        for method in METHODS:
+            try:
+                f = fr.row(tau, "val_metric", method)
+            except KeyError:  # a bundle written before the method existed
+                continue
             row[method] = {"rmse_pooled": f.rmse_pooled, "rmse_median_run": f.rmse_median_run,
                            "spearman": fr.rank(tau, method).spearman}
-        row["model_beats"] = {
-            f"{other}_{label}": _beats(row["model"][key], row[other][key], key == "spearman")
-            for other in ("nearest", "last")
-            for key, label in (("rmse_median_run", "median_rmse"), ("spearman", "spearman"))
-        }
+        # model_beats: the two baselines the auto rule was selected on (what
+        # AutoEvidence.from_record counts); the curve's comparisons apart, and in the verdict
+        for key_out, others in (("model_beats", ("nearest", "last")),
+                                ("model_beats_curve", ("curve",))):
+            row[key_out] = {
+                f"{other}_{label}": _beats(row["model"][key], row[other][key],
+                                           key == "spearman")
+                for other in others if other in row
+                for key, label in (("rmse_median_run", "median_rmse"), ("spearman", "spearman"))
+            }
         out["taus"][f"{tau:g}"] = row
+    trust = trust_of(manifest.report)
+    out["forecast_trust"] = {"level": trust.level, "reasons": trust.reasons, "stored":
+                             manifest.report.forecast_trust is not None}
     return out
 
 

@@ -6,23 +6,13 @@ Importing this package does not import lightning; the callback's module does
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tracker_sched._optional import lazy_exports
 
 if TYPE_CHECKING:
     from .callback import AdvisorCallback
 
 __all__ = ["AdvisorCallback"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from tracker_sched.errors import MissingDependencyError
-
-        try:
-            from . import callback
-        except ImportError as exc:
-            if exc.name is not None and exc.name.split(".")[0] == "lightning":
-                raise MissingDependencyError(exc.name, "lightning") from exc
-            raise
-        return getattr(callback, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, ".callback", __all__, extra="lightning", roots=("lightning",))

@@ -26,9 +26,14 @@ How it fits Lightning's hooks:
   loss after each batch, the validation metric after each validation run.
 - **Write-back**: through the attached loggers: ``MLFlowLogger`` (its client and
   run) and ``WandbLogger`` (its run, on ``trainer/global_step``), at the loggers'
-  cadence (``log_every_n_steps``). ``MLFlowLogger`` sets MLflow's process-wide
-  tracking URI when it first starts its run; where this callback is what starts
-  it, the caller's URI is put back.
+  cadence (``log_every_n_steps``).
+- **Tracking URI**: ``MLFlowLogger`` points MLflow's process-wide tracking URI at its
+  own store when its run starts, which the Trainer does in its setup, before any
+  callback hook. At ``setup`` this callback puts back the caller's URI (and
+  ``MLFLOW_TRACKING_URI``) as they were when the callback was made, so that an
+  ``mlflow:models:/`` bundle is read from the caller's store and what the script logs
+  after ``fit`` goes where it went before. The logger is unaffected: it writes through
+  its own client. Make the callback after setting the URI.
 
 Step convention: step N is the optimizer step that ``trainer.global_step == N``
 is about to run (Lightning logs that batch's metrics at step N).
@@ -39,19 +44,15 @@ tracker failure is logged once and the module's own lr stays in charge.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
+import sys
 from typing import Any
 
 import lightning.pytorch as pl
 
-from tracker_sched.advising.following import AdvisorLike
-from tracker_sched.schema import MetricMap
-
-from ..advised import AdvisedRun
+from ..advised_callback import AdvisedCallback
 from ..mlflow import writer as mlflow_names
 from ..wandb import writer as wandb_names
 
@@ -60,23 +61,13 @@ log = logging.getLogger("tracker_sched.integrations.lightning")
 STEP_KEY = "trainer/global_step"  # the step column WandbLogger writes
 
 
-class AdvisorCallback(pl.Callback):
+class AdvisorCallback(AdvisedCallback, pl.Callback):
     """Advise a Lightning run from a fitted bundle.
 
-    Args:
-        bundle: a bundle URI (``mlflow:models:/NAME@ALIAS``, ``wandb:E/P/NAME:ALIAS``,
-            ``file:PATH``), a folder, a :class:`~tracker_sched.Bundle`, or a ready
-            advisor (e.g. :class:`~tracker_sched.RemoteAdvisor`).
-        metric_map: explicit keys where the module's names do not fit the bundle's
-            (by default ``train_loss``/``loss`` and ``val_acc``/``val_loss``...,
-            whichever has the bundle's sense, are found).
-        planner: the planner's settings (a ``PlannerConfig``), passed to the advisor.
-        replan_every: observations between replans, passed to the advisor.
-        max_replans: plans a run makes at most (None: no limit), passed to the advisor.
-        mode: ``"auto"`` (default: the bundle's decision), ``"generative"``, ``"control"``
-            or ``"best"`` (docs/planner-modes.md).
-        write_back: write recommendations through the attached loggers.
-        flush_timeout_s: how long the end of training waits for MLflow writes.
+    Takes the arguments of :class:`~tracker_sched.integrations.advised_callback.AdvisedCallback`.
+    By default the metric names ``train_loss``/``loss`` and ``val_acc``/``val_loss``...,
+    whichever has the bundle's sense, are found (``metric_map`` where they do not fit); with
+    ``write_back`` the recommendations go through the attached MLflow and W&B loggers.
 
     Attributes:
         advised: the shared :class:`~tracker_sched.integrations.advised.AdvisedRun`
@@ -85,54 +76,49 @@ class AdvisorCallback(pl.Callback):
     >>> # trainer = L.Trainer(..., callbacks=[AdvisorCallback("file:bundle/")])
     """
 
-    def __init__(
-        self,
-        bundle: Any,
-        *,
-        metric_map: MetricMap | None = None,
-        planner: Any = None,
-        replan_every: int = 10,
-        max_replans: int | None = 1,
-        mode: str | None = None,
-        write_back: bool = True,
-        flush_timeout_s: float = 10.0,
-    ) -> None:
-        super().__init__()
-        self.advised = AdvisedRun(bundle, metric_map=metric_map, planner=planner,
-                                  replan_every=replan_every, max_replans=max_replans, mode=mode)
-        self.write_back = write_back
-        self.flush_timeout_s = flush_timeout_s
-        self.mlflow: list[mlflow_names.MlflowWriter] = []
-        self.wandb: list[wandb_names.WandbWriter] = []
-        self._ratios: list[list[float]] = []
+    def _init_state(self) -> None:
+        self._ratios: list[list[float]] = []  # per optimizer: each group's lr / the first's
         self._step = 0
         self._pending: dict[str, float] = {}  # lr values of the current step, written at cadence
-
-    @property
-    def advisor(self) -> AdvisorLike | None:
-        """The advisor (None before training starts or when off)."""
-        return self.advised.advisor
+        self._callers_uri = _tracking_uri_state()
 
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Put back the caller's MLflow tracking URI where an ``MLFlowLogger`` replaced it."""
+        try:
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            theirs = {getattr(lg, "_tracking_uri", None) for lg in trainer.loggers
+                      if isinstance(lg, MLFlowLogger)}
+            now, callers = _tracking_uri_state(), self._callers_uri
+            # A caller who set no URI gets MLflow's default, whichever store the logger chose.
+            if callers != (None, None) and now != callers and now[0] in theirs - {None}:
+                _set_tracking_uri_state(self._callers_uri)
+        except Exception as exc:  # the logger's store is still written; only the URI stays
+            self.advised.warn_once("tracking uri", "could not put back the caller's MLflow "
+                                                   f"tracking URI: {type(exc).__name__}: {exc}")
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Learn the budget, read the groups' lr ratios, open the loggers' writers."""
-        try:
-            budget = trainer.estimated_stepping_batches
-            if not math.isfinite(budget):
+
+        def budget() -> int:
+            steps = trainer.estimated_stepping_batches
+            if not math.isfinite(steps):
                 raise ValueError("the Trainer has no finite budget (set max_steps or max_epochs)")
-            if not self.advised.start(int(budget)):
-                return
+            return int(steps)
+
+        def read_ratios() -> None:
             self._ratios = []
             for opt in trainer.optimizers:
                 lrs = [float(g["lr"]) for g in opt.param_groups]
                 self._ratios.append([lr / (lrs[0] or 1.0) for lr in lrs])
-            if self.write_back and trainer.is_global_zero:
+
+        def open_writers() -> None:
+            if trainer.is_global_zero:
                 self._open_writers(trainer)
-        except Exception as exc:
-            self.advised.fail("train start", f"the callback could not start, the module keeps "
-                                             f"its own lr: {type(exc).__name__}: {exc}")
-            return
-        self._publish(int(trainer.global_step))
+
+        if self._begin("train start", "module", budget, read_ratios, open_writers):
+            self._publish(int(trainer.global_step))
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                              batch: Any, batch_idx: int) -> None:
@@ -179,7 +165,7 @@ class AdvisorCallback(pl.Callback):
                                  lr=self._pending.get("applied"))
             every = max(1, int(getattr(trainer, "log_every_n_steps", 1) or 1))
             if (step + 1) % every == 0 or step == 0:
-                self._write(step)
+                self._write(step, self._pending)
             self._pending = {}
             self._publish(step)
         except Exception as exc:
@@ -201,12 +187,7 @@ class AdvisorCallback(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write what the advisor did, flush the MLflow writers."""
-        summary = self.advised.summary()
-        for wandb_writer in self.wandb:
-            wandb_writer.summary(summary)
-        for mlflow_writer in self.mlflow:
-            mlflow_writer.summary(summary)
-            mlflow_writer.close(self.flush_timeout_s)
+        self._finish()
 
     # ------------------------------------------------------------------ write-back
     def _open_writers(self, trainer: pl.Trainer) -> None:
@@ -215,8 +196,7 @@ class AdvisorCallback(pl.Callback):
         for logger in trainer.loggers:
             try:
                 if isinstance(logger, MLFlowLogger):
-                    with _caller_tracking_uri():
-                        client, run_id = logger.experiment, logger.run_id
+                    client, run_id = logger.experiment, logger.run_id
                     if run_id is None:
                         continue
                     writer = mlflow_names.MlflowWriter(client, str(run_id),
@@ -234,37 +214,6 @@ class AdvisorCallback(pl.Callback):
                                        f"no write-back through {type(logger).__name__}: "
                                        f"{type(exc).__name__}: {exc}")
 
-    def _write(self, step: int) -> None:
-        rec = self.advised.plan
-        lrs = self._pending
-        for mlflow_writer in self.mlflow:
-            names = {"recommended": mlflow_names.LR_RECOMMENDED,
-                     "applied": mlflow_names.LR_APPLIED}
-            mlflow_writer.metrics({names[k]: v for k, v in lrs.items()}, step)
-        for wandb_writer in self.wandb:
-            names = {"recommended": wandb_names.LR_RECOMMENDED,
-                     "applied": wandb_names.LR_APPLIED}
-            row: dict[str, object] = {names[k]: v for k, v in lrs.items()}
-            if rec is not None:
-                row[wandb_names.STATUS] = wandb_names.STATUS_CODES[rec.status]
-                if rec.predicted_final is not None:
-                    row[wandb_names.PREDICTED_FINAL] = rec.predicted_final
-            wandb_writer.row(row, step)
-
-    def _publish(self, step: int) -> None:
-        rec = self.advised.take_new_plan()
-        if rec is None:
-            return
-        for mlflow_writer in self.mlflow:
-            mlflow_writer.publish(rec)
-        for wandb_writer in self.wandb:
-            row = wandb_writer.plan_row(rec)
-            row[wandb_names.STATUS] = wandb_names.STATUS_CODES[rec.status]
-            wandb_writer.row(row, step)
-            wandb_writer.summary({"status_name": rec.status, "plan_step": rec.step,
-                                  "reason": self.advised.summary().get("reason"),
-                                  "model_version": rec.model_version})
-
 
 def _scalars(metrics: Any) -> dict[str, float]:
     """``trainer.callback_metrics`` (tensors) as floats; what is no scalar is left out."""
@@ -277,21 +226,21 @@ def _scalars(metrics: Any) -> dict[str, float]:
     return out
 
 
-@contextlib.contextmanager
-def _caller_tracking_uri() -> Iterator[None]:
-    """Put MLflow's process-wide tracking URI (and ``MLFLOW_TRACKING_URI``) back as they
-    were: ``MLFlowLogger.experiment`` sets its own the first time it is read."""
+def _tracking_uri_state() -> tuple[str | None, str | None]:
+    """MLflow's process-wide tracking URI as ``set_tracking_uri`` left it (None: never set)
+    and ``MLFLOW_TRACKING_URI``, read without importing mlflow (not imported: never set)."""
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    return getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _set_tracking_uri_state(state: tuple[str | None, str | None]) -> None:
     from mlflow.tracking._tracking_service import utils
 
-    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        yield
-    finally:
-        utils._tracking_uri = before
-        if env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env
+    utils._tracking_uri = state[0]  # type: ignore[assignment]  # typed None, holds str
+    if state[1] is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = state[1]
 
 
 __all__ = ["STEP_KEY", "AdvisorCallback"]

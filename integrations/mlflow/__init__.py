@@ -6,7 +6,9 @@ Nothing here imports mlflow until used: MLflow loads the plugin modules
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tracker_sched._optional import lazy_exports
 
 if TYPE_CHECKING:
     from tracker_sched.integrations.mlflow.callback import (
@@ -17,9 +19,4 @@ if TYPE_CHECKING:
 __all__ = ["MlflowAdvisorCallback", "log_recommendation"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from tracker_sched.integrations.mlflow import callback
-
-        return getattr(callback, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, ".callback", __all__, extra="mlflow", roots=("mlflow",))

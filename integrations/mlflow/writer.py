@@ -132,7 +132,8 @@ def plan_markdown(rec: Recommendation) -> str:
     steps, lrs = rec.schedule.step, rec.schedule.lr
     n = len(steps)
     picks = sorted({round(i * (n - 1) / (PLAN_ROWS - 1)) for i in range(PLAN_ROWS)}) if n else []
-    lines = [f"# tracker-sched plan at step {rec.step}: {rec.status}", "", "| | |", "|---|---|",
+    lines = [f"# tracker-sched plan at step {rec.step}: {rec.status}", "", "| plan | |",
+             "|---|---|",
              *(f"| {key} | {_cell(value)} |" for key, value in rows), "",
              f"## Schedule: the lr from step {steps[0] if n else '-'} to the end "
              f"({len(picks)} of {n} points)", "", "| step | lr |", "|---:|---:|",

@@ -5,7 +5,9 @@ Importing this package does not import optuna; the pruner module does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tracker_sched._optional import lazy_exports
 
 if TYPE_CHECKING:
     from tracker_sched.integrations.optuna.pruner import TrackerSchedPruner
@@ -13,9 +15,4 @@ if TYPE_CHECKING:
 __all__ = ["TrackerSchedPruner"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from tracker_sched.integrations.optuna import pruner
-
-        return getattr(pruner, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, ".pruner", __all__, extra="optuna", roots=("optuna",))

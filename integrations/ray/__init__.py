@@ -4,7 +4,9 @@ inside a trainable. Importing this package does not import ray; its names do.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tracker_sched._optional import lazy_exports
 
 if TYPE_CHECKING:
     from tracker_sched.integrations.ray.scheduler import TrackerSchedScheduler, with_advisor
@@ -12,9 +14,4 @@ if TYPE_CHECKING:
 __all__ = ["TrackerSchedScheduler", "with_advisor"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from tracker_sched.integrations.ray import scheduler
-
-        return getattr(scheduler, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, ".scheduler", __all__, extra="ray", roots=("ray",))

@@ -47,10 +47,8 @@ from typing import Any, Literal
 import torch
 from transformers import TrainerCallback
 
-from tracker_sched.advising.following import AdvisorLike
-from tracker_sched.schema import MetricMap
-
 from ..advised import AdvisedRun, number
+from ..advised_callback import AdvisedCallback
 from ..mlflow import writer as mlflow_names
 from ..wandb import writer as wandb_names
 
@@ -59,23 +57,13 @@ log = logging.getLogger("tracker_sched.integrations.transformers")
 STEP_KEY = "train/global_step"  # the W&B step column of the Trainer's WandbCallback
 
 
-class AdvisorCallback(TrainerCallback):
+class AdvisorCallback(AdvisedCallback, TrainerCallback):
     """Advise a ``transformers.Trainer`` run from a fitted bundle.
 
-    Args:
-        bundle: a bundle URI (``mlflow:models:/NAME@ALIAS``, ``wandb:E/P/NAME:ALIAS``,
-            ``file:PATH``), a folder, a :class:`~tracker_sched.Bundle`, or a ready
-            advisor (e.g. :class:`~tracker_sched.RemoteAdvisor`).
-        metric_map: explicit keys where the Trainer's names do not fit the bundle's
-            (by default ``loss``, ``learning_rate`` and ``eval_accuracy`` /
-            ``eval_loss``, whichever has the bundle's sense, are found).
-        planner: the planner's settings (a ``PlannerConfig``), passed to the advisor.
-        replan_every: observations between replans, passed to the advisor.
-        max_replans: plans a run makes at most (None: no limit), passed to the advisor.
-        mode: ``"auto"`` (default: the bundle's decision), ``"generative"``, ``"control"``
-            or ``"best"`` (docs/planner-modes.md).
-        write_back: write recommendations to the ``report_to`` trackers.
-        flush_timeout_s: how long the end of training waits for MLflow writes.
+    Takes the arguments of :class:`~tracker_sched.integrations.advised_callback.AdvisedCallback`.
+    By default the Trainer's ``loss``, ``learning_rate`` and ``eval_accuracy`` /
+    ``eval_loss``, whichever has the bundle's sense, are found (``metric_map`` where they do
+    not fit); with ``write_back`` the recommendations go to the ``report_to`` trackers.
 
     Attributes:
         advised: the shared :class:`~tracker_sched.integrations.advised.AdvisedRun`
@@ -86,49 +74,25 @@ class AdvisorCallback(TrainerCallback):
     >>> # trainer = Trainer(..., callbacks=[AdvisorCallback("mlflow:models:/m@champion")])
     """
 
-    def __init__(
-        self,
-        bundle: Any,
-        *,
-        metric_map: MetricMap | None = None,
-        planner: Any = None,
-        replan_every: int = 10,
-        max_replans: int | None = 1,
-        mode: str | None = None,
-        write_back: bool = True,
-        flush_timeout_s: float = 10.0,
-    ) -> None:
-        self.advised = AdvisedRun(bundle, metric_map=metric_map, planner=planner,
-                                  replan_every=replan_every, max_replans=max_replans, mode=mode)
-        self.write_back = write_back
-        self.flush_timeout_s = flush_timeout_s
+    def _init_state(self) -> None:
         self.lr_control: Literal["scheduler", "optimizer"] | None = None
-        self.mlflow: mlflow_names.MlflowWriter | None = None
-        self.wandb: wandb_names.WandbWriter | None = None
         self._restore: Callable[[], None] | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._ratios: list[float] = []
         self._val_seen: int | None = None
 
-    @property
-    def advisor(self) -> AdvisorLike | None:
-        """The advisor (None before training starts or when off)."""
-        return self.advised.advisor
-
     # ------------------------------------------------------------------ Trainer events
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Learn the budget, take over the lr, open the trackers' writers. Never raises."""
-        try:
-            if not self.advised.start(int(state.max_steps)):
-                return
-            self._take_over(kwargs.get("optimizer"), kwargs.get("lr_scheduler"))
-            if self.write_back and state.is_world_process_zero:
+
+        def open_writers() -> None:
+            if state.is_world_process_zero:
                 self._open_writers(args)
-        except Exception as exc:
-            self.advised.fail("train begin", f"the callback could not start, the Trainer "
-                                             f"keeps its own lr: {type(exc).__name__}: {exc}")
-            return
-        self._publish(0)
+
+        if self._begin("train begin", "Trainer", lambda: int(state.max_steps),
+                       lambda: self._take_over(kwargs.get("optimizer"), kwargs.get("lr_scheduler")),
+                       open_writers):
+            self._publish(0)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Without a LambdaLR to drive: set the optimizer's lrs for the coming step."""
@@ -164,12 +128,7 @@ class AdvisorCallback(TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Write what the advisor did, flush the writers, give the scheduler back."""
-        summary = self.advised.summary()
-        if self.wandb is not None:
-            self.wandb.summary(summary)
-        if self.mlflow is not None:
-            self.mlflow.summary(summary)
-            self.mlflow.close(self.flush_timeout_s)
+        self._finish()
         if self._restore is not None:
             self._restore()
             self._restore = None
@@ -234,8 +193,9 @@ class AdvisorCallback(TrainerCallback):
         report = [report] if isinstance(report, str) else list(report)
         every = "all" in report
         if every or "mlflow" in report:
-            self.mlflow = _mlflow_writer(self.advised, self.flush_timeout_s,
-                                         str(self.lr_control))
+            writer = _mlflow_writer(self.advised, self.flush_timeout_s, str(self.lr_control))
+            if writer is not None:
+                self.mlflow.append(writer)
         if every or "wandb" in report:
             import wandb
 
@@ -243,9 +203,10 @@ class AdvisorCallback(TrainerCallback):
                 self.advised.warn_once("wandb", "report_to names wandb but there is no W&B "
                                                 "run: nothing written back to W&B")
             else:
-                self.wandb = wandb_names.WandbWriter(wandb.run, step_key=STEP_KEY,
-                                                     on_error=self.advised.warn_once)
-                self.wandb.define_metrics()
+                wandb_writer = wandb_names.WandbWriter(wandb.run, step_key=STEP_KEY,
+                                                       on_error=self.advised.warn_once)
+                wandb_writer.define_metrics()
+                self.wandb.append(wandb_writer)
 
     def _lr_rows(self, step: int, logs: Mapping[str, Any]) -> dict[str, float]:
         """The recommended and applied lr at ``step`` (tracker-neutral keys)."""
@@ -258,36 +219,6 @@ class AdvisorCallback(TrainerCallback):
         if wanted is not None and applied is not None:
             out["recommended"] = wanted
         return out
-
-    def _write(self, step: int, lrs: Mapping[str, float]) -> None:
-        rec = self.advised.plan
-        if self.mlflow is not None and lrs:
-            names = {"recommended": mlflow_names.LR_RECOMMENDED,
-                     "applied": mlflow_names.LR_APPLIED}
-            self.mlflow.metrics({names[k]: v for k, v in lrs.items()}, step)
-        if self.wandb is not None and (lrs or rec is not None):
-            names = {"recommended": wandb_names.LR_RECOMMENDED,
-                     "applied": wandb_names.LR_APPLIED}
-            row: dict[str, object] = {names[k]: v for k, v in lrs.items()}
-            if rec is not None:
-                row[wandb_names.STATUS] = wandb_names.STATUS_CODES[rec.status]
-                if rec.predicted_final is not None:
-                    row[wandb_names.PREDICTED_FINAL] = rec.predicted_final
-            self.wandb.row(row, step)
-
-    def _publish(self, step: int) -> None:
-        rec = self.advised.take_new_plan()
-        if rec is None:
-            return
-        if self.mlflow is not None:
-            self.mlflow.publish(rec)
-        if self.wandb is not None:
-            row = self.wandb.plan_row(rec)
-            row[wandb_names.STATUS] = wandb_names.STATUS_CODES[rec.status]
-            self.wandb.row(row, step)
-            self.wandb.summary({"status_name": rec.status, "plan_step": rec.step,
-                                "reason": self.advised.summary().get("reason"),
-                                "model_version": rec.model_version})
 
 
 def _mlflow_writer(advised: AdvisedRun, flush_timeout_s: float,

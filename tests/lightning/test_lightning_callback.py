@@ -9,6 +9,7 @@ own offline reader), not from the callback's own account.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,13 @@ class Module(L.LightningModule):  # type: ignore[misc]
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
-def fit(callback: AdvisorCallback, loggers: Any) -> Any:
+def fit(callback: AdvisorCallback, loggers: Any, epochs: int = EPOCHS) -> Any:
     x, y = data(1, BATCHES * 8 + 64)
     train = torch.utils.data.TensorDataset(x[:BATCHES * 8], y[:BATCHES * 8])
     val = torch.utils.data.TensorDataset(x[BATCHES * 8:], y[BATCHES * 8:])
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(
-        max_epochs=EPOCHS, logger=loggers, log_every_n_steps=2,
+        max_epochs=epochs, logger=loggers, log_every_n_steps=2,
         callbacks=[callback, LearningRateMonitor(logging_interval="step")] if loggers
         else [callback],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -83,11 +84,11 @@ def fit(callback: AdvisorCallback, loggers: Any) -> Any:
 def advised(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("pl-advised")
     uri = f"sqlite:///{root}/mlflow.db"
-    cb = AdvisorCallback(f"file:{tiny_bundle_dir}", planner=PlannerConfig(candidates=8),
-                         replan_every=5)
     import wandb
 
     with trackers(root, uri, "pl-advised", "pl-advised") as wandb_dir:
+        cb = AdvisorCallback(f"file:{tiny_bundle_dir}", planner=PlannerConfig(candidates=8),
+                             replan_every=5)  # made after the URI is set, as documented
         wandb.teardown()  # settings an earlier test left behind must not decide where it logs
         loggers = [MLFlowLogger(experiment_name="pl-advised", tracking_uri=uri,
                                 run_name="advised"),
@@ -96,7 +97,7 @@ def advised(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         wandb_id, files = loggers[1].experiment.id, Path(loggers[1].experiment.dir)
         _finish_wandb()
         wandb.teardown()
-    return {"cb": cb, "trainer": trainer, "client": mlflow.tracking.MlflowClient(uri),
+    return {"cb": cb, "trainer": trainer, "client": mlflow.tracking.MlflowClient(uri), "uri": uri,
             "run_id": loggers[0].run_id, "wandb_log": files.parent / f"run-{wandb_id}.wandb"}
 
 
@@ -172,3 +173,32 @@ def test_a_bad_bundle_leaves_the_module_on_its_own_lr(
     opt = trainer.optimizers[0]
     assert opt.param_groups[0]["lr"] == pytest.approx(PEAK * 0.5 ** EPOCHS)  # StepLR's
     assert len([r for r in caplog.records if "callback off" in r.getMessage()]) == 1
+
+
+def test_the_callers_tracking_uri_survives_the_loggers_own(
+        advised: dict[str, Any], tiny_bundle_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLFlowLogger points MLflow's process-wide tracking URI at its own store when the
+    Trainer starts its run (in setup, before any callback hook): the callback puts the
+    caller's URI (and ``MLFLOW_TRACKING_URI``) back, and its write-back still lands in the
+    logger's store. Without the callback's setup hook the first assertion fails."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    callers = f"sqlite:///{tmp_path}/callers.db"
+    loggers = advised["uri"]  # a store that exists already: no second schema migration
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", callers)
+    cb = AdvisorCallback(f"file:{tiny_bundle_dir}", max_replans=0)  # the warm-up plan only
+    logger = MLFlowLogger(experiment_name="pl-uri", tracking_uri=loggers, run_name="uri")
+    with _use_tracking_uri(callers):
+        trainer = fit(cb, [logger], epochs=1)
+        after, env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    assert trainer.global_step == BATCHES and cb.advised.error is None
+    assert (after, env) == (callers, callers)
+    client = mlflow.tracking.MlflowClient(loggers)
+    run = client.get_run(logger.run_id)
+    assert run.data.tags["tracker_sched.bundle"].endswith(str(tiny_bundle_dir))
+    assert history(client, logger.run_id, "tracker_sched.plan") == {0: 0.0}  # the warm-up
+    assert len(history(client, logger.run_id, "tracker_sched.lr_recommended")) >= 3
+    assert run.data.tags["tracker_sched.applied_steps"] == str(BATCHES)
+    # Nothing of ours in the caller's store: it was never even created.
+    assert not (tmp_path / "callers.db").exists()

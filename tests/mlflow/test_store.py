@@ -107,15 +107,19 @@ def test_register_returns_alias_uri_and_logs_the_fit_run(
 
     report = FitReport.model_validate_json(text_of("report.json"))
     row = report.holdout.row(0.5, "val_metric", "model") if report.holdout else None
-    assert row is not None and metrics["fit.val_rmse"] == pytest.approx(row.rmse_pooled)
+    assert row is not None  # the headline to 4 significant digits
+    assert metrics["fit.val_rmse"] == pytest.approx(row.rmse_pooled, rel=1e-3)
     text = text_of("report.md")
     assert text.startswith("# tracker-sched fit report") and "Forecast RMSE" in text
     assert f"{row.rmse_pooled:.3f}" in text or f"{row.rmse_pooled * 100:.3f}" in text
+    assert report.forecast_trust is not None  # the verdict, with its reasons, for a person
+    assert f"forecast trust: {report.forecast_trust.level.upper()}" in text and "curve" in text
     assert run.data.tags["tracker_sched.registered_model"] == "cnn-sched"
     assert run.data.tags["tracker_sched.registered_version"] == str(version.version)
     assert version.tags["tracker_sched.registered_version"] == str(version.version)
     note = run.data.tags["mlflow.note.content"]
     assert f"version {version.version}" in note and "split:" in note
+    assert f"forecast trust: {report.forecast_trust.level}" in note
     assert version.description == note
     assert "tracker-sched" in client.get_registered_model("cnn-sched").description
 

@@ -1,10 +1,10 @@
-"""A 16-trial Tune sweep over synthetic training curves, shared by the local and the
-two-node tests: the trainable, the run, and the checks of what reached MLflow.
+"""A 16-trial Tune sweep over synthetic training curves (the two-node test's): the
+trainable, the run, and the checks of what reached MLflow.
 
-The trainable is tiny on purpose (no torch training): each trial steps the analytic
-dynamics of tests/synthetic.py under its own lr (half the trials take it from the
-advisor), reports every ``REPORT_EVERY`` steps, and Tune logs every result to MLflow through
-its own ``MLflowLoggerCallback``. A trial's configuration is its index into
+The trainable (tests/ray/trainable.py) is tiny on purpose (no torch training): each trial
+steps the analytic dynamics of tests/synthetic.py under its own lr (half the trials take it
+from the advisor), reports every ``REPORT_EVERY`` steps, and Tune logs every result to MLflow
+through its own ``MLflowLoggerCallback``. A trial's configuration is its index into
 :func:`trial_specs` (one number per result for Tune to log, not six).
 """
 
@@ -14,16 +14,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+from tests.ray.trainable import REPORT_EVERY, trainable
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.integrations.ray import TrackerSchedScheduler, with_advisor
 from tracker_sched.model.stop_odds import StopRule
 
-REPORT_EVERY = 40
 EXPERIMENT = "tune-sweep"
 RULE = StopRule(threshold=0.05, patience=2)
 
@@ -53,29 +52,6 @@ def ray_env(repo: Path) -> dict[str, str]:
             # MLflow's file store: a real store, and 20x faster per logged row than sqlite
             # here (Tune's MLflow callback logs each metric of each result on its own).
             "MLFLOW_ALLOW_FILE_STORE": "true"}
-
-
-def trainable(spec: dict[str, Any], advisor: Any) -> None:
-    """One trial: the synthetic dynamics, stepped under the lr it follows."""
-    from tests.synthetic import SyntheticTask, schedule
-
-    task = SyntheticTask()
-    total = int(spec["total_steps"])
-    own = schedule(spec["family"], spec["peak_lr"], np.arange(total + 1) / total)
-    rng = np.random.default_rng(spec["seed"])
-    lrs: list[float] = []
-    for step in range(total + 1):
-        lr = float(advisor.lr(step)) if spec["advised"] else float(own[step])
-        lrs.append(lr)
-        if step == 0 or step % REPORT_EVERY:
-            continue
-        loss, acc = task.curves(np.asarray(lrs))
-        metrics = {"step": step, "lr": lr,
-                   "train_loss": float(loss[-1] * np.exp(0.03 * rng.standard_normal())),
-                   "val_acc": float(acc[-1] + 0.003 * rng.standard_normal())}
-        advisor.observe(step, train_loss=metrics["train_loss"], lr=lr,
-                        val_metric=metrics["val_acc"])
-        tune.report(metrics)
 
 
 def trial_specs(sweep: Any, total_steps: int) -> list[dict[str, Any]]:

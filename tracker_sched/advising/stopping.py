@@ -1,6 +1,6 @@
 """The stop decision inside a live run: forecast the final metric, calibrated odds, a rule.
 
->>> # stopper = Stopper(Bundle.load("bundle/"), total_steps=840, rule=StopRule(threshold=0.05))
+>>> # stopper = Stopper(Bundle.load("bundle/"), total_steps=840)  # rule: StopRule()
 >>> # decision = stopper.decide(history, step=300, incumbent=0.91)  # best finished run so far
 >>> # if decision.stop: break                                       # the run keeps its logs
 

@@ -25,7 +25,7 @@ from tracker_sched.schema import RunIssue
 
 SCHEMA_VERSION = 1
 
-METHODS = ("model", "nearest", "last")
+METHODS = ("model", "nearest", "last", "curve")
 
 
 class ForecastRow(BaseModel):
@@ -68,6 +68,45 @@ class ForecastReport(BaseModel):
         raise KeyError((tau, method))
 
 
+class TrustComparison(BaseModel):
+    """One comparison of the forecast verdict: the model against one baseline."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tau: float
+    criterion: Literal["spearman", "rmse_median_run"] = Field(
+        description="spearman: rank correlation of predicted vs actual final validation "
+        "metric (higher wins); rmse_median_run: the median run's validation-metric RMSE "
+        "in channel units (lower wins)")
+    baseline: str
+    model: float | None
+    other: float | None
+    model_wins: bool = Field(description="strictly better; an undefined rank correlation "
+                             "counts as 0 (no ranking information)")
+
+
+class ForecastTrust(BaseModel):
+    """Whether the model out-forecasts every baseline early in training (tracker_sched.fit.trust).
+
+    Attributes:
+        level: ``trusted`` (beats every baseline on rank correlation and median-run RMSE at
+            every verdict tau), ``weak`` (beats every baseline on rank correlation, loses
+            some RMSE comparison), ``untrusted`` (loses some rank-correlation comparison),
+            ``unknown`` (no held-out forecasts to judge by).
+        reasons: one sentence per lost comparison (which baseline wins where), or why the
+            level is unknown.
+        taus: the context ends the verdict looked at.
+        comparisons: every comparison made.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    level: Literal["trusted", "weak", "untrusted", "unknown"]
+    reasons: list[str] = Field(default_factory=list)
+    taus: list[float] = Field(default_factory=list)
+    comparisons: list[TrustComparison] = Field(default_factory=list)
+
+
 class FitReport(BaseModel):
     """Everything a fit tells its user; printed as a table and saved as JSON."""
 
@@ -95,6 +134,9 @@ class FitReport(BaseModel):
     stop_reliability: list[ReliabilityRow] = Field(
         default_factory=list, description="stop odds: predicted probability against observed "
         "frequency (tracker_sched.fit.stop_calibration); empty without a calibration")
+    forecast_trust: ForecastTrust | None = Field(
+        default=None, description="the forecast verdict (tracker_sched.fit.trust); None in "
+        "bundles written before it and in control fits (no held-out forecasts)")
     note: str = (
         "Held-out runs also drive early stopping (checkpoint choice only). With cross-fit, "
         "each run is forecast by the one member that never trained on it, so the report "

@@ -101,17 +101,24 @@ def _check(args: argparse.Namespace, result: SourceResult) -> Preflight:
 
 
 def _forecast_table(manifest: BundleManifest) -> str:
-    """The fit report's forecast table; an accuracy-like metric is shown in points."""
+    """The fit report's forecast table and its verdict (stored, or computed now for a bundle
+    written before the verdict existed); an accuracy-like metric is shown in points."""
     from tracker_sched.fit.report import format_forecast
+    from tracker_sched.fit.trust import format_trust, trust_of
 
     report = manifest.report
     assert report.holdout is not None
     is_acc = report.direction == "max" and 0 <= manifest.sweep.best_config_mean_final_val <= 1
     try:
-        return format_forecast(report.holdout, val_scale=100 if is_acc else 1,
-                               val_unit="points" if is_acc else "metric units")
+        table = format_forecast(report.holdout, val_scale=100 if is_acc else 1,
+                                val_unit="points" if is_acc else "metric units")
     except (KeyError, IndexError, ValueError) as exc:  # an edited bundle.json: say so, go on
         return f"no forecast table: the bundle's fit report is incomplete ({exc!r})"
+    verdict = format_trust(trust_of(report), val_scale=100 if is_acc else 1,
+                           val_unit="points" if is_acc else "")
+    if report.forecast_trust is None:
+        verdict += "\n  (computed now from the stored table: the bundle predates the verdict)"
+    return table + "\n\n" + verdict
 
 
 def _read_and_check(args: argparse.Namespace) -> tuple[SourceResult, Preflight]:

@@ -30,10 +30,12 @@ def column_key(kind: str, name: str) -> str:
 
 
 def runs_view() -> str:
-    """The shared view's JSON: the selected columns and the sort (newest first)."""
+    """The shared view's JSON: the selected columns, the metrics in :data:`COLUMNS`'s order
+    (the table would sort them by name: ``fit.*`` before ``val_acc``), newest runs first."""
     columns = [column_key(kind, name) for kind, names in COLUMNS.items() for name in names]
-    return json.dumps({"selectedColumns": columns, "orderByKey": "attributes.start_time",
-                       "orderByAsc": False})
+    return json.dumps({"selectedColumns": columns,
+                       "columnOrder": [column_key("metrics", m) for m in COLUMNS["metrics"]],
+                       "orderByKey": "attributes.start_time", "orderByAsc": False})
 
 
 def runs_url(experiment_id: str, host: str = "127.0.0.1", port: int = 5000) -> str:

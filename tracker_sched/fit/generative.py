@@ -30,6 +30,7 @@ from tracker_sched.fit.prepare import PreparedSweep, assemble_bundle, prepare, r
 from tracker_sched.fit.report import cross_fit_report, forecast_report
 from tracker_sched.fit.stop_calibration import calibrate_prepared
 from tracker_sched.fit.training import WindowSampler, masked_mse, optimizer, update
+from tracker_sched.fit.trust import forecast_trust
 from tracker_sched.model.forecast import Forecaster
 from tracker_sched.model.latent import LatentODE, path_length_penalty
 from tracker_sched.schema import MetricMap, RunIssue, RunRecord
@@ -289,13 +290,14 @@ def fit_sweep(
         forecast = cross_fit_report(
             [(Forecaster([m]), tr, ho) for m, (tr, ho) in zip(models, prep.folds, strict=True)],
             prep.tensors(np.arange(len(prep.runs))), prep.norm, config.report_taus,
-            config.window, prep.grid.complete(),
+            config.window, prep.grid.complete(), direction=prep.direction,
         )
         holdout_idx = np.arange(len(prep.runs))
     elif prep.holdout_idx.size:
         forecast = forecast_report(
             Forecaster(models), data[0][0], prep.tensors(prep.holdout_idx), prep.norm,
             config.report_taus, config.window, prep.grid.subset(prep.holdout_idx).complete(),
+            direction=prep.direction,
         )
         holdout_idx = prep.holdout_idx
     else:
@@ -319,6 +321,7 @@ def fit_sweep(
             for h in hists
         ],
         holdout=forecast,
+        forecast_trust=forecast_trust(forecast),
         stop_reliability=stopping.reliability if stopping is not None else [],
         **run_counts(prep),
     )

@@ -3,11 +3,15 @@
 For each context end ``tau_c`` (default 0.25, 0.5, 0.75) and each held-out run,
 the model forecasts the rest of the run from the ``window`` grid points ending
 at ``tau_c``. Errors are in channel units: dex (log10) for train loss and lr,
-metric units for the validation metric. Two baselines use the same context:
+metric units for the validation metric. Three baselines:
 
 - ``last``: the context's last observed value carried forward;
 - ``nearest``: the future of the fitting run whose context window is closest
-  (standardised channels, same grid points) to the held-out run's.
+  (standardised channels, same grid points) to the held-out run's;
+- ``curve``: a parametric learning curve (pow3) fitted to the run's own values in
+  the same context window and extrapolated to the end
+  (:mod:`tracker_sched.fit.curves`); for the validation metric (improving in its
+  direction) and the train loss (decreasing), not for the lr, which has no row.
 
 The ranking rows give the Spearman rank correlation between the predicted and
 the actual final validation metric across held-out runs that reached the end of
@@ -27,7 +31,15 @@ from tracker_sched.bundle.manifest import (
     ForecastRow,
     RankRow,
 )
-from tracker_sched.data.grid import CHANNELS, N_CHANNELS, VAL_METRIC, Normalisation, SweepTensors
+from tracker_sched.data.grid import (
+    CHANNELS,
+    N_CHANNELS,
+    TRAIN_LOSS,
+    VAL_METRIC,
+    Normalisation,
+    SweepTensors,
+)
+from tracker_sched.fit.curves import fit_curves
 from tracker_sched.model.forecast import Forecaster
 
 
@@ -78,19 +90,49 @@ def _baselines(
     return last, nearest
 
 
+def curve_baseline(
+    fit: SweepTensors, test: SweepTensors, end: int, window: int, direction: str,
+    last: torch.Tensor,
+) -> torch.Tensor:
+    """Learning-curve forecasts, standardised, ``(runs, G - end, 3)``; the lr channel is NaN.
+
+    Each run's curve is fitted to its values in the context window (the grid points the
+    model sees, ending at ``end``); the plausible range is every value the ``fit`` runs
+    observed. A run that falls back (:func:`~tracker_sched.fit.curves.fit_curves`) gets
+    ``last``.
+    """
+    g = test.grid_points
+    tau = np.linspace(0.0, 1.0, g)
+    lo = max(0, end - window + 1)
+    out = torch.full((int(test.values.shape[0]), g - end, N_CHANNELS), float("nan"))
+    for c, way in ((VAL_METRIC, direction), (TRAIN_LOSS, "min")):
+        seen = test.mask[:, lo : end + 1, c]
+        vals = torch.where(seen, test.values[:, lo : end + 1, c], torch.nan).double().numpy()
+        fv = fit.values[..., c][fit.mask[..., c]]
+        bounds = (float(fv.min()), float(fv.max())) if fv.numel() else None
+        res = fit_curves(vals, tau[lo : end + 1], tau[end:],
+                         "max" if way == "max" else "min", bounds, dt=float(tau[1]))
+        pred = torch.as_tensor(res.forecast, dtype=torch.float32)
+        out[..., c] = torch.where(torch.isfinite(pred), pred, last[..., c])
+    return out
+
+
 Forecasts = dict[str, torch.Tensor]  # method -> (runs, G - end, 3), standardised
 
 
 def window_forecasts(
-    forecaster: Forecaster, fit: SweepTensors, test: SweepTensors, end: int, window: int
+    forecaster: Forecaster, fit: SweepTensors, test: SweepTensors, end: int, window: int,
+    direction: str = "max",
 ) -> Forecasts:
-    """Model and baseline forecasts of every ``test`` run from the window ending at ``end``."""
+    """Model and baseline forecasts of every ``test`` run from the window ending at ``end``;
+    ``direction`` is the validation metric's (``"max"`` or ``"min"``)."""
     n = int(test.values.shape[0])
     pred = forecaster.forecast(
         test, torch.arange(n), torch.full((n,), end), torch.full((n,), window)
     )
     last, nearest = _baselines(fit, test, end, window)
-    return {"model": pred, "nearest": nearest, "last": last}
+    curve = curve_baseline(fit, test, end, window, direction, last)
+    return {"model": pred, "nearest": nearest, "last": last, "curve": curve}
 
 
 def score_forecasts(
@@ -116,8 +158,8 @@ def score_forecasts(
             for c in range(N_CHANNELS):
                 mc = m[..., c]
                 has = mc.any(dim=1)
-                if not bool(has.any()):
-                    continue
+                if not bool(has.any()) or not bool(torch.isfinite(f[..., c]).all()):
+                    continue  # no data, or a channel the method does not forecast
                 pooled = float((err2[..., c].sum() / mc.sum()).sqrt())
                 per_run = (err2[..., c].sum(dim=1) / mc.sum(dim=1).clamp_min(1)).sqrt()[has]
                 rows.append(ForecastRow(
@@ -138,11 +180,13 @@ def forecast_report(
     taus: tuple[float, ...],
     window: int,
     complete: np.ndarray,
+    direction: str = "max",
 ) -> ForecastReport:
-    """Compare model and baselines on ``test`` runs (see the module docstring)."""
+    """Compare model and baselines on ``test`` runs (see the module docstring); ``direction``
+    is the validation metric's (``"max"`` or ``"min"``), which the curve baseline needs."""
     g = test.grid_points
     by_tau = {
-        tau: window_forecasts(forecaster, fit, test, round(tau * (g - 1)), window)
+        tau: window_forecasts(forecaster, fit, test, round(tau * (g - 1)), window, direction)
         for tau in taus
     }
     return score_forecasts(by_tau, test, norm, window, complete)
@@ -155,11 +199,13 @@ def cross_fit_report(
     taus: tuple[float, ...],
     window: int,
     complete: np.ndarray,
+    direction: str = "max",
 ) -> ForecastReport:
     """Out-of-fold report: each run forecast by the fold that held it out.
 
     ``folds`` holds ``(forecaster, train_idx, holdout_idx)``; the nearest-run
-    baseline searches the same fold's training runs.
+    baseline searches the same fold's training runs, the curve baseline takes its
+    plausible range from them. ``direction``: the validation metric's.
     """
     g = data.grid_points
     n = int(data.values.shape[0])
@@ -169,7 +215,8 @@ def cross_fit_report(
         merged = {m: torch.zeros(n, g - end, N_CHANNELS) for m in METHODS}
         for forecaster, train_idx, hold_idx in folds:
             fit = _subset(data, train_idx)
-            part = window_forecasts(forecaster, fit, _subset(data, hold_idx), end, window)
+            part = window_forecasts(forecaster, fit, _subset(data, hold_idx), end, window,
+                                    direction)
             for m in METHODS:
                 merged[m][torch.as_tensor(hold_idx)] = part[m]
         by_tau[tau] = merged
@@ -208,7 +255,11 @@ def format_forecast(report: ForecastReport, *, val_scale: float = 1.0, val_unit:
         cells = []
         runs = 0
         for m in METHODS:
-            rr = report.rank(tau, m)
+            try:
+                rr = report.rank(tau, m)
+            except KeyError:  # a bundle written before the method existed
+                cells.append(f"{'-':>10}")
+                continue
             runs = rr.runs
             cells.append(f"{rr.spearman:>10.3f}" if rr.spearman is not None else f"{'-':>10}")
         lines.append(f"{tau:>5.2f} " + " ".join(cells) + f"   {runs:>4}")

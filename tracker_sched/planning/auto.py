@@ -107,6 +107,9 @@ def trust_verdict(value: Any) -> bool | None:
             if key in value:
                 return trust_verdict(value[key])
         return None
+    level = getattr(value, "level", None)  # a ForecastTrust (tracker_sched.fit.trust)
+    if level is not None:
+        return trust_verdict(level)
     word = str(value).strip().lower()
     if word in ("trusted", "full", "high", "yes", "ok", "true", "beats"):
         return True

@@ -65,7 +65,9 @@ def headline_metrics(report: FitReport) -> dict[str, float]:
         rank = [r for r in report.holdout.ranking if r.tau == tau and r.method == "model"]
         if rank and rank[0].spearman is not None:
             out["fit.rank_spearman"] = rank[0].spearman
-    return {k: float(v) for k, v in out.items()}
+    # Short enough for the runs table to show whole (not 0.07836405932...).
+    return {k: float(f"{v:.4g}") if k != "fit.wall_s" else round(float(v), 1)
+            for k, v in out.items()}
 
 
 def split_text(report: FitReport) -> str:
@@ -91,6 +93,10 @@ def fit_description(name: str, version: str, manifest: BundleManifest,
         vs = f" (last value carried forward: {base:.4g})" if base is not None else ""
         lines.append(f"- held-out forecast RMSE of `{report.val_key}` from mid-run: "
                      f"{head['fit.val_rmse']:.4g}{vs}")
+    if report.holdout is not None:
+        from tracker_sched.fit.trust import trust_of
+
+        lines.append(f"- forecast trust: {trust_of(report).level} (see `report.md`)")
     if "fit.rank_spearman" in head:
         lines.append(f"- rank correlation of forecast and actual finals: "
                      f"{head['fit.rank_spearman']:.3f}")
@@ -106,6 +112,7 @@ def report_markdown(manifest: BundleManifest, report: FitReport) -> str:
     RMSE of every method, channel and tau, the rank correlations, and the runs validation
     excluded or changed. An accuracy-like validation metric is shown in points."""
     from tracker_sched.fit.report import format_forecast
+    from tracker_sched.fit.trust import format_trust, trust_of
 
     lines = [f"# tracker-sched fit report: {report.runs_used} runs, `{report.val_key}` "
              f"({report.direction}imised)", "", f"- split: {split_text(report)}",
@@ -116,9 +123,12 @@ def report_markdown(manifest: BundleManifest, report: FitReport) -> str:
         points = report.direction == "max" and 0 <= best <= 1
         table = format_forecast(report.holdout, val_scale=100 if points else 1,
                                 val_unit="points" if points else "metric units")
+        verdict = format_trust(trust_of(report), val_scale=100 if points else 1,
+                               val_unit="points" if points else "")
         lines += ["## Held-out forecasts", "", "Methods: `model` (this fit), `nearest` (the "
-                  "nearest sweep run), `last` (the last value carried forward).", "", "```",
-                  table.rstrip(), "```", ""]
+                  "nearest sweep run), `last` (the last value carried forward), `curve` (a "
+                  "learning curve fitted to the run's own values so far).", "", "```",
+                  table.rstrip(), "", verdict, "```", ""]
     if report.issues:
         lines += ["## Runs excluded or changed", "", "| run | what | why |", "|---|---|---|",
                   *(f"| {i.run_id} | {i.action} | {i.reason.replace('|', '/')} |"

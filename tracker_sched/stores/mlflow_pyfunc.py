@@ -163,7 +163,7 @@ def _stop_answer(bundle: Any, request: Any, raw: str) -> str:
         ask = StopRequest.model_validate_json(raw)
     except ValidationError as exc:
         raise InputError(f"the param stop is not a stop request: {exc.errors()[0]['msg']}; "
-                         'send {"incumbent": 0.91, "rule": {"threshold": 0.05}} or ""') from exc
+                         'send {"incumbent": 0.91, "rule": {"threshold": 0.01}} or ""') from exc
     last = max((o.step for o in request.observations), default=0)
     step = request.step if request.step is not None else last
     return decide_once(bundle, history_from_observations(request.observations), step,
