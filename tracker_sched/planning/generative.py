@@ -16,7 +16,8 @@ Given a live run's history, its progress ``tau_now`` and a bundle, one replan
 4. decodes every accepted candidate of every member in one batched ODE solve;
 5. scores candidates by the predicted validation metric at the end of the
    budget (``tau = 1``, inside the horizon the model was trained on), as the
-   ensemble mean, respecting the metric's direction;
+   ensemble mean in the metric's own units (not the model's log10 of a positive
+   minimised metric), respecting the metric's direction;
 6. averages the lr trajectories of the best ``top_k``; and
 7. applies the guards: a cap relative to the sweep's best peak lr, no rise
    late in training, a limit on the change per replan, a trust region around
@@ -194,7 +195,11 @@ class GenerativePlanner(Planner):
         mean = anchored.mean(dim=0)  # (A, K, 3)
 
         std_val = self.norm.std[VAL_METRIC]
-        final = anchored[:, :, -1, VAL_METRIC] * std_val + self.norm.mean[VAL_METRIC]  # (M, A)
+        final_t = anchored[:, :, -1, VAL_METRIC] * std_val + self.norm.mean[VAL_METRIC]
+        # In the metric's own units (log10 is the model's unit for a positive minimised
+        # metric): the recommendation's predicted_final, spread and gain, as the control
+        # planner reports them. (M, A)
+        final = torch.as_tensor(self.norm.untransform(VAL_METRIC, final_t.double().numpy()))
         score = self.sign * final.mean(dim=0)
         spread = final.std(dim=0) if final.shape[0] > 1 else torch.zeros_like(score)
 
