@@ -227,8 +227,13 @@ def answer(
         raise InputError(f"step {step} is outside the budget [0, {request.total_steps}]")
     first = first_logged(request.observations)
     if first is None or not window_ready(bundle, step, request.total_steps, first):
-        return warmup_plan(bundle, request.total_steps, step,
-                           getattr(planner, "MODE", None) if planner is not None else None)
+        if planner is not None:
+            mode = getattr(planner, "MODE", None)
+        else:  # the mode recommend() would plan with: the one the bundle trusts
+            from tracker_sched.planning.control import mode_for
+
+            mode = mode_for(bundle)
+        return warmup_plan(bundle, request.total_steps, step, mode)
     return recommend(bundle, request, planner=planner)
 
 
