@@ -1,7 +1,7 @@
 """The Ray Tune scheduler and the advisor on a two-node cluster simulated with Ray's own
 cluster utilities (a head and a worker node, loopback), one Ray start for the module: a
 16-trial sweep logged to MLflow through Tune's ``MLflowLoggerCallback``, the worker node
-killed mid-sweep with two trials on it. No trial is lost, every trial's history is in MLflow,
+killed mid-sweep with trials in flight on it. No trial is lost, every trial's history is in MLflow,
 the losers are stopped and the best configuration is not.
 
 One cluster serves both shapes the docs show: the driver connects with
