@@ -77,6 +77,8 @@ class SweepCallback:
             each decision's ``tracker_sched/p_beat`` is logged beside the lr.
         incumbent: the validation metric to beat (as logged), or a function returning it
             (e.g. the sweep's best finished run so far); None never stops.
+        mode: ``"auto"`` (default: the bundle's decision), ``"generative"``, ``"control"``
+            or ``"best"`` (docs/planner-modes.md).
         run: the W&B run; default ``wandb.run``.
         planner: the planner's settings (a ``PlannerConfig``), passed to the advisor.
         replan_every: observations between replans, passed to the advisor.
@@ -118,6 +120,7 @@ class SweepCallback:
         metric_map: MetricMap | None = None,
         stop: StopRule | None = None,
         incumbent: Incumbent = None,
+        mode: str | None = None,
     ) -> None:
         active: Any = run if run is not None else _wandb().run
         if active is None:
@@ -144,7 +147,7 @@ class SweepCallback:
         self._last_lr: float | None = None
         self._base: list[float] = []  # the groups' initial lrs, read at the first update
         self.advised = AdvisedRun(bundle, metric_map=metric_map, planner=planner,
-                                  replan_every=replan_every, max_replans=max_replans)
+                                  replan_every=replan_every, max_replans=max_replans, mode=mode)
         self.advised.start(self.total_steps)
         self._sync_error()
         self.stop_watch = StopWatch(stop, incumbent) if stop is not None else None

@@ -88,7 +88,7 @@ def agent_function(run: Any, bundle: str | Path, steps: int | None = None) -> di
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
     opt = torch.optim.SGD(model.parameters(), lr=run.config["peak_lr"], momentum=0.9)
     cb = SweepCallback(bundle, optimizer=opt, planner=PlannerConfig(candidates=8),
-                       replan_every=5)
+                       replan_every=5, mode="generative")  # a plan with a predicted final
     used: list[float] = []
     returned: list[float | None] = []
     for step in range(steps or cb.total_steps):
