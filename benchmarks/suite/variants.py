@@ -48,6 +48,12 @@ ORDER = ("friedman", "digits-sgd", "digits-cosine", "mnist1d-mlp", "lm", "mnist1
 VARIANTS = {"relative": {"lr_target": "relative"}, "absolute": {"lr_target": "absolute"}}
 
 
+def label(variant: str) -> str:
+    """The variant's name in the report: ``absolute_rerun`` for ``absolute``, whose rerun sits
+    beside the cached (g) ("absolute"; the pair checks that a rerun reproduces the cache)."""
+    return "absolute_rerun" if variant == "absolute" else variant
+
+
 def _tag(folder: Path) -> str:
     return str(json.loads((folder / "bundle.json").read_text())["created_at"])
 
@@ -77,6 +83,7 @@ def measure(name: str, seeds: list[int], variant: str, runs_dir: Path, cache_dir
         print(f"  {name}: the suite's cache lacks (a) runs; skipped", flush=True)
         return None
     planner = json.dumps(VARIANTS[variant], sort_keys=True)
+    variant = label(variant)
     jobs = [Job(name, "generative", fam, peak, s, bundle=str(folder), bundle_tag=tag,
                 planner=planner) for s in seeds]
     own = Cache(cache_dir / name / "jobs.jsonl")
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                  "(benchmarks/suite/variants.py)",
         "command": "python -m benchmarks.suite.variants " + " ".join(
             sys.argv[1:] if argv is None else argv),
-        "variant": ns.variant, "planner": VARIANTS[ns.variant], "block": ns.block,
+        "variant": label(ns.variant), "planner": VARIANTS[ns.variant], "block": ns.block,
         "tasks": {}}
     for name in ns.tasks:
         res = measure(name, seeds, ns.variant, ns.runs_dir, ns.cache_dir, max(1, ns.workers))
@@ -222,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         doc["tasks"][name] = res
         if len(doc["tasks"]) > 1:
-            doc["loto"] = loto(doc["tasks"], ns.variant)
-            doc["verdict"] = verdict(doc["tasks"], doc["loto"], ns.variant)
+            doc["loto"] = loto(doc["tasks"], label(ns.variant))
+            doc["verdict"] = verdict(doc["tasks"], doc["loto"], label(ns.variant))
         ns.out.parent.mkdir(parents=True, exist_ok=True)
         ns.out.write_text(json.dumps(doc, indent=1, allow_nan=True))
         print(table(doc), flush=True)
