@@ -122,6 +122,23 @@ def test_blocks_and_the_dense_grid() -> None:
     assert grid[0] == 1e-3 and grid[3] == 1e-3 * (1e-2 / 1e-3) and grid[-1] == 1e-1
 
 
+def test_schedule_free_runs_at_a_constant_rate_on_the_tasks_twin_optimizer() -> None:
+    pytest.importorskip("schedulefree")
+    from benchmarks.suite import tasks
+    from benchmarks.suite.loop import SCHEDULE_FREE, LoopSpec, train
+
+    task = tasks.get("friedman")
+    out = task.train(SCHEDULE_FREE, 3e-3, 0, smoke=True)
+    assert out.record.state == "finished" and math.isfinite(out.test)
+    assert set(out.record.lr.value) == {3e-3}  # no schedule: its own warm-up, inside
+    spec = LoopSpec(task="t", steps=4, batch_size=8, log_every=2, loss_fn=lambda a, b: a.sum(),
+                    metric_fn=lambda n, x, y: 0.0, val_key="v", worst=0.0,
+                    optimizer=lambda p, lr: __import__("torch").optim.SGD(p, lr=lr))
+    with pytest.raises(ValueError, match="no schedule-free optimizer"):
+        train(spec, None, lambda: None,  # type: ignore[arg-type]
+              family=SCHEDULE_FREE, peak=0.1, seed=0)
+
+
 # ------------------------------------------------------------------ smoke, end to end
 
 
@@ -158,6 +175,11 @@ def test_smoke_runs_every_arm_on_the_block(smoke: dict[str, Any]) -> None:
     assert len(grid) == 2 * 7
     assert t["arms"]["o"]["gain"]["mean"] >= 0
     assert t["choices"]["a'"]["extra_runs"] == 4
+    # (sf): schedule-free at each sweep peak on the sweep's seeds, the best by mean val
+    sf = t["choices"]["sf"]
+    assert sf["extra_runs"] == 3 * 2 and sf["schedule"] == "schedulefree"
+    assert sf["candidates"][f"{sf['peak_lr']:.4g}"] == min(sf["candidates"].values())
+    assert t["arms"]["sf"]["config"] == {"schedule": "schedulefree", "peak_lr": sf["peak_lr"]}
     ev = t["evidence"]
     assert set(ev) == {"forecast", "control", "confounding", "sweep"}
     assert ev["forecast"]["available"] and "0.5" in ev["forecast"]["taus"]
