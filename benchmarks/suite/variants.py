@@ -14,7 +14,8 @@ generative arm (g) runs, this
    its own cache key), cached in ``<cache-dir>/<task>/jobs.jsonl``; the suite's cache is
    only read;
 2. pairs every seed with arm (a) (the sweep's best configuration) of the suite's cache and
-   reports the variant's and the cached (g)'s ("absolute", the default planner) paired gains
+   reports the variant's and the absolute planner's paired gains (the suite's (g) rows
+   cached before "relative" became the planner's default, else run here)
    over (a) on the test metric (the unit of ``benchmarks.suite.stats``: accuracy points, or
    percent of (a)'s loss), side by side, and variant minus absolute; the validation metric
    too;
@@ -61,7 +62,7 @@ def _tag(folder: Path) -> str:
 def measure(name: str, seeds: list[int], variant: str, runs_dir: Path, cache_dir: Path,
             workers: int) -> dict[str, Any] | None:
     """One task's paired results, or None (with a line saying why) when the suite's cache
-    lacks the bundle or a seed's (a) or (g) run."""
+    lacks the bundle, a (g) run naming (a)'s configuration, or a seed's (a) run."""
     task = get(name)
     root = runs_dir / name
     folder = root / "bundle_generative"
@@ -70,28 +71,35 @@ def measure(name: str, seeds: list[int], variant: str, runs_dir: Path, cache_dir
         return None
     src = Cache(root / "jobs.jsonl")  # read only: nothing is put here
     tag = _tag(folder)
-    g_rows = {s: src.done[k] for s in seeds if (k := f"generative|{s}|{tag}") in src.done}
-    missing = [s for s in seeds if s not in g_rows]
-    if missing:
-        print(f"  {name}: the suite's cache has no (g) run for seeds {missing}; skipped",
-              flush=True)
+    # (a)'s configuration: the one every (g) run of this bundle names (the suite's choice)
+    advised = [r for r in src.done.values() if r["kind"] == "generative"
+               and r["bundle_tag"] == tag]
+    if not advised:
+        print(f"  {name}: the suite's cache has no (g) run of its bundle; skipped", flush=True)
         return None
-    fam, peak = str(g_rows[seeds[0]]["family"]), float(g_rows[seeds[0]]["peak"])  # (a)
+    fam, peak = str(advised[0]["family"]), float(advised[0]["peak"])
     a_rows = {s: src.done[k] for s in seeds if (k := Job(name, "run", fam, peak, s).key)
               in src.done}
     if len(a_rows) < len(seeds):
         print(f"  {name}: the suite's cache lacks (a) runs; skipped", flush=True)
         return None
-    planner = json.dumps(VARIANTS[variant], sort_keys=True)
-    variant = label(variant)
-    jobs = [Job(name, "generative", fam, peak, s, bundle=str(folder), bundle_tag=tag,
-                planner=planner) for s in seeds]
     own = Cache(cache_dir / name / "jobs.jsonl")
     t0 = time.perf_counter()
-    run_jobs(jobs, own, workers, f"{name}: (g) {variant}, {len(seeds)} seeds")
-    v_rows = [own.done[j.key] for j in jobs]
+
+    def advised_rows(planner: str | None, what: str) -> list[dict[str, Any]]:
+        jobs = [Job(name, "generative", fam, peak, s, bundle=str(folder), bundle_tag=tag,
+                    planner=planner) for s in seeds]
+        run_jobs(jobs, own, workers, f"{name}: (g) {what}, {len(seeds)} seeds")
+        return [own.done[j.key] for j in jobs]
+
+    # the absolute planner: the suite's (g) rows cached before "relative" became the default
+    # (their key names no planner), else run here
+    old = [src.done.get(f"generative|{s}|{tag}") for s in seeds]
+    g = ([r for r in old if r is not None] if all(r is not None for r in old) else
+         advised_rows(json.dumps(VARIANTS["absolute"], sort_keys=True), "absolute"))
+    v_rows = advised_rows(json.dumps(VARIANTS[variant], sort_keys=True), variant)
+    variant = label(variant)
     a = [a_rows[s] for s in seeds]
-    g = [g_rows[s] for s in seeds]
 
     def gain(rows: list[dict[str, Any]], metric: str) -> list[float]:
         return stats.gains([r[metric] for r in rows], [r[metric] for r in a], task.direction)
@@ -106,7 +114,8 @@ def measure(name: str, seeds: list[int], variant: str, runs_dir: Path, cache_dir
             variant: [r[metric] for r in v_rows],
             "gain_absolute": ga, f"gain_{variant}": gv,
             "absolute_vs_a": stats.paired(ga), f"{variant}_vs_a": stats.paired(gv),
-            f"{variant}_vs_absolute": stats.paired([x - y for x, y in zip(gv, ga, strict=True)]),
+            f"diff_{variant}": (d := [x - y for x, y in zip(gv, ga, strict=True)]),
+            f"{variant}_vs_absolute": stats.paired(d),
         }
     out["status"] = {variant: _count(r["status"] for r in v_rows),
                      "absolute": _count(r["status"] for r in g)}
@@ -154,7 +163,10 @@ def loto(tasks: dict[str, dict[str, Any]], variant: str) -> dict[str, Any]:
         per[name] = row
     pooled = {k: stats.pooled(v) for k, v in held.items() if v}
     picks = {k: [per[n][k]["pick"] for n in per if k in per[n]] for k in held}
+    mean_std = {k: statistics.fmean(per[n][k]["standardised"] for n in per if k in per[n])
+                for k, v in held.items() if v}
     return {"per_task": per, "pooled": pooled, "picks": picks,
+            "mean_standardised_held_out": mean_std,
             "options": ["best", "absolute", variant], "margin_over_best": MARGIN,
             "score": "mean over the other tasks of the paired test gain's mean / sd over (a)"}
 
@@ -188,6 +200,14 @@ def table(doc: dict[str, Any]) -> str:
         x = t["test"]
         lines.append(" | ".join([name, t["unit"], _ci(x["absolute_vs_a"]), _ci(x[f"{v}_vs_a"]),
                                  _ci(x[f"{v}_vs_absolute"])]))
+    acc = {n: t for n, t in doc["tasks"].items() if t["unit"] == "points"}
+    if acc:
+        def pool(key: str) -> str:
+            return _ci(stats.pooled({n: t["test"][key] for n, t in acc.items()}))
+
+        lines.append(" | ".join([f"pooled, {len(acc)} accuracy tasks", "points",
+                                 pool("gain_absolute"), pool(f"gain_{v}"),
+                                 pool(f"diff_{v}")]))
     held = doc.get("loto")
     if held:
         lines.append("leave one task out: pick on the other tasks -> held-out gain over (a)")
@@ -195,6 +215,9 @@ def table(doc: dict[str, Any]) -> str:
             cells = [f"{k}: {r[k]['pick']} {_ci(r[k]['gain'])}" for k in ("with_best",
                                                                           "planners") if k in r]
             lines.append(f"  {name}: " + "; ".join(cells))
+        ms = held["mean_standardised_held_out"]
+        lines.append("mean held-out standardised gain: " + ", ".join(
+            f"{k} {x:+.2f}" for k, x in ms.items()) + " (always best: 0)")
         lines.append(f"verdict: {doc['verdict']}")
     return "\n".join(lines)
 

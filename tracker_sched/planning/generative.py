@@ -18,8 +18,9 @@ Given a live run's history, its progress ``tau_now`` and a bundle, one replan
    budget (``tau = 1``, inside the horizon the model was trained on), as the
    ensemble mean in the metric's own units (not the model's log10 of a positive
    minimised metric), respecting the metric's direction;
-6. averages the lr trajectories of the best ``top_k`` (``lr_target="relative"``: adds
-   their difference from the live course's decoded lr to the current plan instead); and
+6. moves the current plan by the difference between the best ``top_k``'s mean decoded lr
+   and the live course's (``lr_target="relative"``, the default; ``"absolute"``: follows
+   the top ``top_k``'s mean decoded lr itself); and
 7. applies the guards: a cap relative to the sweep's best peak lr, no rise
    late in training, a limit on the change per replan, a trust region around
    the incumbent (the sweep's best schedule), and a fallback (keep
@@ -91,12 +92,14 @@ class PlannerConfig(BaseModel):
     )
     min_gain: float = Field(default=0.0, ge=0, description="needed over the current course")
     lr_target: Literal["absolute", "relative"] = Field(
-        default="absolute",
-        description="how the top candidates' decoded lr becomes the plan. 'absolute': their "
-        "mean decoded log-lr. 'relative': the current plan plus (their mean decoded log-lr "
-        "minus the live course's), so a bias the decoder shares across candidates (on the "
-        "suite's friedman bundle it forecasts decay for every candidate) cancels and only "
-        "the decoded difference moves the plan (docs/planner-modes.md, lr target)",
+        default="relative",
+        description="how the top candidates' decoded lr becomes the plan. 'relative' (the "
+        "default): the current plan plus (their mean decoded log-lr minus the live "
+        "course's), so a bias the decoder shares across candidates (on the suite's friedman "
+        "bundle it forecasts decay for every candidate) cancels and only the decoded "
+        "difference moves the plan. 'absolute' (the default before): their mean decoded "
+        "log-lr. Chosen leave one task out on the suite's design block "
+        "(docs/planner-modes.md, lr target)",
     )
     solver_step_points: int | None = Field(
         default=None, ge=1,
