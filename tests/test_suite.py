@@ -221,3 +221,30 @@ def test_wandb_offline_round_trip(smoke: dict[str, Any], tmp_path: Path) -> None
         assert back.val_metric is not None and rec.val_metric is not None
         assert back.val_metric.value == pytest.approx(rec.val_metric.value)
         assert back.config["peak_lr"] == rec.config["peak_lr"]
+
+
+def test_the_variants_leave_one_task_out_choice_never_sees_the_held_out_task() -> None:
+    from benchmarks.suite.variants import loto, verdict
+
+    def task(absolute: list[float], relative: list[float]) -> dict[str, Any]:
+        diff = [r - a for a, r in zip(absolute, relative, strict=True)]
+        return {"seeds": [1, 2, 3], "test": {
+            "gain_absolute": absolute, "gain_relative": relative,
+            "relative_vs_absolute": stats.paired(diff)}}
+
+    # x: relative is far better; y and z: absolute a little better (standardised 3.0 vs 2.5
+    # and 6.0 vs 4.1), so the fold that holds x out picks absolute, and x loses
+    tasks = {"x": task([-3.0, -2.0, -4.0], [0.1, 0.3, 0.2]),
+             "y": task([1.0, 2.0, 1.5], [1.0, 2.2, 1.4]),
+             "z": task([0.5, 0.7, 0.6], [0.5, 0.8, 0.6])}
+    out = loto(tasks, "relative")
+    x = out["per_task"]["x"]
+    assert x["planners"]["pick"] == x["with_best"]["pick"] == "absolute"
+    assert x["planners"]["gain"]["mean"] == pytest.approx(-3.0)
+    assert out["per_task"]["y"]["planners"]["pick"] == "relative"  # x's win counts there
+    # every option negative on the others: "best" (gain 0) is kept
+    neg = {n: task([-g for g in t["test"]["gain_absolute"]],
+                   [-g for g in t["test"]["gain_relative"]]) for n, t in tasks.items()}
+    assert out["picks"]["with_best"] != ["best"] * 3
+    assert loto(neg, "relative")["per_task"]["y"]["with_best"]["pick"] == "best"
+    assert verdict(tasks, out, "relative").startswith("keep absolute")

@@ -22,7 +22,7 @@ from typing import Any
 
 from benchmarks.suite import stats
 from benchmarks.suite.evidence import evidence
-from benchmarks.suite.jobs import Cache, Job, run_jobs
+from benchmarks.suite.jobs import G_PLANNER, Cache, Job, run_jobs
 from benchmarks.suite.loop import SCHEDULE_FREE
 from benchmarks.suite.surface import best_point
 from benchmarks.suite.tasks import Task
@@ -177,7 +177,8 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
             return Job(task.name, "run", f, p, seed, smoke)
         kind, folder, bundle = advised[arm]
         return Job(task.name, kind, a_fam, a_peak, seed, smoke, bundle=str(folder),
-                   bundle_tag=bundle.manifest.created_at)
+                   bundle_tag=bundle.manifest.created_at,
+                   planner=G_PLANNER if kind == "generative" else None)
 
     jobs = [arm_job(arm, s) for s in seeds for arm in ("a", "a'", "q", "sf", "g", "c")]
     jobs += [Job(task.name, "run", f, p, s, smoke) for s in seeds for f, p in dense]
