@@ -13,7 +13,7 @@ decoded in one batched solve on a shared offset grid.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -45,6 +45,32 @@ def grid_interval(cfg: ModelConfig, offsets: torch.Tensor) -> float | None:
     if cfg.step_points > 1 and offsets.numel() > 1:
         return float(offsets[1] - offsets[0])
     return None
+
+
+class ReuseLastEval:
+    """A vector field that returns its last result when called again on the same state.
+
+    A fixed-step solver with cubic interpolation evaluates the field at each step's
+    end point once per output point in the step (``step_points`` times), and the next
+    step evaluates it there again as its first stage: the same state tensor at the
+    same time, each call a new forward and a new backward through the MLP. Reusing
+    the first result gives the same values with one evaluation per step end (a
+    third fewer per rk4 step at ``step_points=2``). The state is matched by identity
+    (the solver passes the very tensor it computed), so nothing stale is returned;
+    wrap the field anew for every solve.
+    """
+
+    def __init__(self, field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        self.field = field
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        last = self._last
+        if last is not None and h is last[1] and bool(t == last[0]):
+            return last[2]
+        out = self.field(t, h)
+        self._last = (t, h, out)
+        return out
 
 
 class FieldMLP(nn.Sequential):
@@ -154,8 +180,8 @@ class LatentODE(nn.Module):
     def solve(self, h0: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Integrate ``h0 (batch, ode_dim)`` over ``offsets (K,)`` -> ``(batch, K, ode_dim)``."""
         cfg = self.config
-        hs: torch.Tensor = odeint(
-            self.field, h0, offsets, **solver_kwargs(cfg, grid_interval(cfg, offsets), "cubic"))
+        hs: torch.Tensor = odeint(ReuseLastEval(self.field), h0, offsets,
+                                  **solver_kwargs(cfg, grid_interval(cfg, offsets), "cubic"))
         return hs.transpose(0, 1)
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
@@ -210,7 +236,7 @@ def solve_stacked(
     solver step points (and so the end of the budget) are exact either way.
     """
     cfg = models[0].config
-    hs: torch.Tensor = odeint(StackedField([m.field for m in models]), h0, offsets,
+    hs: torch.Tensor = odeint(ReuseLastEval(StackedField([m.field for m in models])), h0, offsets,
                               **solver_kwargs(cfg, grid_interval(cfg, offsets), interp))
     return hs.permute(1, 2, 0, 3)
 
