@@ -1,7 +1,9 @@
 """``python -m benchmarks.early_stopping``: compute against regret, per stopping rule.
 
 1. Per task, fit a bundle (``sweeps.FIT``) on one sweep and build the replays of two other
-   sweeps: the design block and the confirmation block.
+   sweeps: the design block and the confirmation block. Tasks: the synthetic ones and the
+   MNIST-1D CNN fixture (``sweeps``), and the multi-task suite's (``suite_sweeps``: real
+   runs trained by the suite's tasks, cached under ``--runs-dir``).
 2. Design block: every tracker-sched setting (threshold x patience x margin) on every
    ordering; the chosen setting is the cheapest (median compute over tasks) whose regret is
    within the goal (0.1 point) in at least 95% of orderings on every design task.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,8 +28,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.early_stopping import arms
+from benchmarks.early_stopping.suite_sweeps import RUNS_DIR, SUITE_TASKS, suite_task
 from benchmarks.early_stopping.sweeps import (
     FIT,
+    SYN_TASKS,
     Replay,
     build_replay,
     fit_bundle,
@@ -44,6 +49,7 @@ GOAL_SHARE = 0.95
 THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 PATIENCES = (1, 2, 3)
 MARGINS = (0.0, 1.0)  # in units of the goal's 0.1 point (see _rule)
+ALL_TASKS = (*(t.name for t in SYN_TASKS), "mnist1d-cnn", *SUITE_TASKS)
 WANDB = {"wandb-hyperband": (3, 3), "wandb-hyperband-patient": (9, 2)}
 
 
@@ -101,31 +107,37 @@ def _bundle(name: str, records: Callable[[], list[Any]], cache: Path | None) -> 
     return bundle
 
 
-def build(quick: bool, cache: Path | None = None) -> tuple[dict[str, Replay], dict[str, Replay],
-                                                            dict[str, float]]:
-    design, confirm, fit_s = {}, {}, {}
-    for task in tasks()[: 1 if quick else None]:
+def build(names: Sequence[str], cache: Path | None = None, runs_dir: Path = RUNS_DIR,
+          workers: int = 1) -> tuple[dict[str, Replay], dict[str, Replay], dict[str, float]]:
+    """Fit each task's bundle and build its design and confirmation replays."""
+    design: dict[str, Replay] = {}
+    confirm: dict[str, Replay] = {}
+    fit_s: dict[str, float] = {}
+    syn = {t.name: t for t in tasks()}
+    for name in names:
+        if name == "mnist1d-cnn":
+            by_seed = mnist_sweeps()
+            for block, fit_seed, prune_seed in ((design, 0, 1), (confirm, 1, 0)):
+                t0 = time.perf_counter()
+                key = f"mnist1d-cnn-seed{fit_seed}"
+                bundle = _bundle(key, by_seed[fit_seed].copy, cache)
+                fit_s[key] = time.perf_counter() - t0
+                block[name] = build_replay(name, bundle, by_seed[prune_seed])
+                print(f"{name}: fitted on seed {fit_seed} in {fit_s[key]:.0f} s", flush=True)
+            continue
+        task = syn[name] if name in syn else suite_task(name, runs_dir, workers)
         t0 = time.perf_counter()
         bundle = _bundle(task.name, task.fit, cache)
         fit_s[task.name] = time.perf_counter() - t0
         design[task.name] = build_replay(task.name, bundle, task.design())
         confirm[task.name] = build_replay(task.name, bundle, task.confirm())
         print(f"{task.name}: fitted in {fit_s[task.name]:.0f} s", flush=True)
-    if not quick:
-        by_seed = mnist_sweeps()
-        for block, fit_seed, prune_seed in ((design, 0, 1), (confirm, 1, 0)):
-            t0 = time.perf_counter()
-            bundle = _bundle(f"mnist1d-cnn-seed{fit_seed}", lambda s=fit_seed: by_seed[s], cache)
-            fit_s[f"mnist1d-cnn-seed{fit_seed}"] = time.perf_counter() - t0
-            block["mnist1d-cnn"] = build_replay("mnist1d-cnn", bundle, by_seed[prune_seed])
-            print(f"mnist1d-cnn: fitted on seed {fit_seed} in {time.perf_counter() - t0:.0f} s",
-                  flush=True)
     return design, confirm, fit_s
 
 
 def choose(design: dict[str, Replay], count: int) -> tuple[tuple[float, int, float],
                                                            list[dict[str, Any]]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for thr, pat, mar in itertools.product(THRESHOLDS, PATIENCES, MARGINS):
         per = {name: evaluate(rep, orderings(rep.runs, count, 1000 + i), ts_arm(thr, pat, mar))
                for i, (name, rep) in enumerate(design.items())}
@@ -142,13 +154,19 @@ def choose(design: dict[str, Replay], count: int) -> tuple[tuple[float, int, flo
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--orderings", type=int, default=60, help="orderings per block and task")
-    p.add_argument("--quick", action="store_true", help="one task, for a smoke run")
+    p.add_argument("--quick", action="store_true", help="one task (syn-acc), for a smoke run")
+    p.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), choices=ALL_TASKS,
+                   metavar="TASK", help=f"tasks (default: all: {', '.join(ALL_TASKS)})")
+    p.add_argument("--workers", type=int, default=1, help="processes training suite runs")
+    p.add_argument("--runs-dir", type=Path, default=RUNS_DIR,
+                   help="the suite runs' cache (a rerun trains nothing twice)")
     p.add_argument("--out", type=Path, default=RESULTS / "early_stopping.json")
     p.add_argument("--cache", type=Path, default=None,
                    help="keep fitted bundles here and reuse them (same fit config)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    design, confirm, fit_s = build(args.quick, args.cache)
+    names = ["syn-acc"] if args.quick else args.tasks
+    design, confirm, fit_s = build(names, args.cache, args.runs_dir, args.workers)
     (thr, pat, mar), design_rows = choose(design, args.orderings)
     print(f"design block: chose threshold {thr}, patience {pat}, margin {mar} x 0.1 point",
           flush=True)
@@ -169,7 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{r['compute_p95']:.3f})  regret {r['regret_median']:.3f} (p95 "
                   f"{r['regret_p95']:.3f}) pt  within 0.1 pt {r['within_goal']:.0%}", flush=True)
     goals = _goals(results, f"tracker-sched@{thr:g}")
-    report = {"fit_config": FIT.model_dump(mode="json"), "fit_seconds": fit_s,
+    report = {"command": "python -m benchmarks.early_stopping " + " ".join(
+                  sys.argv[1:] if argv is None else argv),
+              "fit_config": FIT.model_dump(mode="json"), "fit_seconds": fit_s,
               "goal": {"regret_points": GOAL_REGRET, "share": GOAL_SHARE},
               "chosen": {"threshold": thr, "patience": pat, "margin_goal_units": mar},
               "design": design_rows, "confirmation": results, "goals": goals,
