@@ -28,25 +28,22 @@ from typing import Any
 import numpy as np
 
 from benchmarks.early_stopping import arms
+from benchmarks.early_stopping.fits import fit_missing, load_or_fit
 from benchmarks.early_stopping.suite_sweeps import RUNS_DIR, SUITE_TASKS, suite_task
 from benchmarks.early_stopping.sweeps import (
     FIT,
     SYN_TASKS,
     Replay,
     build_replay,
-    fit_bundle,
     mnist_sweeps,
     tasks,
 )
-from tracker_sched.bundle.folder import Bundle
-from tracker_sched.fit.prepare import prepare
-from tracker_sched.fit.stop_calibration import calibrate_prepared
 from tracker_sched.model.stop_odds import StopRule
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 GOAL_REGRET = 0.1  # points
 GOAL_SHARE = 0.95
-THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+THRESHOLDS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 PATIENCES = (1, 2, 3)
 MARGINS = (0.0, 1.0)  # in units of the goal's 0.1 point (see _rule)
 ALL_TASKS = (*(t.name for t in SYN_TASKS), "mnist1d-cnn", *SUITE_TASKS)
@@ -90,48 +87,34 @@ def baseline_arms(total_steps: int) -> dict[str, Callable[..., arms.Outcome]]:
     return out
 
 
-def _bundle(name: str, records: Callable[[], list[Any]], cache: Path | None) -> Bundle:
-    """Fit, or load the bundle a previous run saved under ``cache`` (same fit config), its
-    stop calibration recomputed with the current code (it never changes the weights)."""
-    folder = cache / name if cache is not None else None
-    if folder is not None and (folder / "bundle.json").is_file():
-        loaded = Bundle.load(folder)
-        if loaded.manifest.model == FIT.model and loaded.manifest.fit == FIT.model_dump(
-                mode="json", exclude={"model"}):
-            cal = calibrate_prepared(loaded.models, prepare(records(), FIT), FIT)
-            loaded.manifest = loaded.manifest.model_copy(update={"stopping": cal})
-            return loaded
-    bundle = fit_bundle(records())
-    if folder is not None:
-        bundle.save(folder)
-    return bundle
-
-
 def build(names: Sequence[str], cache: Path | None = None, runs_dir: Path = RUNS_DIR,
           workers: int = 1) -> tuple[dict[str, Replay], dict[str, Replay], dict[str, float]]:
-    """Fit each task's bundle and build its design and confirmation replays."""
-    design: dict[str, Replay] = {}
-    confirm: dict[str, Replay] = {}
-    fit_s: dict[str, float] = {}
+    """Fit each task's bundle and build its design and confirmation replays (with ``cache``:
+    the missing bundles first, ``workers`` fits at a time)."""
     syn = {t.name: t for t in tasks()}
+    # (task, bundle name, the sweep it is fitted on, {block: the sweep pruned})
+    plan: list[tuple[str, str, Callable[[], list[Any]], dict[str, Callable[[], list[Any]]]]] = []
     for name in names:
         if name == "mnist1d-cnn":
             by_seed = mnist_sweeps()
-            for block, fit_seed, prune_seed in ((design, 0, 1), (confirm, 1, 0)):
-                t0 = time.perf_counter()
-                key = f"mnist1d-cnn-seed{fit_seed}"
-                bundle = _bundle(key, by_seed[fit_seed].copy, cache)
-                fit_s[key] = time.perf_counter() - t0
-                block[name] = build_replay(name, bundle, by_seed[prune_seed])
-                print(f"{name}: fitted on seed {fit_seed} in {fit_s[key]:.0f} s", flush=True)
+            plan += [(name, "mnist1d-cnn-seed0", by_seed[0].copy, {"design": by_seed[1].copy}),
+                     (name, "mnist1d-cnn-seed1", by_seed[1].copy, {"confirm": by_seed[0].copy})]
             continue
         task = syn[name] if name in syn else suite_task(name, runs_dir, workers)
+        plan.append((name, name, task.fit, {"design": task.design, "confirm": task.confirm}))
+    fit_s: dict[str, float] = {}
+    if cache is not None:
+        fit_s = fit_missing({key: fit for _, key, fit, _ in plan}, cache, workers)
+    blocks: dict[str, dict[str, Replay]] = {"design": {}, "confirm": {}}
+    for name, key, fit, pruned in plan:
         t0 = time.perf_counter()
-        bundle = _bundle(task.name, task.fit, cache)
-        fit_s[task.name] = time.perf_counter() - t0
-        design[task.name] = build_replay(task.name, bundle, task.design())
-        confirm[task.name] = build_replay(task.name, bundle, task.confirm())
-        print(f"{task.name}: fitted in {fit_s[task.name]:.0f} s", flush=True)
+        bundle = load_or_fit(key, fit, cache)
+        fit_s.setdefault(key, time.perf_counter() - t0)
+        for block, records in pruned.items():
+            blocks[block][name] = build_replay(name, bundle, records())
+        print(f"{name}: bundle {key} ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    design = {n: blocks["design"][n] for n in names}
+    confirm = {n: blocks["confirm"][n] for n in names}
     return design, confirm, fit_s
 
 
@@ -157,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="one task (syn-acc), for a smoke run")
     p.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), choices=ALL_TASKS,
                    metavar="TASK", help=f"tasks (default: all: {', '.join(ALL_TASKS)})")
-    p.add_argument("--workers", type=int, default=1, help="processes training suite runs")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes training suite runs and fitting bundles (with --cache)")
     p.add_argument("--runs-dir", type=Path, default=RUNS_DIR,
                    help="the suite runs' cache (a rerun trains nothing twice)")
     p.add_argument("--out", type=Path, default=RESULTS / "early_stopping.json")
