@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -15,7 +15,8 @@ from benchmarks.early_stopping.sweeps import Replay
 from tracker_sched.model.stop_odds import StopBucket, StopCalibration, StopRule, normal_cdf
 
 
-def _replay(finals: list[float], means: list[list[float]], direction: str = "max") -> Replay:
+def _replay(finals: list[float], means: list[list[float]],
+            direction: Literal["max", "min"] = "max") -> Replay:
     cal = StopCalibration(scheme="holdout", direction=direction, transform="identity",
                           buckets=[StopBucket(tau=0.5, bias=0.0, floor=0.01, scale=0.0,
                                               runs=4)], runs=4)
@@ -27,7 +28,7 @@ def _replay(finals: list[float], means: list[list[float]], direction: str = "max
         val_values=[np.linspace(f - 0.3, f, 10) for f in finals],
         final=np.asarray(finals), decide_steps=np.arange(1, k + 1) * 20,
         tau=np.linspace(0.2, 0.8, k), mean=np.asarray(means), spread=np.zeros((len(finals), k)),
-        bundle=SimpleNamespace(manifest=SimpleNamespace(stopping=cal)))  # type: ignore[arg-type]
+        stopping=cal)
 
 
 def test_tracker_sched_arm_applies_the_rule_in_order() -> None:

@@ -22,7 +22,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -72,7 +72,7 @@ def _z_below(threshold: float, df: int | None) -> float:
 
 
 def tracker_sched_arm(rep: Replay, order: np.ndarray, rule: StopRule) -> Outcome:
-    cal = rep.bundle.manifest.stopping
+    cal = rep.stopping
     assert cal is not None
     buckets = [cal.bucket(float(t)) for t in rep.tau]
     bias = np.asarray([b.bias for b in buckets])
@@ -132,7 +132,8 @@ def wandb_hyperband_arm(rep: Replay, order: np.ndarray, min_iter: int, eta: int)
 
 def optuna_arm(rep: Replay, order: np.ndarray,
                make: Callable[[], optuna.pruners.BasePruner]) -> Outcome:
-    direction = "maximize" if rep.direction == "max" else "minimize"
+    direction: Literal["maximize", "minimize"] = (
+        "maximize" if rep.direction == "max" else "minimize")
     study = optuna.create_study(direction=direction, pruner=make(),
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     steps = np.full(rep.runs, rep.total_steps)

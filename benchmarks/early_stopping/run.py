@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.early_stopping import arms
-from benchmarks.early_stopping.fits import fit_missing, load_or_fit
+from benchmarks.early_stopping.fits import ReadyJob, pool_map, ready
 from benchmarks.early_stopping.suite_sweeps import RUNS_DIR, SUITE_TASKS, suite_task
 from benchmarks.early_stopping.sweeps import (
     FIT,
     SYN_TASKS,
     Replay,
-    build_replay,
     mnist_sweeps,
     tasks,
 )
@@ -88,42 +87,54 @@ def baseline_arms(total_steps: int) -> dict[str, Callable[..., arms.Outcome]]:
 
 
 def build(names: Sequence[str], cache: Path | None = None, runs_dir: Path = RUNS_DIR,
-          workers: int = 1) -> tuple[dict[str, Replay], dict[str, Replay], dict[str, float]]:
-    """Fit each task's bundle and build its design and confirmation replays (with ``cache``:
-    the missing bundles first, ``workers`` fits at a time)."""
+          workers: int = 1) -> tuple[dict[str, Replay], dict[str, Replay], dict[str, Any]]:
+    """Fit (or load) each task's bundle and build its design and confirmation replays,
+    ``workers`` bundles at a time.
+
+    Returns:
+        The design and confirmation replays by task, and per bundle the seconds it took and
+        whether it was fitted here (else loaded from ``cache`` and recalibrated).
+    """
     syn = {t.name: t for t in tasks()}
-    # (task, bundle name, the sweep it is fitted on, {block: the sweep pruned})
-    plan: list[tuple[str, str, Callable[[], list[Any]], dict[str, Callable[[], list[Any]]]]] = []
+    jobs: list[ReadyJob] = []
+    where = str(cache) if cache is not None else None
     for name in names:
         if name == "mnist1d-cnn":
             by_seed = mnist_sweeps()
-            plan += [(name, "mnist1d-cnn-seed0", by_seed[0].copy, {"design": by_seed[1].copy}),
-                     (name, "mnist1d-cnn-seed1", by_seed[1].copy, {"confirm": by_seed[0].copy})]
+            jobs += [(name, "mnist1d-cnn-seed0", by_seed[0], {"design": by_seed[1]}, where),
+                     (name, "mnist1d-cnn-seed1", by_seed[1], {"confirm": by_seed[0]}, where)]
             continue
         task = syn[name] if name in syn else suite_task(name, runs_dir, workers)
-        plan.append((name, name, task.fit, {"design": task.design, "confirm": task.confirm}))
-    fit_s: dict[str, float] = {}
-    if cache is not None:
-        fit_s = fit_missing({key: fit for _, key, fit, _ in plan}, cache, workers)
+        jobs.append((name, name, task.fit(), {"design": task.design(),
+                                              "confirm": task.confirm()}, where))
     blocks: dict[str, dict[str, Replay]] = {"design": {}, "confirm": {}}
-    for name, key, fit, pruned in plan:
-        t0 = time.perf_counter()
-        bundle = load_or_fit(key, fit, cache)
-        fit_s.setdefault(key, time.perf_counter() - t0)
-        for block, records in pruned.items():
-            blocks[block][name] = build_replay(name, bundle, records())
-        print(f"{name}: bundle {key} ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    design = {n: blocks["design"][n] for n in names}
-    confirm = {n: blocks["confirm"][n] for n in names}
-    return design, confirm, fit_s
+    bundles: dict[str, Any] = {}
+    for job, (key, reps, seconds, fitted) in zip(jobs, pool_map(ready, jobs, workers),
+                                                 strict=True):
+        bundles[key] = {"seconds": seconds, "fitted": fitted}
+        for block, rep in reps.items():
+            blocks[block][job[0]] = rep
+    return ({n: blocks["design"][n] for n in names}, {n: blocks["confirm"][n] for n in names},
+            bundles)
 
 
-def choose(design: dict[str, Replay], count: int) -> tuple[tuple[float, int, float],
-                                                           list[dict[str, Any]]]:
+SETTINGS = tuple(itertools.product(THRESHOLDS, PATIENCES, MARGINS))
+
+
+def _design_task(job: tuple[int, Replay, int]) -> list[dict[str, Any]]:
+    """Every setting on one design task's orderings (seeded by its index)."""
+    i, rep, count = job
+    orders = orderings(rep.runs, count, 1000 + i)
+    return [evaluate(rep, orders, ts_arm(thr, pat, mar)) for thr, pat, mar in SETTINGS]
+
+
+def choose(design: dict[str, Replay], count: int, workers: int = 1) -> tuple[
+        tuple[float, int, float], list[dict[str, Any]]]:
+    jobs = [(i, rep, count) for i, rep in enumerate(design.values())]
+    per_task = dict(zip(design, pool_map(_design_task, jobs, workers), strict=True))
     rows: list[dict[str, Any]] = []
-    for thr, pat, mar in itertools.product(THRESHOLDS, PATIENCES, MARGINS):
-        per = {name: evaluate(rep, orderings(rep.runs, count, 1000 + i), ts_arm(thr, pat, mar))
-               for i, (name, rep) in enumerate(design.items())}
+    for k, (thr, pat, mar) in enumerate(SETTINGS):
+        per = {name: res[k] for name, res in per_task.items()}
         rows.append({"threshold": thr, "patience": pat, "margin_goal_units": mar,
                      "tasks": per,
                      "ok": all(r["within_goal"] >= GOAL_SHARE for r in per.values()),
@@ -134,6 +145,17 @@ def choose(design: dict[str, Replay], count: int) -> tuple[tuple[float, int, flo
     return (pick["threshold"], pick["patience"], pick["margin_goal_units"]), rows
 
 
+def _confirm_task(job: tuple[int, Replay, int, list[float], int, float]) -> dict[str, Any]:
+    """Every arm on one confirmation task's fresh orderings (seeded by its index)."""
+    i, rep, count, thresholds, pat, mar = job
+    orders = orderings(rep.runs, count, 2000 + i)
+    row: dict[str, Any] = {f"tracker-sched@{t:g}": evaluate(rep, orders, ts_arm(t, pat, mar))
+                           for t in thresholds}
+    for arm_name, arm in baseline_arms(rep.total_steps).items():
+        row[arm_name] = evaluate(rep, orders, arm)
+    return row
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--orderings", type=int, default=60, help="orderings per block and task")
@@ -141,30 +163,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), choices=ALL_TASKS,
                    metavar="TASK", help=f"tasks (default: all: {', '.join(ALL_TASKS)})")
     p.add_argument("--workers", type=int, default=1,
-                   help="processes training suite runs and fitting bundles (with --cache)")
+                   help="processes: training suite runs, fitting bundles (with --cache), "
+                   "replaying tasks")
     p.add_argument("--runs-dir", type=Path, default=RUNS_DIR,
                    help="the suite runs' cache (a rerun trains nothing twice)")
     p.add_argument("--out", type=Path, default=RESULTS / "early_stopping.json")
     p.add_argument("--cache", type=Path, default=None,
-                   help="keep fitted bundles here and reuse them (same fit config)")
+                   help="keep fitted bundles here and reuse them (same fit config; "
+                   "recalibrated with the current code)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     names = ["syn-acc"] if args.quick else args.tasks
     design, confirm, fit_s = build(names, args.cache, args.runs_dir, args.workers)
-    (thr, pat, mar), design_rows = choose(design, args.orderings)
+    (thr, pat, mar), design_rows = choose(design, args.orderings, args.workers)
     print(f"design block: chose threshold {thr}, patience {pat}, margin {mar} x 0.1 point",
           flush=True)
     neighbours = sorted({t for t in THRESHOLDS if t in (thr,) or abs(
         THRESHOLDS.index(t) - THRESHOLDS.index(thr)) == 1})
-    results: dict[str, dict[str, Any]] = {}
-    for i, (name, rep) in enumerate(confirm.items()):
-        orders = orderings(rep.runs, args.orderings, 2000 + i)
-        row: dict[str, Any] = {}
-        for t in neighbours:
-            row[f"tracker-sched@{t:g}"] = evaluate(rep, orders, ts_arm(t, pat, mar))
-        for arm_name, arm in baseline_arms(rep.total_steps).items():
-            row[arm_name] = evaluate(rep, orders, arm)
-        results[name] = row
+    jobs = [(i, rep, args.orderings, neighbours, pat, mar)
+            for i, rep in enumerate(confirm.values())]
+    results: dict[str, dict[str, Any]] = dict(zip(
+        confirm, pool_map(_confirm_task, jobs, args.workers), strict=True))
+    for name, row in results.items():
         print(f"confirmation {name}:", flush=True)
         for arm_name, r in row.items():
             print(f"  {arm_name:<26} compute {r['compute_median']:.3f} (p95 "
@@ -173,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     goals = _goals(results, f"tracker-sched@{thr:g}")
     report = {"command": "python -m benchmarks.early_stopping " + " ".join(
                   sys.argv[1:] if argv is None else argv),
-              "fit_config": FIT.model_dump(mode="json"), "fit_seconds": fit_s,
+              "fit_config": FIT.model_dump(mode="json"), "bundles": fit_s,
               "goal": {"regret_points": GOAL_REGRET, "share": GOAL_SHARE},
               "chosen": {"threshold": thr, "patience": pat, "margin_goal_units": mar},
               "design": design_rows, "confirmation": results, "goals": goals,
