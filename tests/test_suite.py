@@ -122,6 +122,23 @@ def test_blocks_and_the_dense_grid() -> None:
     assert grid[0] == 1e-3 and grid[3] == 1e-3 * (1e-2 / 1e-3) and grid[-1] == 1e-1
 
 
+def test_schedule_free_runs_at_a_constant_rate_on_the_tasks_twin_optimizer() -> None:
+    pytest.importorskip("schedulefree")
+    from benchmarks.suite import tasks
+    from benchmarks.suite.loop import SCHEDULE_FREE, LoopSpec, train
+
+    task = tasks.get("friedman")
+    out = task.train(SCHEDULE_FREE, 3e-3, 0, smoke=True)
+    assert out.record.state == "finished" and math.isfinite(out.test)
+    assert set(out.record.lr.value) == {3e-3}  # no schedule: its own warm-up, inside
+    spec = LoopSpec(task="t", steps=4, batch_size=8, log_every=2, loss_fn=lambda a, b: a.sum(),
+                    metric_fn=lambda n, x, y: 0.0, val_key="v", worst=0.0,
+                    optimizer=lambda p, lr: __import__("torch").optim.SGD(p, lr=lr))
+    with pytest.raises(ValueError, match="no schedule-free optimizer"):
+        train(spec, None, lambda: None,  # type: ignore[arg-type]
+              family=SCHEDULE_FREE, peak=0.1, seed=0)
+
+
 # ------------------------------------------------------------------ smoke, end to end
 
 
@@ -158,6 +175,11 @@ def test_smoke_runs_every_arm_on_the_block(smoke: dict[str, Any]) -> None:
     assert len(grid) == 2 * 7
     assert t["arms"]["o"]["gain"]["mean"] >= 0
     assert t["choices"]["a'"]["extra_runs"] == 4
+    # (sf): schedule-free at each sweep peak on the sweep's seeds, the best by mean val
+    sf = t["choices"]["sf"]
+    assert sf["extra_runs"] == 3 * 2 and sf["schedule"] == "schedulefree"
+    assert sf["candidates"][f"{sf['peak_lr']:.4g}"] == min(sf["candidates"].values())
+    assert t["arms"]["sf"]["config"] == {"schedule": "schedulefree", "peak_lr": sf["peak_lr"]}
     ev = t["evidence"]
     assert set(ev) == {"forecast", "control", "confounding", "sweep"}
     assert ev["forecast"]["available"] and "0.5" in ev["forecast"]["taus"]
@@ -199,3 +221,30 @@ def test_wandb_offline_round_trip(smoke: dict[str, Any], tmp_path: Path) -> None
         assert back.val_metric is not None and rec.val_metric is not None
         assert back.val_metric.value == pytest.approx(rec.val_metric.value)
         assert back.config["peak_lr"] == rec.config["peak_lr"]
+
+
+def test_the_variants_leave_one_task_out_choice_never_sees_the_held_out_task() -> None:
+    from benchmarks.suite.variants import loto, verdict
+
+    def task(absolute: list[float], relative: list[float]) -> dict[str, Any]:
+        diff = [r - a for a, r in zip(absolute, relative, strict=True)]
+        return {"seeds": [1, 2, 3], "test": {
+            "gain_absolute": absolute, "gain_relative": relative,
+            "relative_vs_absolute": stats.paired(diff)}}
+
+    # x: relative is far better; y and z: absolute a little better (standardised 3.0 vs 2.5
+    # and 6.0 vs 4.1), so the fold that holds x out picks absolute, and x loses
+    tasks = {"x": task([-3.0, -2.0, -4.0], [0.1, 0.3, 0.2]),
+             "y": task([1.0, 2.0, 1.5], [1.0, 2.2, 1.4]),
+             "z": task([0.5, 0.7, 0.6], [0.5, 0.8, 0.6])}
+    out = loto(tasks, "relative")
+    x = out["per_task"]["x"]
+    assert x["planners"]["pick"] == x["with_best"]["pick"] == "absolute"
+    assert x["planners"]["gain"]["mean"] == pytest.approx(-3.0)
+    assert out["per_task"]["y"]["planners"]["pick"] == "relative"  # x's win counts there
+    # every option negative on the others: "best" (gain 0) is kept
+    neg = {n: task([-g for g in t["test"]["gain_absolute"]],
+                   [-g for g in t["test"]["gain_relative"]]) for n, t in tasks.items()}
+    assert out["picks"]["with_best"] != ["best"] * 3
+    assert loto(neg, "relative")["per_task"]["y"]["with_best"]["pick"] == "best"
+    assert verdict(tasks, out, "relative").startswith("keep absolute")

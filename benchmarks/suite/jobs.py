@@ -23,11 +23,21 @@ from benchmarks.suite.tasks import get
 
 _BUNDLES: dict[str, Any] = {}
 
+#: The generative planner's settings the suite's (g) arm runs with, spelled out so that its
+#: cache key says them: (g) rows cached without ``planner`` ran ``lr_target="absolute"``,
+#: the planner's default before the suite's variants chose "relative"
+#: (``benchmarks/suite/variants.py``).
+G_PLANNER = '{"lr_target": "relative"}'
+
 
 @dataclass(frozen=True)
 class Job:
     """One training run to do. ``bundle``/``bundle_tag``: an advised run's bundle folder and
-    its identity (the manifest's ``created_at``), so a refitted bundle is a new job."""
+    its identity (the manifest's ``created_at``), so a refitted bundle is a new job.
+    ``planner``: generative planner settings spelled out as JSON, whether or not they are
+    the defaults (``'{"lr_target": "relative"}'``, ``benchmarks/suite/variants.py``), so the
+    key says what the run was advised with; a setting left out takes the code's default,
+    which the key does not record."""
 
     task: str
     kind: str
@@ -38,12 +48,15 @@ class Job:
     keep_record: bool = False
     bundle: str | None = None
     bundle_tag: str | None = None
+    planner: str | None = None
 
     @property
     def key(self) -> str:
         if self.kind == "run":
             return f"run|{self.family}|{self.peak:.6g}|{self.seed}"
-        return f"{self.kind}|{self.seed}|{self.bundle_tag}"
+        if self.planner is None:
+            return f"{self.kind}|{self.seed}|{self.bundle_tag}"
+        return f"{self.kind}|{self.seed}|{self.bundle_tag}|{self.planner}"
 
 
 class Cache:
@@ -85,13 +98,16 @@ def execute(job: Job) -> dict[str, Any]:
     else:
         from tracker_sched.advising.advisor import Advisor
         from tracker_sched.bundle.folder import Bundle
+        from tracker_sched.planning.generative import PlannerConfig
 
         assert job.bundle is not None
         bundle = _BUNDLES.get(job.bundle)
         if bundle is None:
             bundle = _BUNDLES[job.bundle] = Bundle.load(job.bundle)
         total = task.smoke_steps if job.smoke else task.steps
-        adv = Advisor(bundle, total_steps=total, mode=job.kind)  # type: ignore[arg-type]
+        config = None if job.planner is None else PlannerConfig(**json.loads(job.planner))
+        adv = Advisor(bundle, total_steps=total, mode=job.kind,  # type: ignore[arg-type]
+                      config=config)
         spent = [0.0]
 
         def lr_fn(k: int) -> float:

@@ -31,6 +31,7 @@ MetricFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
 
 WARMUP = 0.1  # share of the budget the warm-up families spend rising from peak/100
 FLOOR = 1e-3  # decaying families end at peak * FLOOR
+SCHEDULE_FREE = "schedulefree"  # a "family" that swaps the optimizer for its schedule-free twin
 
 
 def _warm(k: int, total: int, peak: float) -> float | None:
@@ -119,6 +120,9 @@ class LoopSpec:
     val_key: str
     worst: float  # metric value of a run that produced nothing usable (e.g. inf MSE)
     optimizer: Callable[[Any, float], torch.optim.Optimizer]
+    # the schedule-free twin of ``optimizer``: ``(params, lr, warmup_steps) -> optimizer``
+    sf_optimizer: Callable[[Any, float, int], torch.optim.Optimizer] | None = None
+    sf_warmup: float = 0.05  # share of the budget of the schedule-free warm-up
 
 
 def train(
@@ -133,25 +137,44 @@ def train(
     observer: Observer | None = None,
     run_id: str | None = None,
 ) -> Outcome:
-    """Train one run; ``lr_fn`` (an advisor) overrides the family, which is then a label."""
+    """Train one run; ``lr_fn`` (an advisor) overrides the family, which is then a label.
+
+    ``family == SCHEDULE_FREE`` (and no ``lr_fn``) trains with the task's schedule-free
+    optimizer at a constant ``peak`` (its recommended use: no schedule, a warm-up of its
+    own), measuring every metric with its evaluation weights.
+    """
     t0 = time.perf_counter()
-    lr_at = lr_fn or schedule(family, spec.steps, peak)
+    sf = family == SCHEDULE_FREE and lr_fn is None
+    if sf and spec.sf_optimizer is None:
+        raise ValueError(f"task {spec.task!r} has no schedule-free optimizer")
+    lr_at = lr_fn or ((lambda k: float(peak)) if sf else schedule(family, spec.steps, peak))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = build()
     net.train()
-    opt = spec.optimizer(net.parameters(), float(lr_at(0)))
+    opt: Any
+    if sf:
+        assert spec.sf_optimizer is not None
+        opt = spec.sf_optimizer(net.parameters(), float(peak),
+                                max(1, round(spec.sf_warmup * spec.steps)))
+        opt.train()
+    else:
+        opt = spec.optimizer(net.parameters(), float(lr_at(0)))
     gen = torch.Generator().manual_seed(1_000_003 + seed)
     n = len(data.y_train)
 
     def metric(x: torch.Tensor, y: torch.Tensor) -> float:
         was = net.training
         net.eval()
+        if sf:
+            opt.eval()  # schedule-free: measure the averaged (evaluation) weights
         try:
             with torch.no_grad():
                 v = float(spec.metric_fn(net, x, y))
         finally:
             net.train(was)
+            if sf:
+                opt.train()
         return v if math.isfinite(v) else spec.worst
 
     steps: list[int] = []

@@ -2,6 +2,9 @@
 
 Every choice (the arms' configurations) is made from the sweep's own runs and the
 refined grid's runs on the sweep's seeds; the block's seeds are only trained on.
+The schedule-free arm (sf) is chosen like a user would: the task's optimizer swapped
+for its schedule-free twin, trained at each of the sweep's peaks on the sweep's seeds,
+the best by mean validation metric.
 The oracle (o) is the exception by design: it is the best configuration of a
 dense grid by its mean TEST metric on the block itself, a ceiling that no method
 could reach without those seeds.
@@ -10,6 +13,7 @@ could reach without those seeds.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import statistics
 import time
@@ -19,7 +23,8 @@ from typing import Any
 
 from benchmarks.suite import stats
 from benchmarks.suite.evidence import evidence
-from benchmarks.suite.jobs import Cache, Job, run_jobs
+from benchmarks.suite.jobs import G_PLANNER, Cache, Job, run_jobs
+from benchmarks.suite.loop import SCHEDULE_FREE
 from benchmarks.suite.surface import best_point
 from benchmarks.suite.tasks import Task
 from benchmarks.suite.tracking import log_and_read
@@ -30,9 +35,10 @@ FIRST_SEED = {"design": 100, "confirm": 200}
 MAX_SEEDS = 100  # per block: the blocks' seed ranges must not overlap
 REFINE_DEX = 0.25  # (a'): the best family at peak x 10^(+-0.25), 2 seeds each: 4 extra runs
 DENSE = 3  # (o): the sweep's peak steps divided by 3, every family
-ARMS = ("a", "a'", "q", "o", "g", "c")
+ARMS = ("a", "a'", "q", "sf", "o", "g", "c")
 ARM_NAMES = {"a": "sweep's best", "a'": "refined grid", "q": "response surface",
-             "o": "oracle (ceiling)", "g": "generative advisor", "c": "control advisor"}
+             "sf": "schedule-free", "o": "oracle (ceiling)", "g": "generative advisor",
+             "c": "control advisor"}
 
 
 @dataclass(frozen=True)
@@ -151,9 +157,17 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
                                  for s in SWEEP_SEEDS]
     r_fam, r_peak = _best(ref_table, task.direction)
     q_point, q_all = best_point(table, task.direction)
+    sf_jobs = [Job(task.name, "run", SCHEDULE_FREE, p, s, smoke) for p in peaks
+               for s in SWEEP_SEEDS]
+    run_jobs(sf_jobs, cache, w, "schedule-free lr selection (sweep seeds)")
+    sf_table = {(SCHEDULE_FREE, p): [cache.done[Job(task.name, "run", SCHEDULE_FREE, p, s,
+                                                    smoke).key]["val"] for s in SWEEP_SEEDS]
+                for p in peaks}
+    _, sf_peak = _best(sf_table, task.direction)
 
     # 4. the arms on the block's seeds
-    fixed = {"a": (a_fam, a_peak), "a'": (r_fam, r_peak), "q": (q_point.family, q_point.peak)}
+    fixed = {"a": (a_fam, a_peak), "a'": (r_fam, r_peak), "q": (q_point.family, q_point.peak),
+             "sf": (SCHEDULE_FREE, sf_peak)}
     dense = [(f, p) for f in families for p in dense_peaks(peaks)]
     advised = {"g": ("generative", root / "bundle_generative", gen),
                "c": ("control", root / "bundle_control", ctl)}
@@ -164,9 +178,10 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
             return Job(task.name, "run", f, p, seed, smoke)
         kind, folder, bundle = advised[arm]
         return Job(task.name, kind, a_fam, a_peak, seed, smoke, bundle=str(folder),
-                   bundle_tag=bundle.manifest.created_at)
+                   bundle_tag=bundle.manifest.created_at,
+                   planner=G_PLANNER if kind == "generative" else None)
 
-    jobs = [arm_job(arm, s) for s in seeds for arm in ("a", "a'", "q", "g", "c")]
+    jobs = [arm_job(arm, s) for s in seeds for arm in ("a", "a'", "q", "sf", "g", "c")]
     jobs += [Job(task.name, "run", f, p, s, smoke) for s in seeds for f, p in dense]
     t0 = time.perf_counter()
     run_jobs(jobs, cache, w, f"arms, {block} block")
@@ -203,13 +218,15 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
             entry["overhead_share"] = (sum(r["advisor_s"] for r in rs)
                                        / max(1e-9, sum(r["wall_s"] for r in rs)))
             entry["lr_curves"] = {str(r["seed"]): [r["lr_steps"], r["lr"]] for r in rs[:4]}
+            if arm == "g":  # which planner settings (g) ran: part of its jobs' cache key
+                entry["planner"] = json.loads(G_PLANNER)
         if arm != "a":
             entry["gain"] = stats.paired(stats.gains(test, ref_test, task.direction))
             entry["gain_val"] = stats.paired(
                 stats.gains([r["val"] for r in rs], ref_val, task.direction))
         report_arms[arm] = entry
     o_gain = report_arms["o"]["gain"]["mean"]
-    for arm in ("a'", "q", "g", "c"):
+    for arm in ("a'", "q", "sf", "g", "c"):
         report_arms[arm]["headroom_share"] = stats.headroom_share(
             report_arms[arm]["gain"]["mean"], o_gain)
 
@@ -231,6 +248,10 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
                   "predicted": q_point.predicted, "where": q_point.where,
                   "families": [{"family": s.family, "peak_lr": s.peak, "predicted": s.predicted,
                                 "where": s.where, "coef": s.coef} for s in q_all]},
+            "sf": {"schedule": SCHEDULE_FREE, "peak_lr": sf_peak, "extra_runs": len(sf_jobs),
+                   "at_edge": sf_peak in (min(peaks), max(peaks)),
+                   "candidates": {f"{p:.4g}": statistics.fmean(v)
+                                  for (_, p), v in sorted(sf_table.items())}},
             "o": {"schedule": o_fam, "peak_lr": o_peak, "grid_runs_per_seed": len(dense),
                   "grid_mean_test": {f"{f} {p:.4g}": v for (f, p), v in dense_mean.items()}},
         },
@@ -242,6 +263,7 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
             "fit_generative": gen.manifest.report.wall_s,
             "fit_control": ctl.manifest.report.wall_s,
             "refine_compute": sum(cache.done[j.key]["wall_s"] for j in ref_jobs),
+            "schedule_free_selection_compute": sum(cache.done[j.key]["wall_s"] for j in sf_jobs),
             "arms_compute": sum(cache.done[j.key]["wall_s"] for j in jobs),
             "arms_wall_this_call": arms_wall, "task_wall_this_call": time.perf_counter() - t_task,
         },

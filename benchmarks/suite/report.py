@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmarks.suite import stats
 
-GAIN_ARMS = ("a'", "q", "o", "g", "c", "auto")
+GAIN_ARMS = ("a'", "q", "sf", "o", "g", "c", "auto")
 REFINED = "a'"
 AUTO_ARMS = {"best": "a", "generative": "g", "control": "c"}
 
@@ -56,15 +56,17 @@ def pooled(tasks: dict[str, Any]) -> dict[str, Any]:
     """Per arm: every task's per-seed gains over (a) pooled, over all tasks and over the
     accuracy tasks alone (one unit: points), and the oracle headroom each arm captured."""
     out: dict[str, Any] = {}
-    for arm in GAIN_ARMS:
+    for arm in GAIN_ARMS:  # a task measured before an arm existed is left out of its rows
         per = {name: stats.gains(t["arms"][arm]["test"], t["arms"]["a"]["test"], t["direction"])
-               for name, t in tasks.items()}
+               for name, t in tasks.items() if arm in t["arms"]}
         acc = {k: v for k, v in per.items() if tasks[k]["direction"] == "max"}
-        out[arm] = {"all_tasks": stats.pooled(per),
-                    "accuracy_tasks": stats.pooled(acc) if acc else None}
+        out[arm] = {"all_tasks": stats.pooled(per) if per else None,
+                    "accuracy_tasks": stats.pooled(acc) if acc else None,
+                    "tasks": sorted(per)}
     shares = {}
-    for arm in ("a'", "q", "g", "c", "auto"):
-        shares[arm] = {name: t["arms"][arm].get("headroom_share") for name, t in tasks.items()}
+    for arm in ("a'", "q", "sf", "g", "c", "auto"):
+        shares[arm] = {name: t["arms"][arm].get("headroom_share") for name, t in tasks.items()
+                       if arm in t["arms"]}
     out["headroom_share"] = shares
     return out
 
@@ -88,7 +90,7 @@ def _json_default(x: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
-def _ci(g: dict[str, Any]) -> str:
+def _ci(g: dict[str, Any] | None) -> str:
     if g is None:
         return "-"
     lo, hi = g["lo"], g["hi"]
@@ -108,9 +110,9 @@ def table(block_report: dict[str, Any], block: str) -> str:
         arms = t["arms"]
         scale = 100.0 if t["direction"] == "max" else 1.0
         cells = [name, t["unit"], str(len(t["seeds"])), f"{scale * arms['a']['test_mean']:.3f}",
-                 *[_ci(arms[a]["gain"]) for a in GAIN_ARMS]]
+                 *[_ci(arms[a]["gain"] if a in arms else None) for a in GAIN_ARMS]]
         lines.append(" | ".join(cells))
-    p = block_report["pooled"]
+    p = pooled(tasks)  # recomputed: a block written before an arm existed has no row for it
     lines.append(" | ".join(["pooled, all tasks", "mixed", "", "",
                              *[_ci(p[a]["all_tasks"]) for a in GAIN_ARMS]]))
     if any(p[a]["accuracy_tasks"] for a in GAIN_ARMS):
@@ -126,7 +128,8 @@ def table(block_report: dict[str, Any], block: str) -> str:
         ch = t["choices"]
         lines.append(
             f"{name}: choices a={_cfg(ch['a'])} a'={_cfg(ch[REFINED])}"
-            f" q={_cfg(ch['q'])} o={_cfg(ch['o'])}; forecast tau 0.5 beats "
+            f" q={_cfg(ch['q'])} sf={_sf(ch)} o={_cfg(ch['o'])}; "
+            f"forecast tau 0.5 beats "
             f"nearest/last (median RMSE) {beats.get('nearest_median_rmse')}/"
             f"{beats.get('last_median_rmse')}, spearman model "
             f"{_num(fc.get('model', {}).get('spearman'))} nearest "
@@ -138,6 +141,13 @@ def table(block_report: dict[str, Any], block: str) -> str:
 
 def _cfg(c: dict[str, Any]) -> str:
     return f"{c['schedule']}@{c['peak_lr']:.3g}"
+
+
+def _sf(choices: dict[str, Any]) -> str:
+    sf = choices.get("sf")
+    if sf is None:
+        return "-"
+    return _cfg(sf) + (" (at the sweep's edge)" if sf.get("at_edge") else "")
 
 
 def _num(x: float | None) -> str:
@@ -158,7 +168,7 @@ def plot(path: Path, name: str, t: dict[str, Any], block: str) -> None:
     from benchmarks.suite.loop import schedule
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    arms = [a for a in ("a'", "q", "g", "c", "auto") if a in t["arms"]]
+    arms = [a for a in ("a'", "q", "sf", "g", "c", "auto") if a in t["arms"]]
     for i, arm in enumerate(arms):
         g = t["arms"][arm]["gain"]
         err = 0.0 if math.isnan(g["lo"]) else g["mean"] - g["lo"]

@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from benchmarks.suite import models as m
-from benchmarks.suite.loop import Data, LoopSpec, LrFn, Observer, Outcome, train
+from benchmarks.suite.loop import SCHEDULE_FREE, Data, LoopSpec, LrFn, Observer, Outcome, train
+from tracker_sched._optional import require
 
 BASIC = ("constant", "cosine", "onecycle", "step")
 HALF_DECADE = (3e-3, 1e-2, 3e-2, 1e-1)
@@ -77,9 +78,12 @@ def _mnist1d(model: str) -> Callable[..., Outcome]:
         from tracker_sched.tasks.mnist1d import steps_per_epoch, train_run
 
         epochs = max(1, round(steps / steps_per_epoch()))
-        res = train_run(model=model, schedule="advisor" if lr_fn else family, peak_lr=peak,
+        sf = family == SCHEDULE_FREE and lr_fn is None
+        res = train_run(model=model, schedule="constant" if sf else
+                        ("advisor" if lr_fn else family), peak_lr=peak,
                         seed=seed, epochs=epochs, lr_fn=lr_fn, observer=observer,
-                        sweep_id=f"mnist1d-{model}")
+                        sweep_id=f"mnist1d-{model}",
+                        optimizer="schedulefree" if sf else "adamw")
         rec = res.record
         config: dict[str, Any] = {**rec.config, "total_steps": rec.total_steps}
         rec = rec.model_copy(update={"config": config})
@@ -94,6 +98,23 @@ def _adamw(wd: float) -> Callable[[Any, float], torch.optim.Optimizer]:
 
 def _nesterov(params: Any, lr: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def _adamw_sf(wd: float) -> Callable[[Any, float, int], torch.optim.Optimizer]:
+    """Schedule-free AdamW (``schedulefree``, the reference implementation) with the
+    task's weight decay."""
+    def make(params: Any, lr: float, warmup: int) -> torch.optim.Optimizer:
+        sf: Any = require("schedulefree")
+        return sf.AdamWScheduleFree(params, lr=lr, weight_decay=wd, warmup_steps=warmup)
+
+    return make
+
+
+def _nesterov_sf(params: Any, lr: float, warmup: int) -> torch.optim.Optimizer:
+    """Schedule-free SGD with momentum 0.9 and the task's weight decay."""
+    sf: Any = require("schedulefree")
+    return sf.SGDScheduleFree(params, lr=lr, momentum=0.9, weight_decay=5e-4,
+                              warmup_steps=warmup)
 
 
 def _looped(name: str, data: Callable[[], Data], build: Callable[[], nn.Module],
@@ -121,21 +142,22 @@ TASKS: dict[str, Task] = {
              (1e-3, 3e-3, 1e-2, 3e-2), "wandb", "min", 300, 36,
              _looped("lm", m.lm_data, m.TinyLM, batch_size=32, log_every=6,
                      loss_fn=m.lm_loss, metric_fn=m.lm_val_loss, val_key="val_loss",
-                     worst=2.7726, optimizer=_adamw(1e-2))),
+                     worst=2.7726, optimizer=_adamw(1e-2), sf_optimizer=_adamw_sf(1e-2),
+                     sf_warmup=0.1)),
         Task("digits-sgd", "small CNN on sklearn's digits (+ noise), SGD + Nesterov momentum",
              BASIC, HALF_DECADE, "mlflow", "max", 330, 40,
              _looped("digits-sgd", m.digits_data, m.DigitsCNN, batch_size=32, log_every=5,
-                     optimizer=_nesterov, **_CLASSIFY)),
+                     optimizer=_nesterov, sf_optimizer=_nesterov_sf, **_CLASSIFY)),
         Task("friedman", "MLP regression on Friedman #1 (generated), AdamW; val MSE minimised",
              BASIC, (1e-3, 3e-3, 1e-2, 3e-2), "mlflow", "min", 320, 40,
              _looped("friedman", m.friedman_data, m.RegMLP, batch_size=64, log_every=4,
                      loss_fn=m.mse_loss, metric_fn=m.mse, val_key="val_loss", worst=1e3,
-                     optimizer=_adamw(1e-4))),
+                     optimizer=_adamw(1e-4), sf_optimizer=_adamw_sf(1e-4))),
         Task("digits-cosine", "MLP on sklearn's digits (+ noise), AdamW, cosine only: the "
              "'I sweep the lr of my cosine' case", ("cosine",), (3e-4, 1e-3, 3e-3, 1e-2, 3e-2),
              "mlflow", "max", 330, 40,
              _looped("digits-cosine", m.digits_data, m.DigitsMLP, batch_size=32, log_every=5,
-                     optimizer=_adamw(1e-2), **_CLASSIFY)),
+                     optimizer=_adamw(1e-2), sf_optimizer=_adamw_sf(1e-2), **_CLASSIFY)),
     )
 }
 

@@ -16,7 +16,9 @@ calling process, no server needed. ``predict`` takes either a metrics window (th
 ``val_metric``, ``lr``, plus ``total_steps``) or a run (``{"run_id": ...,
 "total_steps": ...}``: the run's metric histories are read from MLflow and,
 with ``log_back``, the recommendation is written back to that run). It
-returns the :class:`~tracker_sched.schema.Recommendation` as a dict; with ``stop`` (a param
+returns the :class:`~tracker_sched.schema.Recommendation` as a dict, plus ``mode_reason`` (why
+the bundle follows the planner named in ``mode``, as the served model's column says); with
+``stop`` (a param
 or column: the served model's stop request, ``{"incumbent": 0.91}``) it adds ``stop``, the
 :class:`~tracker_sched.model.stop_odds.StopDecision` at the last step.
 
@@ -151,7 +153,7 @@ def predict_recommendation(entry: Mapping[str, Any], inputs: Any,
                 payload["step"] = _positive_int(params["step"], "step", minimum=0)
             request = parse_request(payload)
         rec = answer(bundle, request)
-        return _with_stop(rec.model_dump(mode="json"), bundle, request, params.get("stop"))
+        return _with_stop(_as_dict(rec, bundle), bundle, request, params.get("stop"))
     except TrackerSchedError as exc:
         if isinstance(exc, error_class()):
             raise
@@ -181,7 +183,14 @@ def _predict_run(entry: Mapping[str, Any], bundle: Any, run_id: str, total: Any,
     rec = answer(bundle, request)
     if log_back:
         log_recommendation(client, run_id, rec, bundle_version=entry.get("bundle_version"))
-    return _with_stop(rec.model_dump(mode="json"), bundle, request, params.get("stop"))
+    return _with_stop(_as_dict(rec, bundle), bundle, request, params.get("stop"))
+
+
+def _as_dict(rec: Any, bundle: Any) -> dict[str, Any]:
+    """The recommendation as a dict, with ``mode_reason``: why the bundle follows its mode."""
+    from tracker_sched.planning.control import mode_reason
+
+    return {**rec.model_dump(mode="json"), "mode_reason": mode_reason(bundle)}
 
 
 def _with_stop(answer: dict[str, Any], bundle: Any, request: Any, ask: Any) -> dict[str, Any]:

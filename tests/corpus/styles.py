@@ -24,21 +24,16 @@ would: the mean over its seeds, read off the loop, not off our readers.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from torch import nn
 
-from tests.wandb.sweep_helpers import offline_env
-
-N_FEATURES = 8
+from tests.frameworks import data, finish_wandb, hf_model, lightning_module, mlp, trackers
 
 
 @dataclass
@@ -76,90 +71,12 @@ class Corpus:
         return dict(best)
 
 
-def data(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A two-class problem with a fixed nonlinear teacher (seed 1234), inputs from ``seed``."""
-    teacher = torch.Generator().manual_seed(1234)
-    w = torch.randn(N_FEATURES, 4, generator=teacher)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, N_FEATURES, generator=gen)
-    y = (torch.tanh(x @ w).sum(1) + 0.3 * torch.randn(n, generator=gen) > 0).long()
-    return x, y
-
-
-def mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(N_FEATURES, 16), nn.Tanh(), nn.Linear(16, 2))
-
-
-@contextlib.contextmanager
-def trackers(root: Path, mlflow_uri: str, experiment: str, project: str) -> Iterator[Path]:
-    """MLflow pointed at ``mlflow_uri``/``experiment`` and wandb offline under ``root``
-    for a block; MLflow's process-wide state (tracking URI, active experiment and run)
-    is put back afterwards, so no later test inherits it."""
-    import mlflow
-    import mlflow.tracking.fluent as fluent
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-    wandb_dir = root / "wandb-home"
-    wandb_dir.mkdir(parents=True, exist_ok=True)
-    saved_experiment = fluent._active_experiment_id
-    saved_env = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    with pytest.MonkeyPatch.context() as mp, _use_tracking_uri(mlflow_uri):
-        offline_env(mp, wandb_dir)
-        mp.setenv("WANDB_PROJECT", project)
-        mp.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-        mp.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
-        mp.setenv("TOKENIZERS_PARALLELISM", "false")
-        mp.setenv("DISABLE_MLFLOW_INTEGRATION", "FALSE")
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        try:
-            yield wandb_dir
-        finally:
-            while mlflow.active_run() is not None:
-                mlflow.end_run()
-            fluent._active_experiment_id = saved_experiment
-            if saved_env is None:
-                os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-            else:
-                os.environ["MLFLOW_EXPERIMENT_ID"] = saved_env
-
-
-def _finish_wandb() -> None:
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish()
-
-
 # --------------------------------------------------------------------------- HF Trainer
 
 
 def hf_trainer(root: Path, mlflow_uri: str) -> Corpus:
     """3 configurations (scheduler, lr) x 2 seeds through ``transformers.Trainer``."""
-    from transformers import PretrainedConfig, PreTrainedModel, Trainer, TrainingArguments
-
-    class TinyConfig(PretrainedConfig):  # type: ignore[misc]
-        model_type = "tracker-sched-tiny"
-
-        def __init__(self, n_in: int = N_FEATURES, hidden: int = 16, **kw: Any) -> None:
-            super().__init__(**kw)
-            self.n_in, self.hidden = n_in, hidden
-
-    class TinyModel(PreTrainedModel):  # type: ignore[misc]
-        config_class = TinyConfig
-
-        def __init__(self, config: TinyConfig) -> None:
-            super().__init__(config)
-            self.net = nn.Sequential(nn.Linear(config.n_in, config.hidden), nn.Tanh(),
-                                     nn.Linear(config.hidden, 2))
-            self.post_init()
-
-        def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
-            logits = self.net(x)
-            out: dict[str, Any] = {"logits": logits}
-            if labels is not None:
-                out["loss"] = nn.functional.cross_entropy(logits, labels)
-            return out
+    from transformers import Trainer, TrainingArguments
 
     x, y = data(0, 96 + 128)
     train = [{"x": x[i], "labels": y[i]} for i in range(96)]
@@ -179,10 +96,10 @@ def hf_trainer(root: Path, mlflow_uri: str) -> Corpus:
                     disable_tqdm=True, dataloader_num_workers=0, log_level="error",
                     warmup_steps=0,
                 )
-                trainer = Trainer(model=TinyModel(TinyConfig()), args=args,
+                trainer = Trainer(model=hf_model(), args=args,
                                   train_dataset=train, eval_dataset=evals)
                 trainer.train()
-                _finish_wandb()  # the Trainer leaves its W&B run open for later evals
+                finish_wandb()  # the Trainer leaves its W&B run open for later evals
                 final = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
                 assert trainer.state.global_step == corpus.budget
                 corpus.runs.append(LoggedRun(f"hf-{sched}-{lr}-s{seed}",
@@ -200,36 +117,6 @@ def lightning(root: Path, mlflow_uri: str) -> Corpus:
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 
-    class Module(L.LightningModule):  # type: ignore[misc]
-        def __init__(self, optimizer: str, lr: float, seed: int, max_epochs: int) -> None:
-            super().__init__()
-            self.save_hyperparameters()
-            self.net = mlp(seed)
-            self.val_losses: list[float] = []
-
-        def training_step(self, batch: Any, _: int) -> torch.Tensor:
-            x, y = batch
-            loss = nn.functional.cross_entropy(self.net(x), y)
-            self.log("train_loss", loss)
-            return loss
-
-        def validation_step(self, batch: Any, _: int) -> None:
-            x, y = batch
-            loss = nn.functional.cross_entropy(self.net(x), y)
-            self.log("val_loss", loss)
-            self.val_losses.append(float(loss))
-
-        def configure_optimizers(self) -> Any:
-            hp = self.hparams
-            if hp.optimizer == "SGD":  # two param groups: LearningRateMonitor logs lr-SGD/pg1, pg2
-                opt: torch.optim.Optimizer = torch.optim.SGD(
-                    [{"params": self.net[0].parameters()}, {"params": self.net[2].parameters()}],
-                    lr=hp.lr, momentum=0.9)
-            else:
-                opt = torch.optim.AdamW(self.parameters(), lr=hp.lr)
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
     x, y = data(1, 88 + 128)
     train = torch.utils.data.TensorDataset(x[:88], y[:88])  # 11 steps per epoch
     val = torch.utils.data.TensorDataset(x[88:], y[88:])
@@ -241,7 +128,7 @@ def lightning(root: Path, mlflow_uri: str) -> Corpus:
             for seed in (0, 1):
                 name = f"pl-{opt_name}-{lr}-s{seed}"
                 L.seed_everything(seed, verbose=False)
-                module = Module(opt_name, lr, seed, max_epochs=4)
+                module = lightning_module(optimizer=opt_name, lr=lr, seed=seed, max_epochs=4)
                 loggers = [MLFlowLogger(experiment_name=corpus.experiment,
                                         tracking_uri=mlflow_uri, run_name=name),
                            WandbLogger(project="corpus-lightning", save_dir=str(wandb_dir),
@@ -255,7 +142,7 @@ def lightning(root: Path, mlflow_uri: str) -> Corpus:
                 )
                 trainer.fit(module, torch.utils.data.DataLoader(train, batch_size=8),
                             torch.utils.data.DataLoader(val, batch_size=128))
-                _finish_wandb()
+                finish_wandb()
                 assert trainer.global_step == corpus.budget
                 corpus.runs.append(LoggedRun(name, {"optimizer": opt_name, "lr": lr}, seed,
                                              module.val_losses[-1]))

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
-from tests.corpus.styles import _finish_wandb, data, mlp, trackers
+from tests.frameworks import data, finish_wandb, lightning_module, trackers
 from tests.wandb.sweep_helpers import read_log, summary_of
 from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.schema import MetricMap
@@ -37,32 +36,6 @@ EPOCHS, BATCHES = 6, 11  # 66 optimizer steps
 PEAK = 0.05
 
 
-class Module(L.LightningModule):  # type: ignore[misc]
-    """Two param groups (head at a tenth of the body's lr) and a StepLR that halves the lr
-    each epoch: the callback must keep the ratio and overrule the scheduler."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = mlp(0)
-
-    def training_step(self, batch: Any, _: int) -> torch.Tensor:
-        x, y = batch
-        loss = nn.functional.cross_entropy(self.net(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch: Any, _: int) -> None:
-        x, y = batch
-        self.log("val_acc", (self.net(x).argmax(1) == y).float().mean())
-
-    def configure_optimizers(self) -> Any:
-        opt = torch.optim.SGD([{"params": self.net[0].parameters(), "lr": PEAK},
-                               {"params": self.net[2].parameters(), "lr": PEAK / 10}],
-                              momentum=0.9)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
-
 def fit(callback: AdvisorCallback, loggers: Any, epochs: int = EPOCHS) -> Any:
     x, y = data(1, BATCHES * 8 + 64)
     train = torch.utils.data.TensorDataset(x[:BATCHES * 8], y[:BATCHES * 8])
@@ -75,7 +48,10 @@ def fit(callback: AdvisorCallback, loggers: Any, epochs: int = EPOCHS) -> Any:
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         accelerator="cpu", devices=1, num_sanity_val_steps=0, val_check_interval=5,
     )
-    trainer.fit(Module(), torch.utils.data.DataLoader(train, batch_size=8),
+    # Two param groups (head at a tenth of the body's lr) and a StepLR that halves the lr
+    # each epoch: the callback must keep the ratio and overrule the scheduler.
+    module = lightning_module(lr=PEAK, head_lr_ratio=0.1, val_key="val_acc", max_epochs=epochs)
+    trainer.fit(module, torch.utils.data.DataLoader(train, batch_size=8),
                 torch.utils.data.DataLoader(val, batch_size=64))
     return trainer
 
@@ -95,7 +71,7 @@ def advised(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
                    WandbLogger(project="pl-advised", save_dir=str(wandb_dir), offline=True)]
         trainer = fit(cb, loggers)
         wandb_id, files = loggers[1].experiment.id, Path(loggers[1].experiment.dir)
-        _finish_wandb()
+        finish_wandb()
         wandb.teardown()
     return {"cb": cb, "trainer": trainer, "client": mlflow.tracking.MlflowClient(uri), "uri": uri,
             "run_id": loggers[0].run_id, "wandb_log": files.parent / f"run-{wandb_id}.wandb"}

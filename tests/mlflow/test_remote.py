@@ -78,6 +78,7 @@ def test_real_loop_matches_the_local_advisor(
         assert got.status == want.status, step
         assert math.isclose(remote.lr(step), local.lr(step), rel_tol=1e-9), step
     assert local.replans == remote.replans == 1
+    assert (remote.mode, remote.mode_reason) == (local.mode, local.mode_reason)
     assert remote.plan.status != "warmup"
     assert remote.plan.schedule == local.plan.schedule
     assert remote.plan.predicted_final == local.plan.predicted_final
@@ -257,6 +258,7 @@ def test_non_finite_metrics_are_sent_as_missing(stub: type[Stub]) -> None:
     stub.body = {"predictions": [{**recommendation_to_row(plan), "ready_step": 0}]}
     remote = RemoteAdvisor(stub.url, 100, replan_every=2, max_replans=None)  # type: ignore[attr-defined]
     assert remote.plan == plan and stub.requests == 1
+    assert remote.mode is None and remote.mode_reason is None  # an older server's answer
     remote.observe(1, train_loss=float("nan"), lr=0.1)
     remote.observe(2, train_loss=float("inf"), val_metric=0.5, lr=0.1)
     assert remote.wait(10)

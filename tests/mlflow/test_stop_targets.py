@@ -1,5 +1,6 @@
 """The stop decision through the ``mlflow deployments`` target and the remote advisor, with a
-generative bundle (a decision with odds) and a control bundle (no decision, and why).
+generative bundle (a decision with odds) and a control bundle (no decision, and why); both
+answers also say why the bundle follows its planner mode (``mode_reason``).
 
 The remote advisor talks to MLflow's own scoring app (``mlflow.pyfunc.scoring_server``, what
 ``mlflow models serve`` runs) served in this process by uvicorn on loopback: the real request
@@ -25,6 +26,7 @@ from tracker_sched.advising.stopping import NO_STOP_CONTROL, decide_once
 from tracker_sched.bundle.folder import Bundle
 from tracker_sched.integrations.mlflow import deployments
 from tracker_sched.model.stop_odds import StopDecision, StopRequest, StopRule
+from tracker_sched.planning.control import mode_reason
 
 CUT = 120  # the live run has logged this far
 
@@ -51,6 +53,7 @@ def test_deployments_target_answers_stop_beside_the_lr(client: Any, stop_fit, co
     want = decide_once(fit.bundle, history_until(run, CUT), CUT, sweep.total_steps, ask)
     assert got["lr_now"] > 0 and StopDecision.model_validate(got["stop"]) == want
     assert want.stop  # the client's one decision below the threshold + this one
+    assert got["mode"] == "generative" and got["mode_reason"] == mode_reason(fit.bundle)
     # The ask as a column of the first row (what an --input-path file carries), as a dict.
     rows = _window(run)
     rows[0]["stop"] = ask.model_dump(mode="json")
@@ -65,6 +68,8 @@ def test_deployments_target_answers_stop_beside_the_lr(client: Any, stop_fit, co
     assert ctl["lr_now"] > 0
     decision = StopDecision.model_validate(ctl["stop"])
     assert not decision.stop and decision.reason == NO_STOP_CONTROL
+    assert ctl["mode_reason"] == mode_reason(control_bundle)
+    assert ctl["mode_reason"].startswith("control: a control-mode bundle")
 
 
 @pytest.fixture
@@ -102,12 +107,14 @@ def scoring_url(control_bundle: Bundle, tmp_path: Path) -> Iterator[str]:
         thread.join(10)
 
 
-def test_remote_advisor_with_a_served_control_bundle_says_why_not(scoring_url: str,
-                                                                  stop_fit) -> None:
+def test_remote_advisor_with_a_served_control_bundle_says_why_not(
+        scoring_url: str, stop_fit, control_bundle: Bundle) -> None:
     _, sweep = stop_fit
     worst = sweep.configs[-1]
     run = sweep.run(worst.family, worst.peak_lr, 5)
     remote = RemoteAdvisor(scoring_url, sweep.total_steps, timeout=10.0)
+    # The warm-up answer already names the mode and says why, as the local Advisor does.
+    assert remote.mode == "control" and remote.mode_reason == mode_reason(control_bundle)
     for step, row in logged_rows(run):
         if step > CUT:
             break

@@ -34,6 +34,7 @@ from tracker_sched.bundle.manifest import FitReport
 from tracker_sched.cli import main
 from tracker_sched.errors import BundleError
 from tracker_sched.fit.generative import fit_sweep
+from tracker_sched.planning.control import mode_reason
 from tracker_sched.schema import Recommendation, RunRecord
 from tracker_sched.stores import load_bundle
 from tracker_sched.stores.mlflow_store import download_bundle, register_bundle
@@ -156,6 +157,7 @@ def test_pyfunc_predict_round_trips_the_recommendation(
     assert got == recommend(original, request)
     assert got.schedule.step[-1] == request.total_steps
     assert int(out.iloc[0]["ready_step"]) <= request.observations[-1].step
+    assert out.iloc[0]["mode_reason"] == mode_reason(original)
 
     # Early in the run the model answers the warm-up plan, not an error.
     early = live_request(sweep_records[1], 0.05)

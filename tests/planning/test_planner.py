@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from tests.tiny import history_until
 from tracker_sched.bundle.folder import Bundle
+from tracker_sched.data.grid import LOG_LR
 from tracker_sched.errors import InputError
 from tracker_sched.model.latent import solve_stacked
 from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
@@ -135,3 +138,38 @@ def test_stacked_solve_equals_member_by_member(bundle: Bundle) -> None:
 
 
 # --------------------------------------------------------------------------- advisor
+
+
+def test_a_relative_lr_target_moves_the_current_plan_by_the_decoded_difference(
+    bundle: Bundle, runs: list[RunRecord]
+) -> None:
+    # A copy whose decoders read no lr from the latent: every candidate, the live course
+    # included, decodes the same lr, so the top candidates' difference from it is zero.
+    flat = copy.deepcopy(bundle)
+    with torch.no_grad():
+        for model in flat.models:
+            model.decoder.weight[LOG_LR].zero_()
+    h = history_until(a_run(runs), 300)
+    current = Schedule(step=[0, 300, 840], lr=[3e-3, 2e-3, 5e-4])
+    free = {"lr_cap": 1e6, "no_rise_after_tau": 1.0, "max_change_dex": 10.0,
+            "trust_region_dex": None}
+    plans = {t: GenerativePlanner(flat, PlannerConfig(lr_target=t, **free)).plan(
+        h, step=300, total_steps=840, current=current) for t in ("absolute", "relative")}
+    assert {r.status for r in plans.values()} == {"planned"}
+    steps = np.asarray(plans["relative"].schedule.step)
+    kept = np.interp(steps, current.step, np.log10(current.lr))
+    assert np.allclose(np.log10(plans["relative"].schedule.lr), kept, atol=1e-9)
+    # the absolute target is the decoded lr, whatever the current plan says
+    other = GenerativePlanner(flat, PlannerConfig(lr_target="absolute", **free)).plan(
+        h, step=300, total_steps=840, current=Schedule(step=[0, 840], lr=[1e-4, 1e-4]))
+    absolute = np.log10(plans["absolute"].schedule.lr)
+    assert np.allclose(np.log10(other.schedule.lr), absolute, atol=1e-9)
+    assert np.abs(absolute - kept).max() > 0.1
+    # without a current plan the relative target moves the sweep's best schedule (the
+    # advisors' warm-up plan), not the decoded live course, whose bias it exists to cancel
+    planner = GenerativePlanner(flat, PlannerConfig(lr_target="relative", **free))
+    r = planner.plan(h, step=300, total_steps=840)
+    assert r.status == "planned"
+    r_steps = np.asarray(r.schedule.step)
+    assert np.allclose(np.log10(r.schedule.lr), planner.incumbent(r_steps, 840), atol=1e-6)
+    assert np.abs(np.log10(r.schedule.lr) - absolute[:len(r_steps)]).max() > 0.1

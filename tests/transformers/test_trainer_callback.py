@@ -1,5 +1,5 @@
 """The HF Trainer callback end to end: a real ``transformers.Trainer`` on a tiny model built
-here (no hub download), reporting to a real MLflow store and to W&B offline files.
+in tests/frameworks.py (no hub download), reporting to a real MLflow store and to W&B offline files.
 
 The acceptance check: the lr the optimizer applied is the advisor's, read back from what
 the *Trainer* logged (``learning_rate`` in the MLflow run, ``train/learning_rate`` in the
@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
-from tests.corpus.styles import N_FEATURES, _finish_wandb, data, trackers
+from tests.frameworks import data, finish_wandb, hf_model, trackers
 from tests.wandb.sweep_helpers import read_log, summary_of
 from tracker_sched.planning.generative import PlannerConfig
 from tracker_sched.schema import MetricMap
@@ -31,33 +30,6 @@ pytestmark = pytest.mark.slow
 
 MAX_STEPS = 60
 PEAK = 0.05
-
-
-class TinyConfig(transformers.PretrainedConfig):  # type: ignore[misc]
-    model_type = "tracker-sched-tiny-mlp"
-
-    def __init__(self, n_in: int = N_FEATURES, hidden: int = 16, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.n_in, self.hidden = n_in, hidden
-
-
-class TinyModel(transformers.PreTrainedModel):  # type: ignore[misc]
-    """A 2-layer MLP as a PreTrainedModel: built from its config, nothing downloaded."""
-
-    config_class = TinyConfig
-
-    def __init__(self, config: TinyConfig) -> None:
-        super().__init__(config)
-        self.net = nn.Sequential(nn.Linear(config.n_in, config.hidden), nn.Tanh(),
-                                 nn.Linear(config.hidden, 2))
-        self.post_init()
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
-        logits = self.net(x)
-        out: dict[str, Any] = {"logits": logits}
-        if labels is not None:
-            out["loss"] = nn.functional.cross_entropy(logits, labels)
-        return out
 
 
 def accuracy(pred: Any) -> dict[str, float]:
@@ -77,7 +49,7 @@ def trainer(root: Path, callback: AdvisorCallback | None, report_to: list[str],
         use_cpu=True, disable_tqdm=True, dataloader_num_workers=0, log_level="error",
         seed=0, run_name="advised",
     )
-    return transformers.Trainer(model=TinyModel(TinyConfig()), args=args, train_dataset=train,
+    return transformers.Trainer(model=hf_model(), args=args, train_dataset=train,
                                 eval_dataset=evals, compute_metrics=accuracy,
                                 callbacks=[callback] if callback is not None else None)
 
@@ -96,7 +68,7 @@ def advised(tiny_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         t = trainer(root, cb, ["mlflow", "wandb"])
         t.train()
         wandb_id, files = wandb.run.id, Path(wandb.run.dir)
-        _finish_wandb()
+        finish_wandb()
         wandb.teardown()
     client = mlflow.tracking.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("hf-advised").experiment_id])

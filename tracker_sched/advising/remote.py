@@ -101,6 +101,7 @@ class RemoteAdvisor(PlanFollower):
         self._since_try = 0
         self._failing = False
         self._ready_step: int | None = None
+        self._mode_reason: str | None = None
         self._stop_ask: StopRequest | None = None
         self._stop = StopDecision(reason="no stop decision asked for yet")
         # The request thread and the training thread share the counters and the plan: every
@@ -150,6 +151,14 @@ class RemoteAdvisor(PlanFollower):
         """The planner mode the served bundle follows, as its latest answer names it (auto
         bundles: their fit-time decision); None before an answer or from an older server."""
         return self._plan.mode
+
+    @property
+    def mode_reason(self) -> str | None:
+        """Why the served bundle follows :attr:`mode`, in one sentence (what the local
+        :attr:`Advisor.mode_reason <tracker_sched.advising.advisor.Advisor.mode_reason>`
+        says), as the server's latest answer says it; None before an answer or from an
+        older server (whose answers carry no ``mode_reason``)."""
+        return self._mode_reason
 
     def _observe_failed(self, step: Any, reason: str) -> None:
         with self._lock:
@@ -303,6 +312,8 @@ class RemoteAdvisor(PlanFollower):
         answer = self.server.ask(payload)
         if answer.ready_step is not None:
             self._ready_step = answer.ready_step
+        if answer.mode_reason is not None:
+            self._mode_reason = redact_text(answer.mode_reason)
         if answer.stop is not None:
             self._stop = answer.stop
         return answer.recommendation

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tracker_sched.errors import InputError, invalid
 from tracker_sched.limits import MAX_ROWS, MAX_SCHEDULE_POINTS, MAX_STEPS
-from tracker_sched.planning.history import LiveHistory
+from tracker_sched.planning.history import LiveHistory, spans_window
 from tracker_sched.schema import ROLES, Recommendation, Schedule
 
 if TYPE_CHECKING:  # torch: a thin client (RemoteAdvisor) uses this module without it
@@ -167,8 +167,8 @@ def window_ready(bundle: Bundle, step: int, total_steps: int, first_step: int = 
     ``recommend``): a run plans only once what it has logged, from ``first_step`` (its first
     observation) to ``step``, spans the bundle's context window. Before that it follows the
     warm-up plan. A single row, or a run joined late, is not a window."""
-    g = bundle.manifest.grid_points
-    return (step - first_step) / total_steps * (g - 1) >= bundle.manifest.window - 1
+    m = bundle.manifest
+    return spans_window(m.grid_points, m.window, step, total_steps, first_step)
 
 
 def ready_step(bundle: Bundle, total_steps: int, first_step: int = 0) -> int:

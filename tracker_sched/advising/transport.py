@@ -32,6 +32,7 @@ class Answer(NamedTuple):
     recommendation: Recommendation
     ready_step: int | None  # the first step at which the model's window is full; None: unsaid
     stop: StopDecision | None  # None: no stop decision asked for, or none answered
+    mode_reason: str | None = None  # why the served bundle follows its mode; None: unsaid
 
 
 class ServedModel:
@@ -113,8 +114,9 @@ def _server_message(resp: requests.Response) -> str:
 
 
 def _parse_answer(resp: requests.Response, url: str) -> Answer:
-    """The recommendation in a ``{"predictions": [row]}`` answer, the row's ``ready_step``
-    and its stop decision (None when not asked, or not one)."""
+    """The recommendation in a ``{"predictions": [row]}`` answer, the row's ``ready_step``,
+    its stop decision (None when not asked, or not one) and its ``mode_reason`` (None from a
+    server before it was answered)."""
     try:
         body: Any = resp.json()
         row = body["predictions"][0]
@@ -131,7 +133,9 @@ def _parse_answer(resp: requests.Response, url: str) -> Answer:
         except ValueError:
             stop = StopDecision(reason=f"{url} answered a stop decision that is not one; "
                                 "not stopping")
+    why = row.get("mode_reason")
+    why = why if isinstance(why, str) and why else None
     ready = row.get("ready_step")
     if isinstance(ready, (int, float)) and math.isfinite(ready):
-        return Answer(rec, int(ready), stop)
-    return Answer(rec, None, stop)
+        return Answer(rec, int(ready), stop, why)
+    return Answer(rec, None, stop, why)

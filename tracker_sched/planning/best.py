@@ -6,21 +6,40 @@ mode reproduces the sweep's best schedule (stretched to its own budget). The sch
 the best run's logged lr, simplified at fit time (:func:`simplify`) and stored in the
 bundle (:class:`~tracker_sched.bundle.decision.BestSchedule`); a bundle without one uses the
 warm-up plan on its grid.
+
+A best plan carries a forecast, as a generative one does: the generative model's predicted
+final validation metric (in the metric's own units) and its ensemble spread, for the live run
+going on as it has. A run advised in this mode has followed this schedule from its start
+(the warm-up plan is the same schedule), so that is the forecast of following it. The
+forecast is the generative planner's own (its current-course candidate, read from a
+:class:`~tracker_sched.planning.generative.GenerativePlanner` that no candidate may beat),
+made only once the live window is full and the bundle has generative members; else, or if it
+fails, ``predicted_final`` is None and the plan stands.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 
 from tracker_sched.bundle.decision import MAX_BEST_POINTS, BestSchedule
+from tracker_sched.bundle.folder import Bundle
 from tracker_sched.data.validation import CleanRun
-from tracker_sched.planning.generative import GenerativePlanner
-from tracker_sched.planning.history import LiveHistory
+from tracker_sched.errors import InputError
+from tracker_sched.planning.generative import GenerativePlanner, PlannerConfig
+from tracker_sched.planning.history import LiveHistory, spans_window
 from tracker_sched.schema import Recommendation, Schedule
+
+log = logging.getLogger("tracker_sched.planning.best")
 
 #: largest log10 error the stored schedule may have at a logged step (0.005 dex: 1.2 %)
 TOLERANCE_DEX = 0.005
 _MAX_INPUT = 20_000  # logged points looked at (a uniform subsample beyond)
+#: The generative planner that forecasts a best plan: no candidate may beat the current
+#: course (its answer is then the current course's forecast), and the fewest candidates.
+_FORECAST_ONLY = {"candidates": 2, "regimes": 0, "interpolations": (), "min_gain": math.inf}
 
 
 def simplify(x: np.ndarray, y: np.ndarray, tol: float) -> np.ndarray:
@@ -85,13 +104,25 @@ def stretched(tau: list[float], lr: list[float], total_steps: int) -> Schedule:
 
 class BestPlanner(GenerativePlanner):
     """Answers every replan with the sweep's best configuration's schedule (from ``step`` on
-    nothing is planned: the schedule is the best run's, stretched to ``total_steps``)."""
+    nothing is planned: the schedule is the best run's, stretched to ``total_steps``), with
+    the generative model's forecast of the final metric (see the module docstring).
+
+    Args:
+        bundle: the fitted model (any kind; only a bundle with generative members forecasts).
+        config: the generative planner's options (its ``seed`` and ``top_k`` are unused).
+    """
 
     MODE = "best"
 
+    def __init__(self, bundle: Bundle, config: PlannerConfig | None = None) -> None:
+        super().__init__(bundle, config)
+        self._forecaster: GenerativePlanner | None = None  # built at the first forecast
+        self._warned = False
+
     def plan(self, history: LiveHistory, *, step: int, total_steps: int,
              current: Schedule | None = None) -> Recommendation:
-        """The best schedule at ``step`` of a ``total_steps`` run; ``history`` is not read."""
+        """The best schedule at ``step`` of a ``total_steps`` run; ``history`` is read only
+        for the forecast (:meth:`forecast`)."""
         m = self.bundle.manifest
         best = m.planner.best_schedule if m.planner is not None else None
         if best is not None:
@@ -102,10 +133,51 @@ class BestPlanner(GenerativePlanner):
             what = "the sweep's best run's schedule (on the bundle's grid)"
         with np.errstate(divide="ignore"):
             lr_now = float(10 ** np.interp(step, sched.step, np.log10(sched.lr)))
+        pred, spread = self.forecast(history, step=step, total_steps=total_steps)
         return Recommendation(
             status="planned", reason=f"following {what}", step=int(step), lr_now=lr_now,
-            schedule=sched, model_version=m.created_at, mode="best",
+            schedule=sched, predicted_final=pred, predicted_spread=spread,
+            model_version=m.created_at, mode="best",
         )
+
+    def forecast(self, history: LiveHistory, *, step: int,
+                 total_steps: int) -> tuple[float | None, float | None]:
+        """The generative model's forecast of the run's final validation metric, in the
+        metric's own units, and its ensemble spread. Never raises.
+
+        Args:
+            history: what the live run has logged so far.
+            step: the run's step now.
+            total_steps: the run's planned budget.
+
+        Returns:
+            ``(predicted_final, predicted_spread)``; ``(None, None)`` for a bundle without
+            generative members (a control-mode bundle), before the live window is full, or
+            when the forecast fails (logged once).
+        """
+        m = self.bundle.manifest
+        try:
+            first = history.first_step
+            if (m.kind != "latent_ode" or first is None or total_steps <= 0
+                    or not spans_window(m.grid_points, m.window, step, total_steps, first)):
+                return None, None
+            if self._forecaster is None:
+                self._forecaster = GenerativePlanner(
+                    self.bundle, self.config.model_copy(update=_FORECAST_ONLY))
+            rec = self._forecaster.plan(history, step=step, total_steps=total_steps)
+        except InputError as exc:  # the window lacks a point with all three metrics
+            log.debug("no forecast for the best plan: %s", exc)
+            return None, None
+        except Exception as exc:  # a plan is never lost to its forecast
+            if not self._warned:
+                self._warned = True
+                log.warning("tracker-sched: no forecast for the best plan: %s: %s",
+                            type(exc).__name__, exc)
+            return None, None
+        pred, spread = rec.predicted_final, rec.predicted_spread
+        if pred is None or not math.isfinite(pred):
+            return None, None
+        return pred, (spread if spread is not None and math.isfinite(spread) else None)
 
 
 __all__ = ["TOLERANCE_DEX", "BestPlanner", "best_schedule", "simplify", "stretched"]

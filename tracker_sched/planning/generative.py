@@ -18,7 +18,9 @@ Given a live run's history, its progress ``tau_now`` and a bundle, one replan
    budget (``tau = 1``, inside the horizon the model was trained on), as the
    ensemble mean in the metric's own units (not the model's log10 of a positive
    minimised metric), respecting the metric's direction;
-6. averages the lr trajectories of the best ``top_k``; and
+6. moves the current plan by the difference between the best ``top_k``'s mean decoded lr
+   and the live course's (``lr_target="relative"``, the default; ``"absolute"``: follows
+   the top ``top_k``'s mean decoded lr itself); and
 7. applies the guards: a cap relative to the sweep's best peak lr, no rise
    late in training, a limit on the change per replan, a trust region around
    the incumbent (the sweep's best schedule), and a fallback (keep
@@ -89,6 +91,16 @@ class PlannerConfig(BaseModel):
         "per-replan limits ratchet up to the cap)",
     )
     min_gain: float = Field(default=0.0, ge=0, description="needed over the current course")
+    lr_target: Literal["absolute", "relative"] = Field(
+        default="relative",
+        description="how the top candidates' decoded lr becomes the plan. 'relative' (the "
+        "default): the current plan plus (their mean decoded log-lr minus the live "
+        "course's), so a bias the decoder shares across candidates (on the suite's friedman "
+        "bundle it forecasts decay for every candidate) cancels and only the decoded "
+        "difference moves the plan. 'absolute' (the default before): their mean decoded "
+        "log-lr. Chosen leave one task out on the suite's design block "
+        "(docs/planner-modes.md, lr target)",
+    )
     solver_step_points: int | None = Field(
         default=None, ge=1,
         description="grid intervals per rk4 step while planning; None: the bundle's own "
@@ -224,8 +236,16 @@ class GenerativePlanner(Planner):
             return fallback(f"no candidate beats the current course (best gain {gain:+.4f}); "
                             "keeping the current plan")
         log_lr = self._log_lr(mean[best, :, LOG_LR].mean(dim=0))
-        sched = self._guard(log_lr, end, current=w.current_log_lr,
-                            incumbent=self.incumbent(w.future_steps, w.total_steps))
+        incumbent = self.incumbent(w.future_steps, w.total_steps)
+        if cfg.lr_target == "relative":
+            # Candidate 0 is the live course: the decoder's error common to every candidate
+            # cancels in the difference, which moves the plan the run follows now. A caller
+            # that sends no current plan (recommend, the served model without `current`) is
+            # taken to follow the sweep's best schedule, the advisors' warm-up plan: the
+            # live course's decoded lr would bring the decoder's bias back.
+            base = w.current_log_lr if w.current_log_lr is not None else incumbent
+            log_lr = base + (log_lr - self._log_lr(mean[0, :, LOG_LR]))
+        sched = self._guard(log_lr, end, current=w.current_log_lr, incumbent=incumbent)
         pred = float(final.mean(dim=0)[best].mean())
         return self._recommendation(
             "planned", f"top {k} of {n_acc} accepted candidates; predicted gain {gain:+.4f}",

@@ -10,7 +10,9 @@ as JSON ``{"step": [...], "lr": [...]}``; "" for none).
 Output: a one-row data frame, the columns of
 :func:`tracker_sched.advising.serving.recommendation_to_row` (``schedule`` a JSON string)
 and ``ready_step``, the first step at which the run's window is ready (the
-step from which a client should ask for a plan rather than the warm-up).
+step from which a client should ask for a plan rather than the warm-up), and
+``mode_reason``, why the bundle follows the planner its answers name in ``mode``
+(an auto bundle's fit-time decision, in one sentence; older servers answer without it).
 Param ``stop`` (JSON :class:`~tracker_sched.model.stop_odds.StopRequest`: the incumbent, the rule,
 the client's count below the threshold) asks for a stop decision beside the lr: column
 ``stop``, a :class:`~tracker_sched.model.stop_odds.StopDecision` as JSON ("" when not asked).
@@ -55,6 +57,7 @@ def model_signature() -> ModelSignature:
         ColSpec("string", "mode", required=False),
         ColSpec("long", "ready_step"),
         ColSpec("string", "stop", required=False),
+        ColSpec("string", "mode_reason", required=False),
     ])
     params = ParamSchema([
         ParamSpec("total_steps", "long", None),
@@ -84,7 +87,7 @@ class TrackerSchedModel(PythonModel):
         import torch
 
         from tracker_sched.bundle.folder import Bundle
-        from tracker_sched.planning.control import make_planner
+        from tracker_sched.planning.control import make_planner, mode_reason
 
         # MLflow's scoring server (the only process that sets this variable) answers
         # requests on a pool of threads, each plan a few milliseconds of small tensor ops:
@@ -97,6 +100,7 @@ class TrackerSchedModel(PythonModel):
 
         self.bundle = Bundle.load(context.artifacts[BUNDLE_ARTIFACT])
         self.planner = make_planner(self.bundle)  # auto: the bundle's decision, else its kind
+        self.mode_reason = mode_reason(self.bundle)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -144,6 +148,7 @@ class TrackerSchedModel(PythonModel):
         row["ready_step"] = ready_step(self.bundle, request.total_steps,
                                        first_logged(request.observations) or 0)
         row["stop"] = stop_answer(self.bundle, request, params.get("stop") or "")
+        row["mode_reason"] = self.mode_reason
         return pd.DataFrame([row])
 
 
