@@ -64,7 +64,13 @@ def suite_task(name: str, runs_dir: Path = RUNS_DIR, workers: int = 1,
     run_jobs([j for js in jobs.values() for j in js], cache, workers, f"{name} sweeps")
 
     def records(block: str) -> list[RunRecord]:
-        return [RunRecord.model_validate(cache.done[j.key]["record"]) for j in jobs[block]]
+        recs = [RunRecord.model_validate(cache.done[j.key]["record"]) for j in jobs[block]]
+        # MNIST-1D run ids carry the peak to one digit (0.01 and the dense grid's 0.0144 are
+        # both "1e-02"): a clash would drop a run as a duplicate, so such ids get the peak.
+        ids = [r.run_id for r in recs]
+        return [r if ids.count(r.run_id) == 1 else r.model_copy(
+            update={"run_id": f"{r.run_id}-p{j.peak:.4g}", "name": f"{r.run_id}-p{j.peak:.4g}"})
+            for r, j in zip(recs, jobs[block], strict=True)]
 
     fit, design, confirm = records("fit"), records("design"), records("confirm")
     return Task(name, lambda: fit, lambda: design, lambda: confirm)
