@@ -235,8 +235,12 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False)
-    for ax, (task, row) in zip(axes[0], results.items(), strict=True):
+    cols = min(4, len(results))
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(results):]:
+        ax.set_visible(False)
+    for ax, (task, row) in zip(axes.flat, results.items(), strict=False):
         for arm, r in row.items():
             style = ("o", "C3") if arm.startswith("tracker") else (
                 ("s", "C0") if arm.startswith("optuna") else (("^", "C2") if arm.startswith(
