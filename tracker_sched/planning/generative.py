@@ -240,11 +240,11 @@ class GenerativePlanner(Planner):
         if cfg.lr_target == "relative":
             # Candidate 0 is the live course: the decoder's error common to every candidate
             # cancels in the difference, which moves the plan the run follows now. A caller
-            # that sends no current plan (recommend, the served model without `current`) is
-            # taken to follow the sweep's best schedule, the advisors' warm-up plan: the
-            # live course's decoded lr would bring the decoder's bias back.
-            base = w.current_log_lr if w.current_log_lr is not None else incumbent
-            log_lr = base + (log_lr - self._log_lr(mean[0, :, LOG_LR]))
+            # that sends no current plan (recommend, the served model without `current`)
+            # has no plan to move: `keep` is then the decoded live course, and the plan is
+            # the absolute one (assuming the sweep's best schedule instead would move a run
+            # on another schedule onto the best's course for no reason the model gave).
+            log_lr = keep + (log_lr - self._log_lr(mean[0, :, LOG_LR]))
         sched = self._guard(log_lr, end, current=w.current_log_lr, incumbent=incumbent)
         pred = float(final.mean(dim=0)[best].mean())
         return self._recommendation(
