@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -15,7 +15,8 @@ from benchmarks.early_stopping.sweeps import Replay
 from tracker_sched.model.stop_odds import StopBucket, StopCalibration, StopRule, normal_cdf
 
 
-def _replay(finals: list[float], means: list[list[float]], direction: str = "max") -> Replay:
+def _replay(finals: list[float], means: list[list[float]],
+            direction: Literal["max", "min"] = "max") -> Replay:
     cal = StopCalibration(scheme="holdout", direction=direction, transform="identity",
                           buckets=[StopBucket(tau=0.5, bias=0.0, floor=0.01, scale=0.0,
                                               runs=4)], runs=4)
@@ -27,7 +28,7 @@ def _replay(finals: list[float], means: list[list[float]], direction: str = "max
         val_values=[np.linspace(f - 0.3, f, 10) for f in finals],
         final=np.asarray(finals), decide_steps=np.arange(1, k + 1) * 20,
         tau=np.linspace(0.2, 0.8, k), mean=np.asarray(means), spread=np.zeros((len(finals), k)),
-        bundle=SimpleNamespace(manifest=SimpleNamespace(stopping=cal)))  # type: ignore[arg-type]
+        stopping=cal)
 
 
 def test_tracker_sched_arm_applies_the_rule_in_order() -> None:
@@ -76,3 +77,55 @@ def test_the_default_rule_is_the_benchmarks_choice() -> None:
     rule = StopRule()
     assert (rule.threshold, rule.patience) == (chosen["threshold"], chosen["patience"])
     assert rule.margin == 0.0 == chosen["margin_goal_units"] and rule.grace == 0.0
+
+
+def test_suite_sweeps_are_the_suites_sweep_and_other_seeds() -> None:
+    """Fit on exactly the suite's sweep; prune the same grid on other seeds (design) and the
+    suite's dense grid on one more seed (confirmation)."""
+    from benchmarks.early_stopping.suite_sweeps import sweep_jobs
+    from benchmarks.suite.protocol import SWEEP_SEEDS, dense_peaks
+    from benchmarks.suite.tasks import get
+
+    task = get("digits-sgd")
+    jobs = sweep_jobs(task.name)
+    cells = {(j.family, j.peak, j.seed) for j in jobs["fit"]}
+    assert cells == {(f, p, s) for f in task.families for p in task.peaks for s in SWEEP_SEEDS}
+    assert len(jobs["fit"]) == len(cells) == 32
+    seeds = {b: {j.seed for j in js} for b, js in jobs.items()}
+    assert not seeds["fit"] & seeds["design"] and not seeds["confirm"] & (
+        seeds["fit"] | seeds["design"])
+    assert {(j.family, j.peak) for j in jobs["design"]} == {c[:2] for c in cells}
+    assert sorted({j.peak for j in jobs["confirm"]}) == dense_peaks(task.peaks)
+    assert {j.family for j in jobs["confirm"]} == set(task.families)
+    assert all(j.keep_record and j.kind == "run" for js in jobs.values() for j in js)
+
+
+def test_suite_task_trains_once_into_records_a_replay_takes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real Friedman runs (the suite's --smoke budget, one per sweep) through the suite's jobs
+    cache, read back as records the replay takes whole; a second call trains nothing."""
+    from benchmarks.early_stopping import suite_sweeps
+    from benchmarks.suite import jobs as suite_jobs
+    from tracker_sched.data.validation import validate_sweep
+
+    def tiny(name: str, smoke: bool = False) -> dict[str, list[suite_jobs.Job]]:
+        return {b: [suite_jobs.Job(name, "run", "cosine", 1e-2, s, smoke, keep_record=True)]
+                for b, s in (("fit", 0), ("design", 10), ("confirm", 12))}
+
+    monkeypatch.setattr(suite_sweeps, "sweep_jobs", tiny)
+    task = suite_sweeps.suite_task("friedman", tmp_path, smoke=True)
+    cache = tmp_path / "friedman" / "jobs_smoke.jsonl"
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 3
+    monkeypatch.setattr(suite_jobs, "execute", lambda job: pytest.fail(f"retrained {job}"))
+    again = suite_sweeps.suite_task("friedman", tmp_path, smoke=True)
+    assert cache.read_text().splitlines() == lines
+    records = [*again.fit(), *again.design(), *again.confirm()]
+    assert [r.config["seed"] for r in records] == [0, 10, 12]
+    checked = validate_sweep(records)
+    assert not checked.issues and len(checked.runs) == 3
+    for r in checked.runs:  # what build_replay needs: one budget, the metric to its end
+        assert r.total_steps == 40 and r.series["val_metric"].step[-1] == 40
+    assert {r.metric_keys["val_metric"] for r in records} == {"val_loss"}
+    assert [r.val_metric.value for r in task.design()] == [  # type: ignore[union-attr]
+        r.val_metric.value for r in again.design()]  # type: ignore[union-attr]

@@ -18,10 +18,11 @@ finished; :func:`score` turns that into the compute fraction and the regret.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -39,26 +40,39 @@ class Outcome:
 
 
 def score(rep: Replay, out: Outcome) -> tuple[float, float]:
-    """(compute fraction, regret in points) of one replay."""
+    """(compute fraction, regret in points) of one replay: the steps trained over those of
+    training every run to its end (the budget, or where it crashed)."""
     sign = 1.0 if rep.direction == "max" else -1.0
     best_all = float(np.max(sign * rep.final)) * sign
     found = rep.final[out.finished]
     best = float(np.max(sign * found)) * sign if found.size else math.nan
     regret = (sign * (best_all - best)) * rep.points(best_all) if found.size else math.inf
-    return float(out.steps.sum() / (rep.runs * rep.total_steps)), max(0.0, regret)
+    # A run that crashed ended at its last report whatever the rule: no arm pays past it.
+    ends = np.asarray([min(rep.total_steps, int(v[-1])) for v in rep.val_steps])
+    return float(np.minimum(out.steps, ends).sum() / ends.sum()), max(0.0, regret)
 
 
 def none_arm(rep: Replay, order: np.ndarray) -> Outcome:
     return Outcome(np.full(rep.runs, rep.total_steps), np.ones(rep.runs, dtype=bool))
 
 
-def _cdf(x: np.ndarray, df: int | None) -> np.ndarray:
-    """The calibration's distribution function (normal or Student-t), elementwise."""
-    return np.asarray(np.vectorize(lambda v: student_t_cdf(float(v), df))(x))
+@functools.lru_cache(maxsize=256)
+def _z_below(threshold: float, df: int | None) -> float:
+    """The standardised distance whose odds are ``threshold``: ``p < threshold`` exactly
+    when ``z < _z_below(threshold, df)`` (the distribution function is increasing), so the
+    replay compares numbers instead of evaluating the calibration's tail at every point."""
+    lo, hi = -1e3, 1e3
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if student_t_cdf(mid, df) < threshold:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def tracker_sched_arm(rep: Replay, order: np.ndarray, rule: StopRule) -> Outcome:
-    cal = rep.bundle.manifest.stopping
+    cal = rep.stopping
     assert cal is not None
     buckets = [cal.bucket(float(t)) for t in rep.tau]
     bias = np.asarray([b.bias for b in buckets])
@@ -72,8 +86,8 @@ def tracker_sched_arm(rep: Replay, order: np.ndarray, rule: StopRule) -> Outcome
     for i in order:
         if inc is not None:
             bar = cal.to_transformed(rule.bar(inc, rep.direction))
-            p = _cdf(sign * (rep.mean[i] + bias - bar) / sigma[i], cal.df)
-            below = p < rule.threshold
+            below = sign * (rep.mean[i] + bias - bar) / sigma[i] < _z_below(rule.threshold,
+                                                                              cal.df)
             run = np.zeros(below.size, dtype=np.int64)  # consecutive decisions below
             count = 0
             for k, b in enumerate(below):
@@ -118,7 +132,8 @@ def wandb_hyperband_arm(rep: Replay, order: np.ndarray, min_iter: int, eta: int)
 
 def optuna_arm(rep: Replay, order: np.ndarray,
                make: Callable[[], optuna.pruners.BasePruner]) -> Outcome:
-    direction = "maximize" if rep.direction == "max" else "minimize"
+    direction: Literal["maximize", "minimize"] = (
+        "maximize" if rep.direction == "max" else "minimize")
     study = optuna.create_study(direction=direction, pruner=make(),
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     steps = np.full(rep.runs, rep.total_steps)

@@ -1,7 +1,9 @@
 """``python -m benchmarks.early_stopping``: compute against regret, per stopping rule.
 
 1. Per task, fit a bundle (``sweeps.FIT``) on one sweep and build the replays of two other
-   sweeps: the design block and the confirmation block.
+   sweeps: the design block and the confirmation block. Tasks: the synthetic ones and the
+   MNIST-1D CNN fixture (``sweeps``), and the multi-task suite's (``suite_sweeps``: real
+   runs trained by the suite's tasks, cached under ``--runs-dir``).
 2. Design block: every tracker-sched setting (threshold x patience x margin) on every
    ordering; the chosen setting is the cheapest (median compute over tasks) whose regret is
    within the goal (0.1 point) in at least 95% of orderings on every design task.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,25 +28,24 @@ from typing import Any
 import numpy as np
 
 from benchmarks.early_stopping import arms
+from benchmarks.early_stopping.fits import ReadyJob, pool_map, ready
+from benchmarks.early_stopping.suite_sweeps import RUNS_DIR, SUITE_TASKS, suite_task
 from benchmarks.early_stopping.sweeps import (
     FIT,
+    SYN_TASKS,
     Replay,
-    build_replay,
-    fit_bundle,
     mnist_sweeps,
     tasks,
 )
-from tracker_sched.bundle.folder import Bundle
-from tracker_sched.fit.prepare import prepare
-from tracker_sched.fit.stop_calibration import calibrate_prepared
 from tracker_sched.model.stop_odds import StopRule
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 GOAL_REGRET = 0.1  # points
 GOAL_SHARE = 0.95
-THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+THRESHOLDS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 PATIENCES = (1, 2, 3)
 MARGINS = (0.0, 1.0)  # in units of the goal's 0.1 point (see _rule)
+ALL_TASKS = (*(t.name for t in SYN_TASKS), "mnist1d-cnn", *SUITE_TASKS)
 WANDB = {"wandb-hyperband": (3, 3), "wandb-hyperband-patient": (9, 2)}
 
 
@@ -84,51 +86,55 @@ def baseline_arms(total_steps: int) -> dict[str, Callable[..., arms.Outcome]]:
     return out
 
 
-def _bundle(name: str, records: Callable[[], list[Any]], cache: Path | None) -> Bundle:
-    """Fit, or load the bundle a previous run saved under ``cache`` (same fit config), its
-    stop calibration recomputed with the current code (it never changes the weights)."""
-    folder = cache / name if cache is not None else None
-    if folder is not None and (folder / "bundle.json").is_file():
-        loaded = Bundle.load(folder)
-        if loaded.manifest.model == FIT.model and loaded.manifest.fit == FIT.model_dump(
-                mode="json", exclude={"model"}):
-            cal = calibrate_prepared(loaded.models, prepare(records(), FIT), FIT)
-            loaded.manifest = loaded.manifest.model_copy(update={"stopping": cal})
-            return loaded
-    bundle = fit_bundle(records())
-    if folder is not None:
-        bundle.save(folder)
-    return bundle
+def build(names: Sequence[str], cache: Path | None = None, runs_dir: Path = RUNS_DIR,
+          workers: int = 1) -> tuple[dict[str, Replay], dict[str, Replay], dict[str, Any]]:
+    """Fit (or load) each task's bundle and build its design and confirmation replays,
+    ``workers`` bundles at a time.
+
+    Returns:
+        The design and confirmation replays by task, and per bundle the seconds it took and
+        whether it was fitted here (else loaded from ``cache`` and recalibrated).
+    """
+    syn = {t.name: t for t in tasks()}
+    jobs: list[ReadyJob] = []
+    where = str(cache) if cache is not None else None
+    for name in names:
+        if name == "mnist1d-cnn":
+            by_seed = mnist_sweeps()
+            jobs += [(name, "mnist1d-cnn-seed0", by_seed[0], {"design": by_seed[1]}, where),
+                     (name, "mnist1d-cnn-seed1", by_seed[1], {"confirm": by_seed[0]}, where)]
+            continue
+        task = syn[name] if name in syn else suite_task(name, runs_dir, workers)
+        jobs.append((name, name, task.fit(), {"design": task.design(),
+                                              "confirm": task.confirm()}, where))
+    blocks: dict[str, dict[str, Replay]] = {"design": {}, "confirm": {}}
+    bundles: dict[str, Any] = {}
+    for job, (key, reps, seconds, fitted) in zip(jobs, pool_map(ready, jobs, workers),
+                                                 strict=True):
+        bundles[key] = {"seconds": seconds, "fitted": fitted}
+        for block, rep in reps.items():
+            blocks[block][job[0]] = rep
+    return ({n: blocks["design"][n] for n in names}, {n: blocks["confirm"][n] for n in names},
+            bundles)
 
 
-def build(quick: bool, cache: Path | None = None) -> tuple[dict[str, Replay], dict[str, Replay],
-                                                            dict[str, float]]:
-    design, confirm, fit_s = {}, {}, {}
-    for task in tasks()[: 1 if quick else None]:
-        t0 = time.perf_counter()
-        bundle = _bundle(task.name, task.fit, cache)
-        fit_s[task.name] = time.perf_counter() - t0
-        design[task.name] = build_replay(task.name, bundle, task.design())
-        confirm[task.name] = build_replay(task.name, bundle, task.confirm())
-        print(f"{task.name}: fitted in {fit_s[task.name]:.0f} s", flush=True)
-    if not quick:
-        by_seed = mnist_sweeps()
-        for block, fit_seed, prune_seed in ((design, 0, 1), (confirm, 1, 0)):
-            t0 = time.perf_counter()
-            bundle = _bundle(f"mnist1d-cnn-seed{fit_seed}", lambda s=fit_seed: by_seed[s], cache)
-            fit_s[f"mnist1d-cnn-seed{fit_seed}"] = time.perf_counter() - t0
-            block["mnist1d-cnn"] = build_replay("mnist1d-cnn", bundle, by_seed[prune_seed])
-            print(f"mnist1d-cnn: fitted on seed {fit_seed} in {time.perf_counter() - t0:.0f} s",
-                  flush=True)
-    return design, confirm, fit_s
+SETTINGS = tuple(itertools.product(THRESHOLDS, PATIENCES, MARGINS))
 
 
-def choose(design: dict[str, Replay], count: int) -> tuple[tuple[float, int, float],
-                                                           list[dict[str, Any]]]:
-    rows = []
-    for thr, pat, mar in itertools.product(THRESHOLDS, PATIENCES, MARGINS):
-        per = {name: evaluate(rep, orderings(rep.runs, count, 1000 + i), ts_arm(thr, pat, mar))
-               for i, (name, rep) in enumerate(design.items())}
+def _design_task(job: tuple[int, Replay, int]) -> list[dict[str, Any]]:
+    """Every setting on one design task's orderings (seeded by its index)."""
+    i, rep, count = job
+    orders = orderings(rep.runs, count, 1000 + i)
+    return [evaluate(rep, orders, ts_arm(thr, pat, mar)) for thr, pat, mar in SETTINGS]
+
+
+def choose(design: dict[str, Replay], count: int, workers: int = 1) -> tuple[
+        tuple[float, int, float], list[dict[str, Any]]]:
+    jobs = [(i, rep, count) for i, rep in enumerate(design.values())]
+    per_task = dict(zip(design, pool_map(_design_task, jobs, workers), strict=True))
+    rows: list[dict[str, Any]] = []
+    for k, (thr, pat, mar) in enumerate(SETTINGS):
+        per = {name: res[k] for name, res in per_task.items()}
         rows.append({"threshold": thr, "patience": pat, "margin_goal_units": mar,
                      "tasks": per,
                      "ok": all(r["within_goal"] >= GOAL_SHARE for r in per.values()),
@@ -139,37 +145,55 @@ def choose(design: dict[str, Replay], count: int) -> tuple[tuple[float, int, flo
     return (pick["threshold"], pick["patience"], pick["margin_goal_units"]), rows
 
 
+def _confirm_task(job: tuple[int, Replay, int, list[float], int, float]) -> dict[str, Any]:
+    """Every arm on one confirmation task's fresh orderings (seeded by its index)."""
+    i, rep, count, thresholds, pat, mar = job
+    orders = orderings(rep.runs, count, 2000 + i)
+    row: dict[str, Any] = {f"tracker-sched@{t:g}": evaluate(rep, orders, ts_arm(t, pat, mar))
+                           for t in thresholds}
+    for arm_name, arm in baseline_arms(rep.total_steps).items():
+        row[arm_name] = evaluate(rep, orders, arm)
+    return row
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--orderings", type=int, default=60, help="orderings per block and task")
-    p.add_argument("--quick", action="store_true", help="one task, for a smoke run")
+    p.add_argument("--quick", action="store_true", help="one task (syn-acc), for a smoke run")
+    p.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), choices=ALL_TASKS,
+                   metavar="TASK", help=f"tasks (default: all: {', '.join(ALL_TASKS)})")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes: training suite runs, fitting bundles (with --cache), "
+                   "replaying tasks")
+    p.add_argument("--runs-dir", type=Path, default=RUNS_DIR,
+                   help="the suite runs' cache (a rerun trains nothing twice)")
     p.add_argument("--out", type=Path, default=RESULTS / "early_stopping.json")
     p.add_argument("--cache", type=Path, default=None,
-                   help="keep fitted bundles here and reuse them (same fit config)")
+                   help="keep fitted bundles here and reuse them (same fit config; "
+                   "recalibrated with the current code)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    design, confirm, fit_s = build(args.quick, args.cache)
-    (thr, pat, mar), design_rows = choose(design, args.orderings)
+    names = ["syn-acc"] if args.quick else args.tasks
+    design, confirm, fit_s = build(names, args.cache, args.runs_dir, args.workers)
+    (thr, pat, mar), design_rows = choose(design, args.orderings, args.workers)
     print(f"design block: chose threshold {thr}, patience {pat}, margin {mar} x 0.1 point",
           flush=True)
     neighbours = sorted({t for t in THRESHOLDS if t in (thr,) or abs(
         THRESHOLDS.index(t) - THRESHOLDS.index(thr)) == 1})
-    results: dict[str, dict[str, Any]] = {}
-    for i, (name, rep) in enumerate(confirm.items()):
-        orders = orderings(rep.runs, args.orderings, 2000 + i)
-        row: dict[str, Any] = {}
-        for t in neighbours:
-            row[f"tracker-sched@{t:g}"] = evaluate(rep, orders, ts_arm(t, pat, mar))
-        for arm_name, arm in baseline_arms(rep.total_steps).items():
-            row[arm_name] = evaluate(rep, orders, arm)
-        results[name] = row
+    jobs = [(i, rep, args.orderings, neighbours, pat, mar)
+            for i, rep in enumerate(confirm.values())]
+    results: dict[str, dict[str, Any]] = dict(zip(
+        confirm, pool_map(_confirm_task, jobs, args.workers), strict=True))
+    for name, row in results.items():
         print(f"confirmation {name}:", flush=True)
         for arm_name, r in row.items():
             print(f"  {arm_name:<26} compute {r['compute_median']:.3f} (p95 "
                   f"{r['compute_p95']:.3f})  regret {r['regret_median']:.3f} (p95 "
                   f"{r['regret_p95']:.3f}) pt  within 0.1 pt {r['within_goal']:.0%}", flush=True)
     goals = _goals(results, f"tracker-sched@{thr:g}")
-    report = {"fit_config": FIT.model_dump(mode="json"), "fit_seconds": fit_s,
+    report = {"command": "python -m benchmarks.early_stopping " + " ".join(
+                  sys.argv[1:] if argv is None else argv),
+              "fit_config": FIT.model_dump(mode="json"), "bundles": fit_s,
               "goal": {"regret_points": GOAL_REGRET, "share": GOAL_SHARE},
               "chosen": {"threshold": thr, "patience": pat, "margin_goal_units": mar},
               "design": design_rows, "confirmation": results, "goals": goals,
@@ -211,8 +235,12 @@ def _plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False)
-    for ax, (task, row) in zip(axes[0], results.items(), strict=True):
+    cols = min(4, len(results))
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(results):]:
+        ax.set_visible(False)
+    for ax, (task, row) in zip(axes.flat, results.items(), strict=False):
         for arm, r in row.items():
             style = ("o", "C3") if arm.startswith("tracker") else (
                 ("s", "C0") if arm.startswith("optuna") else (("^", "C2") if arm.startswith(

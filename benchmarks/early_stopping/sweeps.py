@@ -18,10 +18,12 @@ ends, so no arm sees a value before it pays for it).
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ from tracker_sched.fit.config import FitConfig
 from tracker_sched.fit.generative import fit_sweep
 from tracker_sched.fit.stop_calibration import member_finals
 from tracker_sched.model.latent import ModelConfig
+from tracker_sched.model.stop_odds import StopCalibration
 from tracker_sched.schema import RunRecord
 from tracker_sched.sources.files import read_sweep
 
@@ -97,7 +100,7 @@ class Replay:
     """A pruned sweep as every arm sees it."""
 
     name: str
-    direction: str  # "max" | "min"
+    direction: Literal["max", "min"]
     total_steps: int
     val_steps: list[np.ndarray]  # per run: the steps of its validation reports
     val_values: list[np.ndarray]
@@ -106,7 +109,8 @@ class Replay:
     tau: np.ndarray  # (K,) progress of each decision's window end
     mean: np.ndarray  # (runs, K) forecast of the final, transformed units
     spread: np.ndarray  # (runs, K)
-    bundle: Bundle
+    stopping: StopCalibration | None  # the bundle's stop calibration (the odds' scale)
+    bundle: Bundle | None = None  # None once sent to a replay process
 
     @property
     def runs(self) -> int:
@@ -142,7 +146,7 @@ def build_replay(name: str, bundle: Bundle, records: list[RunRecord]) -> Replay:
         val_values=[np.asarray(v.value, dtype=np.float64) for v in vals],
         final=np.asarray([float(v.value[-1]) for v in vals]),
         decide_steps=decide, tau=ends / (g - 1), mean=finals.mean(axis=0).T,
-        spread=spread.T, bundle=bundle)
+        spread=spread.T, stopping=m.stopping, bundle=bundle)
 
 
 @dataclass(frozen=True)
@@ -154,8 +158,9 @@ class Task:
 
 
 def tasks() -> list[Task]:
-    out = [Task(t.name, lambda t=t: random_sweep(t, 1), lambda t=t: random_sweep(t, 2),
-                lambda t=t: random_sweep(t, 3)) for t in SYN_TASKS]
+    out = [Task(t.name, functools.partial(random_sweep, t, 1),
+                functools.partial(random_sweep, t, 2), functools.partial(random_sweep, t, 3))
+           for t in SYN_TASKS]
     return out
 
 

@@ -34,8 +34,10 @@ G_PLANNER = '{"lr_target": "relative"}'
 class Job:
     """One training run to do. ``bundle``/``bundle_tag``: an advised run's bundle folder and
     its identity (the manifest's ``created_at``), so a refitted bundle is a new job.
-    ``planner``: the generative planner's settings that differ from the defaults, as JSON
-    (``'{"lr_target": "relative"}'``, ``benchmarks/suite/variants.py``); part of the key."""
+    ``planner``: generative planner settings spelled out as JSON, whether or not they are
+    the defaults (``'{"lr_target": "relative"}'``, ``benchmarks/suite/variants.py``), so the
+    key says what the run was advised with; a setting left out takes the code's default,
+    which the key does not record."""
 
     task: str
     kind: str

@@ -13,6 +13,7 @@ could reach without those seeds.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import statistics
 import time
@@ -217,6 +218,8 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
             entry["overhead_share"] = (sum(r["advisor_s"] for r in rs)
                                        / max(1e-9, sum(r["wall_s"] for r in rs)))
             entry["lr_curves"] = {str(r["seed"]): [r["lr_steps"], r["lr"]] for r in rs[:4]}
+            if arm == "g":  # which planner settings (g) ran: part of its jobs' cache key
+                entry["planner"] = json.loads(G_PLANNER)
         if arm != "a":
             entry["gain"] = stats.paired(stats.gains(test, ref_test, task.direction))
             entry["gain_val"] = stats.paired(
@@ -246,6 +249,7 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
                   "families": [{"family": s.family, "peak_lr": s.peak, "predicted": s.predicted,
                                 "where": s.where, "coef": s.coef} for s in q_all]},
             "sf": {"schedule": SCHEDULE_FREE, "peak_lr": sf_peak, "extra_runs": len(sf_jobs),
+                   "at_edge": sf_peak in (min(peaks), max(peaks)),
                    "candidates": {f"{p:.4g}": statistics.fmean(v)
                                   for (_, p), v in sorted(sf_table.items())}},
             "o": {"schedule": o_fam, "peak_lr": o_peak, "grid_runs_per_seed": len(dense),

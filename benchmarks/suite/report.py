@@ -112,7 +112,7 @@ def table(block_report: dict[str, Any], block: str) -> str:
         cells = [name, t["unit"], str(len(t["seeds"])), f"{scale * arms['a']['test_mean']:.3f}",
                  *[_ci(arms[a]["gain"] if a in arms else None) for a in GAIN_ARMS]]
         lines.append(" | ".join(cells))
-    p = block_report["pooled"]
+    p = pooled(tasks)  # recomputed: a block written before an arm existed has no row for it
     lines.append(" | ".join(["pooled, all tasks", "mixed", "", "",
                              *[_ci(p[a]["all_tasks"]) for a in GAIN_ARMS]]))
     if any(p[a]["accuracy_tasks"] for a in GAIN_ARMS):
@@ -128,7 +128,7 @@ def table(block_report: dict[str, Any], block: str) -> str:
         ch = t["choices"]
         lines.append(
             f"{name}: choices a={_cfg(ch['a'])} a'={_cfg(ch[REFINED])}"
-            f" q={_cfg(ch['q'])} sf={_cfg(ch['sf']) if 'sf' in ch else '-'} o={_cfg(ch['o'])}; "
+            f" q={_cfg(ch['q'])} sf={_sf(ch)} o={_cfg(ch['o'])}; "
             f"forecast tau 0.5 beats "
             f"nearest/last (median RMSE) {beats.get('nearest_median_rmse')}/"
             f"{beats.get('last_median_rmse')}, spearman model "
@@ -141,6 +141,13 @@ def table(block_report: dict[str, Any], block: str) -> str:
 
 def _cfg(c: dict[str, Any]) -> str:
     return f"{c['schedule']}@{c['peak_lr']:.3g}"
+
+
+def _sf(choices: dict[str, Any]) -> str:
+    sf = choices.get("sf")
+    if sf is None:
+        return "-"
+    return _cfg(sf) + (" (at the sweep's edge)" if sf.get("at_edge") else "")
 
 
 def _num(x: float | None) -> str:

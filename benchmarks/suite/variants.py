@@ -94,7 +94,10 @@ def measure(name: str, seeds: list[int], variant: str, runs_dir: Path, cache_dir
 
     # the absolute planner: the suite's (g) rows cached before "relative" became the default
     # (their key names no planner), else run here
-    old = [src.done.get(f"generative|{s}|{tag}") for s in seeds]
+    old = [src.done.get(Job(name, "generative", fam, peak, s, bundle_tag=tag).key) for s in seeds]
+    if variant == "absolute" and not all(r is not None for r in old):
+        raise SystemExit(f"{name}: --variant absolute checks a rerun against the suite's cached "
+                         "absolute (g) rows, and the cache has none for these seeds")
     g = ([r for r in old if r is not None] if all(r is not None for r in old) else
          advised_rows(json.dumps(VARIANTS["absolute"], sort_keys=True), "absolute"))
     v_rows = advised_rows(json.dumps(VARIANTS[variant], sort_keys=True), variant)

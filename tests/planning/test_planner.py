@@ -165,7 +165,8 @@ def test_a_relative_lr_target_moves_the_current_plan_by_the_decoded_difference(
     absolute = np.log10(plans["absolute"].schedule.lr)
     assert np.allclose(np.log10(other.schedule.lr), absolute, atol=1e-9)
     assert np.abs(absolute - kept).max() > 0.1
-    # without a current plan, "current" is the decoded live course: both targets agree
+    # without a current plan there is no plan to move: the relative target is the absolute
+    # one (the decoded live course is `current`), on the unmodified bundle too
     a, r = (GenerativePlanner(bundle, PlannerConfig(lr_target=t)).plan(h, step=300,
                                                                         total_steps=840)
             for t in ("absolute", "relative"))

@@ -236,12 +236,16 @@ class GenerativePlanner(Planner):
             return fallback(f"no candidate beats the current course (best gain {gain:+.4f}); "
                             "keeping the current plan")
         log_lr = self._log_lr(mean[best, :, LOG_LR].mean(dim=0))
+        incumbent = self.incumbent(w.future_steps, w.total_steps)
         if cfg.lr_target == "relative":
             # Candidate 0 is the live course: the decoder's error common to every candidate
-            # cancels in the difference, which moves the plan the run follows now.
+            # cancels in the difference, which moves the plan the run follows now. A caller
+            # that sends no current plan (recommend, the served model without `current`)
+            # has no plan to move: `keep` is then the decoded live course, and the plan is
+            # the absolute one (assuming the sweep's best schedule instead would move a run
+            # on another schedule onto the best's course for no reason the model gave).
             log_lr = keep + (log_lr - self._log_lr(mean[0, :, LOG_LR]))
-        sched = self._guard(log_lr, end, current=w.current_log_lr,
-                            incumbent=self.incumbent(w.future_steps, w.total_steps))
+        sched = self._guard(log_lr, end, current=w.current_log_lr, incumbent=incumbent)
         pred = float(final.mean(dim=0)[best].mean())
         return self._recommendation(
             "planned", f"top {k} of {n_acc} accepted candidates; predicted gain {gain:+.4f}",
