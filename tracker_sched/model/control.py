@@ -23,7 +23,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torchdiffeq import odeint
 
 from tracker_sched.data.grid import (
     LOG_LR,
@@ -39,8 +38,8 @@ from tracker_sched.model.latent import (
     ModelConfig,
     StackedMLP,
     last_observation,
-    solver_kwargs,
 )
+from tracker_sched.model.solver import solve
 
 KIND: Literal["control_ode"] = "control_ode"
 OUTPUTS = (TRAIN_LOSS, VAL_METRIC)  # decoded channels, in dataset channel indices
@@ -94,7 +93,7 @@ class ControlODE(LatentODE):
             out: torch.Tensor = field(h, interp_input(u, t, dt))
             return out
 
-        hs: torch.Tensor = odeint(f, h0, offsets, **solver_kwargs(self.config, dt))
+        hs = solve(f, h0, offsets, self.config, dt)
         return hs.transpose(0, 1)
 
     def forward_input(
@@ -168,7 +167,7 @@ class ControlEnsemble:
         t_end = (k - 1) * self.dt
         offsets = torch.tensor([0.0, t_end]) if k > 1 else torch.tensor([0.0])
         if k > 1:
-            hs = odeint(f, h0, offsets, **solver_kwargs(cfg, self.dt))
+            hs = solve(f, h0, offsets, cfg, self.dt)
             h_end = hs[-1]
         else:
             h_end = h0
