@@ -128,9 +128,8 @@ class Stopper:
         if at >= self.total_steps:  # a stop there would save nothing and lose a finished run
             return StopDecision(incumbent=incumbent, tau=tau_now,
                                 reason="the run has reached its budget: nothing left to save")
-        firsts = [int(s[0]) for s, _ in (history.train_loss, history.lr, history.val_metric)
-                  if len(s)]
-        if not firsts or not window_ready(self.bundle, at, self.total_steps, min(firsts)):
+        first = history.first_step
+        if first is None or not window_ready(self.bundle, at, self.total_steps, first):
             return StopDecision(incumbent=incumbent, tau=tau_now,
                                 reason="the context window is not full yet")
         self._planner = self._planner or GenerativePlanner(self.bundle)
