@@ -248,3 +248,27 @@ def test_the_variants_leave_one_task_out_choice_never_sees_the_held_out_task() -
     assert out["picks"]["with_best"] != ["best"] * 3
     assert loto(neg, "relative")["per_task"]["y"]["with_best"]["pick"] == "best"
     assert verdict(tasks, out, "relative").startswith("keep absolute")
+
+
+def test_the_fit_variants_rule_keeps_the_cheaper_fit_unless_the_costlier_one_earns_it() -> None:
+    from benchmarks.suite.auto_rule import standardised
+    from benchmarks.suite.fit_variants import loto, pick
+
+    def task(cheap: list[float], shipped: list[float]) -> dict[str, Any]:
+        return {"unit": "points", "kinds": {"generative": {
+            v: {"gain_test": g, "standardised": standardised(g)}
+            for v, g in (("patience2", cheap), ("shipped", shipped))}}}
+
+    # a tie within MARGIN goes to the cheaper variant
+    same = {n: task([0.1, 0.3, 0.2], [0.1, 0.3, 0.21]) for n in "xy"}
+    assert pick(same, "generative")[0] == "patience2"
+    # x: the shipped fit is far better; y and z: equal. Holding x out, the folds see no
+    # reason to pay for the costlier fit, and x's held-out gain is the cheap fit's
+    tasks = {"x": task([-3.0, -2.0, -4.0], [0.1, 0.3, 0.2]),
+             "y": task([1.0, 2.0, 1.5], [1.0, 2.0, 1.5]),
+             "z": task([0.5, 0.7, 0.6], [0.5, 0.7, 0.6])}
+    out = loto(tasks, "generative")
+    assert out["per_task"]["x"]["pick"] == "patience2"
+    assert out["per_task"]["x"]["gain"]["mean"] == pytest.approx(-3.0)
+    assert out["per_task"]["y"]["pick"] == "shipped"  # x's evidence counts there
+    assert out["ship"] == "shipped" and not out["folds_agree"]
