@@ -271,4 +271,8 @@ def test_the_fit_variants_rule_keeps_the_cheaper_fit_unless_the_costlier_one_ear
     assert out["per_task"]["x"]["pick"] == "patience2"
     assert out["per_task"]["x"]["gain"]["mean"] == pytest.approx(-3.0)
     assert out["per_task"]["y"]["pick"] == "shipped"  # x's evidence counts there
-    assert out["ship"] == "shipped" and not out["folds_agree"]
+    assert out["choice_all_tasks"] == "shipped" and not out["folds_agree"]
+    assert out["ship"] == "shipped"
+    # every fold and the rule on all tasks agree: the cheaper fit ships
+    assert loto(same | {"z": task([0.2, 0.1, 0.3], [0.2, 0.1, 0.3])}, "generative")["ship"] == (
+        "patience2")

@@ -20,7 +20,8 @@ For each task whose suite cache (``<runs-dir>/<task>/``: the sweep's ``tracker/`
    standardised paired test gain over (a) (mean / sd, ``benchmarks.suite.auto_rule``); the
    cheapest variant is picked unless a costlier one scores more than ``MARGIN`` above it.
    The pick's gain on the held-out task is reported per task and pooled. The variant that
-   ships is the rule's pick on all tasks, if every fold agrees with it; the report says so.
+   ships is the rule's pick on all tasks if every fold picks it too; a choice the folds do
+   not reproduce is not validated, and the shipped setting stays.
 
 Writes ``benchmarks/results/suite_fit_variants.json`` after every task and prints the table.
 """
@@ -49,6 +50,7 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "control": {"iterations300": {"iterations": 300}, "shipped": {}},
 }
 ARM = {"generative": "g", "control": "c"}
+SHIPPED = "shipped"
 
 
 def _config(kind: str, variant: str) -> Any:
@@ -182,12 +184,15 @@ def loto(tasks: dict[str, dict[str, Any]], kind: str) -> dict[str, Any]:
         g = t["kinds"][kind][choice]["gain_test"]
         held[name] = g
         per[name] = {"pick": choice, "scores_on_others": scores, "gain": stats.paired(g)}
-    ship, all_scores = pick(tasks, kind)
+    choice, all_scores = pick(tasks, kind)
     folds = [r["pick"] for r in per.values()]
+    agree = all(f == choice for f in folds)
     acc = {n: g for n, g in held.items() if tasks[n]["unit"] == "points"}
     return {"per_task": per, "pooled_accuracy_tasks": stats.pooled(acc) if acc else None,
-            "ship": ship, "scores_all_tasks": all_scores, "folds_agree": all(
-                f == ship for f in folds), "picks": folds, "margin": MARGIN}
+            "choice_all_tasks": choice, "scores_all_tasks": all_scores, "folds_agree": agree,
+            "picks": folds, "margin": MARGIN,
+            # a choice the folds do not reproduce is not validated: the shipped setting stays
+            "ship": choice if agree else SHIPPED}
 
 
 def _ci(g: dict[str, Any]) -> str:
@@ -215,7 +220,8 @@ def table(doc: dict[str, Any]) -> str:
                 f"{n}: {r['pick']} {_ci(r['gain'])}" for n, r in held["per_task"].items()))
             if held["pooled_accuracy_tasks"]:
                 lines.append(f"  pooled over accuracy tasks: {_ci(held['pooled_accuracy_tasks'])}")
-            lines.append(f"  ships: {held['ship']} (folds agree: {held['folds_agree']}; "
+            lines.append(f"  ships: {held['ship']} (rule on all tasks: "
+                         f"{held['choice_all_tasks']}; folds agree: {held['folds_agree']}; "
                          f"scores on all tasks: " + ", ".join(
                              f"{v} {s:+.2f}" for v, s in held["scores_all_tasks"].items()) + ")")
     return "\n".join(lines)
@@ -234,7 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path,
                     default=Path("benchmarks/results/suite_fit_variants.json"))
+    ap.add_argument("--print", dest="print_only", action="store_true",
+                    help="recompute the leave-one-task-out choice from the JSON, print it")
     ns = ap.parse_args(argv)
+    if ns.print_only:
+        if not ns.out.exists():
+            raise SystemExit(f"{ns.out} does not exist: run the benchmark first")
+        doc = json.loads(ns.out.read_text())
+        doc["loto"] = {k: loto(doc["tasks"], k) for k in doc["kinds"]}
+        ns.out.write_text(json.dumps(doc, indent=1, allow_nan=True))
+        print(table(doc))
+        return 0
     import torch
 
     torch.set_num_threads(1)
