@@ -8,7 +8,7 @@
 For each task whose suite cache (``<runs-dir>/<task>/``: the sweep's ``tracker/`` and
 ``jobs.jsonl``, written by ``python -m benchmarks.suite``) holds the sweep, this
 
-1. fits one bundle per fit variant (:data:`VARIANTS`: the shipped settings and a cheaper
+1. fits one bundle per fit variant (:data:`VARIANTS`: the settings shipped before and cheaper
    one per kind) on the sweep as the tracker's source reads it, with ``--workers``
    processes, into ``<cache-dir>/<task>/<kind>_<variant>/`` (a bundle already there is
    used as it is; its manifest keeps the fit's wall time and iterations);
@@ -21,7 +21,7 @@ For each task whose suite cache (``<runs-dir>/<task>/``: the sweep's ``tracker/`
    cheapest variant is picked unless a costlier one scores more than ``MARGIN`` above it.
    The pick's gain on the held-out task is reported per task and pooled. The variant that
    ships is the rule's pick on all tasks if every fold picks it too; a choice the folds do
-   not reproduce is not validated, and the shipped setting stays.
+   not reproduce is not validated, and the former setting (:data:`FORMER`) stays.
 
 Writes ``benchmarks/results/suite_fit_variants.json`` after every task and prints the table.
 """
@@ -44,13 +44,18 @@ from benchmarks.suite.tasks import get
 from benchmarks.suite.tracking import log_and_read
 from benchmarks.suite.variants import ORDER
 
-#: Per kind, the variants from the cheapest to the costliest; "shipped" is the code's default.
+#: Per kind, the variants from the cheapest to the costliest, each spelled out (the code's
+#: defaults move with this benchmark's choice; a variant's name must not).
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "generative": {"patience2": {"patience": 2}, "shipped": {}},
-    "control": {"iterations300": {"iterations": 300}, "shipped": {}},
+    "generative": {"patience2": {"patience": 2}, "patience4": {"patience": 4}},
+    "control": {"iterations300": {"iterations": 300, "members": 5},
+                "members4": {"members": 4, "iterations": 600},
+                "members5": {"members": 5, "iterations": 600}},
 }
+#: The setting each kind shipped with before this benchmark chose; it stays unless the
+#: choice is validated (every leave-one-task-out fold picks what all tasks pick).
+FORMER = {"generative": "patience4", "control": "members5"}
 ARM = {"generative": "g", "control": "c"}
-SHIPPED = "shipped"
 
 
 def _config(kind: str, variant: str) -> Any:
@@ -191,8 +196,8 @@ def loto(tasks: dict[str, dict[str, Any]], kind: str) -> dict[str, Any]:
     return {"per_task": per, "pooled_accuracy_tasks": stats.pooled(acc) if acc else None,
             "choice_all_tasks": choice, "scores_all_tasks": all_scores, "folds_agree": agree,
             "picks": folds, "margin": MARGIN,
-            # a choice the folds do not reproduce is not validated: the shipped setting stays
-            "ship": choice if agree else SHIPPED}
+            # a choice the folds do not reproduce is not validated: the former setting stays
+            "ship": choice if agree else FORMER[kind], "former": FORMER[kind]}
 
 
 def _ci(g: dict[str, Any]) -> str:
@@ -212,7 +217,8 @@ def table(doc: dict[str, Any]) -> str:
                 continue
             cells = [f"{v}: {_ci(t['kinds'][kind][v]['test_vs_a'])}, "
                      f"{t['kinds'][kind][v]['fit_wall_s']:.0f} s, "
-                     f"{sum(t['kinds'][kind][v]['iterations'])} it" for v in names]
+                     f"{sum(t['kinds'][kind][v]['iterations'])} it" for v in names
+                     if v in t["kinds"][kind]]
             lines.append(f"  {name} ({t['unit']}): " + "; ".join(cells))
         held = doc.get("loto", {}).get(kind)
         if held:
@@ -225,6 +231,13 @@ def table(doc: dict[str, Any]) -> str:
                          f"scores on all tasks: " + ", ".join(
                              f"{v} {s:+.2f}" for v, s in held["scores_all_tasks"].items()) + ")")
     return "\n".join(lines)
+
+
+def _complete(doc: dict[str, Any], kind: str) -> bool:
+    """Whether every task of ``doc`` has every variant of ``kind`` (an earlier call may have
+    measured fewer)."""
+    return all(set(VARIANTS[kind]) <= set(t["kinds"].get(kind, {}))
+               for t in doc["tasks"].values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -247,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if not ns.out.exists():
             raise SystemExit(f"{ns.out} does not exist: run the benchmark first")
         doc = json.loads(ns.out.read_text())
-        doc["loto"] = {k: loto(doc["tasks"], k) for k in doc["kinds"]}
+        doc["loto"] = {k: loto(doc["tasks"], k) for k in doc["kinds"] if _complete(doc, k)}
         ns.out.write_text(json.dumps(doc, indent=1, allow_nan=True))
         print(table(doc))
         return 0
@@ -261,17 +274,20 @@ def main(argv: list[str] | None = None) -> int:
             sys.argv[1:] if argv is None else argv),
         "block": ns.block, "kinds": ns.kinds,
         "variants": {k: VARIANTS[k] for k in ns.kinds}, "tasks": {}, "loto": {}}
-    if ns.out.exists():  # keep the tasks of earlier calls
+    if ns.out.exists():  # keep the tasks and kinds of earlier calls on this block
         old = json.loads(ns.out.read_text())
-        if old.get("block") == ns.block and old.get("kinds") == ns.kinds:
+        if old.get("block") == ns.block:
             doc["tasks"] = old.get("tasks", {})
+            doc["kinds"] = [k for k in VARIANTS if k in {*old.get("kinds", []), *ns.kinds}]
+            doc["variants"] = {k: VARIANTS[k] for k in doc["kinds"]}
     for name in ns.tasks:
         res = measure(name, ns.kinds, seeds, ns.runs_dir, ns.cache_dir, max(1, ns.workers))
         if res is None:
             continue
-        doc["tasks"][name] = res
+        kinds = {**doc["tasks"].get(name, {}).get("kinds", {}), **res["kinds"]}
+        doc["tasks"][name] = {**res, "kinds": kinds}
         if len(doc["tasks"]) > 1:
-            doc["loto"] = {k: loto(doc["tasks"], k) for k in ns.kinds}
+            doc["loto"] = {k: loto(doc["tasks"], k) for k in doc["kinds"] if _complete(doc, k)}
         ns.out.parent.mkdir(parents=True, exist_ok=True)
         ns.out.write_text(json.dumps(doc, indent=1, allow_nan=True))
         print(table(doc), flush=True)

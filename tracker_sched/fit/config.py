@@ -47,7 +47,10 @@ class FitConfig(BaseModel):
     batch_size: int = Field(default=128, ge=1)
     max_iterations: int = Field(default=400, ge=1)
     eval_every: int = Field(default=50, ge=1)
-    patience: int = Field(default=4, ge=1, description="evaluations without improvement")
+    # 2, not 4: chosen leave one task out on the suite (benchmarks/suite/fit_variants.py):
+    # the same members on 5 of 6 tasks (a member rarely improves after two flat evaluations)
+    # with 18% fewer iterations
+    patience: int = Field(default=2, ge=1, description="evaluations without improvement")
     learning_rate: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     path_weight: float = Field(default=0.01, ge=0)
