@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=4,
                     help="seeds of the block per task (the committed tables used 8)")
     ap.add_argument("--workers", type=int, default=2,
-                    help="processes for training runs and fits (default: 2, the target machine's cores)")
+                    help="processes for training runs and fits (default: 2, the cores of the "
+                    "60-minute target machine)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny budgets and fits, separate caches: checks the machinery only")
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/suite"))
