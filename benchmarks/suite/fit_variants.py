@@ -39,10 +39,10 @@ from typing import Any
 from benchmarks.suite import stats
 from benchmarks.suite.auto_rule import MARGIN, standardised
 from benchmarks.suite.jobs import G_PLANNER, Cache, Job, run_jobs
-from benchmarks.suite.protocol import _best, block_seeds, finals
+from benchmarks.suite.protocol import _best, _count, block_seeds, finals
 from benchmarks.suite.tasks import get
 from benchmarks.suite.tracking import log_and_read
-from benchmarks.suite.variants import ORDER
+from benchmarks.suite.variants import ORDER, _ci
 
 #: Per kind, the variants from the cheapest to the costliest, each spelled out (the code's
 #: defaults move with this benchmark's choice; a variant's name must not).
@@ -159,12 +159,6 @@ def measure(name: str, kinds: list[str], seeds: list[int], runs_dir: Path, cache
     return out
 
 
-def _count(items: Any) -> dict[str, int]:
-    res: dict[str, int] = {}
-    for x in items:
-        res[x] = res.get(x, 0) + 1
-    return res
-
 
 def pick(tasks: dict[str, dict[str, Any]], kind: str) -> tuple[str, dict[str, float]]:
     """The rule: the cheapest variant unless a costlier one scores more than ``MARGIN``
@@ -199,11 +193,6 @@ def loto(tasks: dict[str, dict[str, Any]], kind: str) -> dict[str, Any]:
             # a choice the folds do not reproduce is not validated: the former setting stays
             "ship": choice if agree else FORMER[kind], "former": FORMER[kind]}
 
-
-def _ci(g: dict[str, Any]) -> str:
-    if g["lo"] != g["lo"]:  # nan: one seed
-        return f"{g['mean']:+.2f}"
-    return f"{g['mean']:+.2f} [{g['lo']:+.2f}, {g['hi']:+.2f}] {g['wins']}/{g['losses']}"
 
 
 def table(doc: dict[str, Any]) -> str:
