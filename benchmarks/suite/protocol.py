@@ -17,7 +17,6 @@ import json
 import math
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,23 +102,6 @@ def _fit(runs: list[RunRecord], folder: Path, kind: str, settings: Settings) -> 
     return Bundle.load(folder)
 
 
-def _fit_both(runs: list[RunRecord], root: Path, settings: Settings) -> tuple[Any, Any]:
-    """Both bundles. With ``workers > 1`` the two fits run side by side, each on its own pool.
-
-    Run one after the other, each fit leaves cores idle: the control fit's last round trains
-    one member (5 members on 2 workers), and generative members stop early at different
-    iterations. Side by side, the other fit's members fill those cores. Each fit is the same
-    computation either way (seeded members, one thread each); only the wall time moves.
-    """
-    kinds = ("generative", "control")
-    if settings.workers <= 1:
-        gen, ctl = (_fit(runs, root / f"bundle_{k}", k, settings) for k in kinds)
-        return gen, ctl
-    with ThreadPoolExecutor(len(kinds)) as ex:
-        futures = [ex.submit(_fit, runs, root / f"bundle_{k}", k, settings) for k in kinds]
-        return futures[0].result(), futures[1].result()
-
-
 def finals(runs: list[RunRecord], task: Task) -> dict[tuple[str, float], list[float]]:
     """``{(family, peak): [final val per seed]}`` of runs read back from the tracker."""
     out: dict[tuple[str, float], list[float]] = {}
@@ -160,25 +142,25 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
     print(f"  read {len(runs)} runs back from {task.tracker} in {read_s:.1f} s", flush=True)
 
     # 2. the bundles
-    t0 = time.perf_counter()
-    gen, ctl = _fit_both(runs, root, settings)
-    fits_wall = time.perf_counter() - t0
+    gen = _fit(runs, root / "bundle_generative", "generative", settings)
+    ctl = _fit(runs, root / "bundle_control", "control", settings)
 
     # 3. choices, from the sweep (and the refined grid's runs on the sweep's seeds)
     table = finals(runs, task)
     a_fam, a_peak = _best(table, task.direction)
     refine = [a_peak * 10 ** (s * REFINE_DEX) for s in (-1, 1)]
     ref_jobs = [Job(task.name, "run", a_fam, p, s, smoke) for p in refine for s in SWEEP_SEEDS]
-    run_jobs(ref_jobs, cache, w, "refined grid (sweep seeds)")
+    sf_jobs = [Job(task.name, "run", SCHEDULE_FREE, p, s, smoke) for p in peaks
+               for s in SWEEP_SEEDS]
+    # one pool for both: a pool's start and its last job's idle core are paid once
+    run_jobs(ref_jobs + sf_jobs, cache, w,
+             "refined grid and schedule-free lr selection (sweep seeds)")
     ref_table = {(a_fam, a_peak): table[(a_fam, a_peak)]}
     for p in refine:
         ref_table[(a_fam, p)] = [cache.done[Job(task.name, "run", a_fam, p, s, smoke).key]["val"]
                                  for s in SWEEP_SEEDS]
     r_fam, r_peak = _best(ref_table, task.direction)
     q_point, q_all = best_point(table, task.direction)
-    sf_jobs = [Job(task.name, "run", SCHEDULE_FREE, p, s, smoke) for p in peaks
-               for s in SWEEP_SEEDS]
-    run_jobs(sf_jobs, cache, w, "schedule-free lr selection (sweep seeds)")
     sf_table = {(SCHEDULE_FREE, p): [cache.done[Job(task.name, "run", SCHEDULE_FREE, p, s,
                                                     smoke).key]["val"] for s in SWEEP_SEEDS]
                 for p in peaks}
@@ -281,7 +263,6 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
             "tracker_log": tracker_info.get("log_s"), "tracker_read": read_s,
             "fit_generative": gen.manifest.report.wall_s,
             "fit_control": ctl.manifest.report.wall_s,
-            "fits_wall_this_call": fits_wall,
             "refine_compute": sum(cache.done[j.key]["wall_s"] for j in ref_jobs),
             "schedule_free_selection_compute": sum(cache.done[j.key]["wall_s"] for j in sf_jobs),
             "arms_compute": sum(cache.done[j.key]["wall_s"] for j in jobs),
