@@ -288,3 +288,25 @@ def test_the_fit_variants_rule_keeps_the_cheaper_fit_unless_the_costlier_one_ear
     assert split["choice_all_tasks"] == "patience2"
     assert split["per_task"]["y"]["pick"] == "patience4"
     assert split["ship"] == split["former"] == "patience4"
+
+
+def test_machine_speed_compares_the_same_plain_runs_only(tmp_path: Path) -> None:
+    from benchmarks.suite.machine_speed import compare
+
+    def write(root: Path, rows: list[tuple[str, str, float]]) -> None:
+        (root / "friedman").mkdir(parents=True)
+        (root / "friedman" / "jobs.jsonl").write_text(
+            "".join(json.dumps({"key": k, "kind": kind, "wall_s": s}) + "\n"
+                    for k, kind, s in rows))
+
+    write(tmp_path / "old", [("r1", "run", 2.0), ("r2", "run", 4.0), ("g1", "generative", 1.0),
+                             ("gone", "run", 9.0)])
+    write(tmp_path / "new", [("r1", "run", 3.0), ("r2", "run", 4.0), ("g1", "generative", 5.0),
+                             ("fresh", "run", 7.0)])
+    out = compare(tmp_path / "old", tmp_path / "new")
+    # r1 and r2 only: an advised run's time depends on its bundle, not the machine alone
+    assert out["friedman"] == {"runs": 2, "median_ratio": 1.25, "sum_s_before": 6.0,
+                               "sum_s_now": 7.0}
+    assert out["all"] == {"runs": 2, "median_ratio": 1.25, "sum_ratio": round(7 / 6, 3)}
+    with pytest.raises(SystemExit, match="no run"):
+        compare(tmp_path / "old", tmp_path / "nowhere")

@@ -1,0 +1,63 @@
+"""How fast the machine trained, now against an earlier run: the same plain runs, side by side.
+
+    python -m benchmarks.suite.machine_speed OLD_RUNS_DIR NEW_RUNS_DIR
+
+Two suite runs (two ``--runs-dir``) train many identical jobs: the same task, schedule,
+peak and seed give the same cache key and the same computation (training is
+deterministic). Their ``wall_s`` ratio, new over old, is the machine's speed between the
+two runs, measured on the suite's own work; it says how much of a change in a whole run's
+time came from the machine rather than from the code. Prints JSON: per task and over all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.suite.tasks import TASKS
+
+
+def _rows(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    return {r["key"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
+
+
+def compare(old: Path, new: Path) -> dict[str, Any]:
+    """Per task and over all: runs matched, median ratio, summed wall times and their ratio."""
+    out: dict[str, Any] = {}
+    ratios: list[float] = []
+    old_s = new_s = 0.0
+    for task in TASKS:
+        a, b = _rows(old / task / "jobs.jsonl"), _rows(new / task / "jobs.jsonl")
+        keys = [k for k in b if k in a and b[k]["kind"] == "run" and a[k]["wall_s"] > 0]
+        if not keys:
+            continue
+        r = [b[k]["wall_s"] / a[k]["wall_s"] for k in keys]
+        sa, sb = sum(a[k]["wall_s"] for k in keys), sum(b[k]["wall_s"] for k in keys)
+        out[task] = {"runs": len(keys), "median_ratio": round(statistics.median(r), 3),
+                     "sum_s_before": round(sa, 1), "sum_s_now": round(sb, 1)}
+        ratios += r
+        old_s, new_s = old_s + sa, new_s + sb
+    if not ratios:
+        raise SystemExit(f"no run of {new} matches one of {old}")
+    out["all"] = {"runs": len(ratios), "median_ratio": round(statistics.median(ratios), 3),
+                  "sum_ratio": round(new_s / old_s, 3)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.suite.machine_speed",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("old", type=Path, help="the earlier run's --runs-dir")
+    ap.add_argument("new", type=Path, help="the later run's --runs-dir")
+    args = ap.parse_args(argv)
+    print(json.dumps(compare(args.old, args.new), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
