@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -310,3 +311,21 @@ def test_machine_speed_compares_the_same_plain_runs_only(tmp_path: Path) -> None
     assert out["all"] == {"runs": 2, "median_ratio": 1.25, "sum_ratio": round(7 / 6, 3)}
     with pytest.raises(SystemExit, match="no run"):
         compare(tmp_path / "old", tmp_path / "nowhere")
+
+
+def test_the_offline_env_restores_its_own_variables_and_leaves_wandbs_service_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale service token must not come back: under 2 test processes, every wandb test
+    after the suite's wandb logging failed to connect to a service that had been stopped."""
+    from benchmarks.suite.tracking import _offline_env
+
+    monkeypatch.setenv("WANDB_SERVICE", "token-of-a-running-service")
+    monkeypatch.setenv("WANDB_PROJECT", "the-callers")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    with _offline_env(tmp_path):
+        assert os.environ["WANDB_DIR"] == str(tmp_path) and "WANDB_PROJECT" not in os.environ
+        del os.environ["WANDB_SERVICE"]  # what wandb.teardown() does after stopping it
+        os.environ["OTHER"] = "set inside"
+    assert "WANDB_SERVICE" not in os.environ
+    assert os.environ["WANDB_PROJECT"] == "the-callers" and "WANDB_DIR" not in os.environ
+    assert os.environ.pop("OTHER") == "set inside"

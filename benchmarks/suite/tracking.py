@@ -34,21 +34,33 @@ def wandb_id(run_id: str) -> str:
 
 @contextmanager
 def _offline_env(root: Path) -> Iterator[None]:
-    keep = dict(os.environ)
-    os.environ.update({
+    """wandb offline under ``root``; on exit the variables set or cleared here are restored.
+
+    Only those: the block's ``wandb.teardown()`` stops the process's wandb service and clears
+    its token (``WANDB_SERVICE``), and restoring the whole environment would bring back the
+    token of a service that no longer runs, so the caller's next ``wandb.init`` would fail to
+    connect (it did, in the test process that had a service running before).
+    """
+    set_vars = {
         "WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_SILENT": "true",
         "WANDB_ERROR_REPORTING": "false", "WANDB_DISABLE_GIT": "true", "WANDB_CONSOLE": "off",
         **{v: str(root / ".wandb-home") for v in ("WANDB_DATA_DIR", "WANDB_CACHE_DIR",
                                                    "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR")},
-    })
-    for var in ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RUN_ID", "WANDB_PROJECT",
-                "WANDB_ENTITY", "WANDB_API_KEY", "WANDB_BASE_URL"):
+    }
+    cleared = ("WANDB_SWEEP_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_RUN_ID", "WANDB_PROJECT",
+               "WANDB_ENTITY", "WANDB_API_KEY", "WANDB_BASE_URL")
+    keep = {k: os.environ.get(k) for k in (*set_vars, *cleared)}
+    os.environ.update(set_vars)
+    for var in cleared:
         os.environ.pop(var, None)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(keep)
+        for k, v in keep.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def log_wandb(runs: Sequence[RunRecord], root: Path, project: str) -> None:
