@@ -159,7 +159,6 @@ def measure(name: str, kinds: list[str], seeds: list[int], runs_dir: Path, cache
     return out
 
 
-
 def pick(tasks: dict[str, dict[str, Any]], kind: str) -> tuple[str, dict[str, float]]:
     """The rule: the cheapest variant unless a costlier one scores more than ``MARGIN``
     above it (score: mean standardised test gain over ``tasks``)."""
@@ -192,7 +191,6 @@ def loto(tasks: dict[str, dict[str, Any]], kind: str) -> dict[str, Any]:
             "picks": folds, "margin": MARGIN,
             # a choice the folds do not reproduce is not validated: the former setting stays
             "ship": choice if agree else FORMER[kind], "former": FORMER[kind]}
-
 
 
 def table(doc: dict[str, Any]) -> str:

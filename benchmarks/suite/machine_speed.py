@@ -17,13 +17,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from benchmarks.suite.jobs import Cache
 from benchmarks.suite.tasks import TASKS
-
-
-def _rows(path: Path) -> dict[str, dict[str, Any]]:
-    if not path.exists():
-        return {}
-    return {r["key"]: r for r in map(json.loads, path.read_text().splitlines()) if r}
 
 
 def compare(old: Path, new: Path) -> dict[str, Any]:
@@ -32,7 +27,7 @@ def compare(old: Path, new: Path) -> dict[str, Any]:
     ratios: list[float] = []
     old_s = new_s = 0.0
     for task in TASKS:
-        a, b = _rows(old / task / "jobs.jsonl"), _rows(new / task / "jobs.jsonl")
+        a, b = Cache(old / task / "jobs.jsonl").done, Cache(new / task / "jobs.jsonl").done
         keys = [k for k in b if k in a and b[k]["kind"] == "run" and a[k]["wall_s"] > 0]
         if not keys:
             continue
