@@ -19,10 +19,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.suite import report
+from benchmarks.suite.jobs import suite_pool
 from benchmarks.suite.protocol import Settings, block_seeds, run_task
-from benchmarks.suite.tasks import TASKS, get
+from benchmarks.suite.tasks import TASKS, Task, get
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,12 +61,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tasks = [get(n) for n in ns.tasks]
     seeds = block_seeds(ns.block, ns.seeds)
-    settings = Settings(runs_dir=ns.runs_dir, workers=max(1, ns.workers), smoke=ns.smoke)
     import torch
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     done = {}
+    workers = max(1, ns.workers)
+    with suite_pool(workers) as pool:  # one pool for every task: started once
+        settings = Settings(runs_dir=ns.runs_dir, workers=workers, smoke=ns.smoke, pool=pool)
+        block = _run_tasks(tasks, ns, argv, out, seeds, settings, done)
+    print(report.table(block, ns.block))
+    print(f"suite: {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _run_tasks(tasks: list[Task], ns: argparse.Namespace, argv: list[str] | None, out: Path,
+               seeds: list[int], settings: Settings, done: dict[str, Any]) -> Any:
+    """Every task through the protocol, its section merged into ``out`` and its plot
+    written as soon as it ends; returns the merged block."""
+    block: Any = None
+    stem = out.stem
     for task in tasks:
         done[task.name] = run_task(task, ns.block, seeds, settings)
         section = {
@@ -79,6 +95,4 @@ def main(argv: list[str] | None = None) -> int:
         report.plot(png, task.name, done[task.name], ns.block)
         print(f"  {task.name}: {done[task.name]['time_s']['task_wall_this_call']:.0f} s; "
               f"wrote {out} and {png}", flush=True)
-    print(report.table(block, ns.block))
-    print(f"suite: {time.perf_counter() - t0:.0f} s")
-    return 0
+    return block

@@ -10,12 +10,14 @@ point of the oracle's grid) and a stopped suite resumes where it was:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing as mp
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,29 @@ def _init() -> None:
     torch.set_num_threads(1)
 
 
+@contextlib.contextmanager
+def suite_pool(workers: int) -> Iterator[Pool | None]:
+    """One pool of ``workers`` single-threaded processes for a whole suite invocation (None
+    for one worker): every task's sweep, refined grid, schedule-free selection, fits and
+    arms run on it, so its processes start and import torch and the tasks once, not five
+    times per task. Terminated on an error or an interrupt, closed and joined otherwise.
+    """
+    if workers <= 1:
+        yield None
+        return
+    from tracker_sched.util.workers import spawn_pool
+
+    pool = spawn_pool(workers, initializer=_init)
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
+
+
 def execute(job: Job) -> dict[str, Any]:
     """Train ``job`` in this process and return its cache row."""
     _init()
@@ -141,8 +166,10 @@ def execute(job: Job) -> dict[str, Any]:
     return row
 
 
-def run_jobs(jobs: Iterable[Job], cache: Cache, workers: int, label: str) -> None:
-    """Run every job not in ``cache`` (``workers`` > 1: a spawn pool), caching each row."""
+def run_jobs(jobs: Iterable[Job], cache: Cache, workers: int, label: str,
+             pool: Pool | None = None) -> None:
+    """Run every job not in ``cache``, caching each row: on the caller's open ``pool``,
+    else (``workers`` > 1) on a spawn pool of this call's own."""
     todo: list[Job] = []
     seen: set[str] = set()
     for j in jobs:
@@ -162,6 +189,10 @@ def run_jobs(jobs: Iterable[Job], cache: Cache, workers: int, label: str) -> Non
             print(f"    {i}/{len(todo)} in {now - t0:.0f} s", flush=True)
             last = now
 
+    if pool is not None:
+        for i, row in enumerate(pool.imap_unordered(execute, todo), start=1):
+            done(i, row)
+        return
     if workers <= 1:
         for i, j in enumerate(todo, start=1):
             done(i, execute(j))

@@ -12,12 +12,14 @@ could reach without those seeds.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,14 @@ ARM_NAMES = {"a": "sweep's best", "a'": "refined grid", "q": "response surface",
 
 @dataclass(frozen=True)
 class Settings:
-    """How a suite invocation runs: where it caches, with how many workers, how small."""
+    """How a suite invocation runs: where it caches, with how many workers, how small, and
+    the invocation's pool of those workers (:func:`~benchmarks.suite.jobs.suite_pool`), if
+    it has one."""
 
     runs_dir: Path
     workers: int = 1
     smoke: bool = False
+    pool: Pool | None = field(default=None, compare=False, repr=False)
 
 
 def sweep_grid(task: Task, smoke: bool) -> tuple[tuple[str, ...], tuple[float, ...]]:
@@ -84,7 +89,8 @@ def _fit_configs(smoke: bool) -> tuple[Any, Any]:
             ControlFitConfig(grid_points=30, window=8, iterations=15, members=2, batch_size=32))
 
 
-def _fit(runs: list[RunRecord], folder: Path, kind: str, settings: Settings) -> Any:
+def _fit(runs: list[RunRecord], folder: Path, kind: str, settings: Settings,
+         pool: Any = None) -> Any:
     from tracker_sched.bundle.folder import Bundle
 
     if not (folder / "bundle.json").exists():
@@ -93,13 +99,46 @@ def _fit(runs: list[RunRecord], folder: Path, kind: str, settings: Settings) -> 
         if kind == "generative":
             from tracker_sched.fit.generative import fit_sweep
 
-            fit_sweep(runs, gen_cfg, workers=settings.workers, progress=False).bundle.save(folder)
+            fit_sweep(runs, gen_cfg, workers=settings.workers, progress=False,
+                      pool=pool).bundle.save(folder)
         else:
             from tracker_sched.fit.control import fit_control
 
-            fit_control(runs, ctl_cfg, workers=settings.workers).save(folder)
+            fit_control(runs, ctl_cfg, workers=settings.workers, pool=pool).save(folder)
         print(f"  {kind} fit: {time.perf_counter() - t0:.0f} s -> {folder}", flush=True)
     return Bundle.load(folder)
+
+
+def _fits(runs: list[RunRecord], root: Path, settings: Settings) -> tuple[Any, Any, float]:
+    """Both bundles, and the seconds their fits took together in this call.
+
+    When both fits are needed on several workers they run side by side on one shared
+    pool of ``workers`` processes: the generative fit's 4 members and the control fit's 5
+    fill the cores together, where one after the other each fit's last round left a core
+    idle (5 members on 2 cores is 3 rounds). Still one process per core; members are
+    seeded and single-threaded, so the bundles are the ones the sequential fits make.
+    """
+    folders = {kind: root / f"bundle_{kind}" for kind in ("generative", "control")}
+    t0 = time.perf_counter()
+    missing = [k for k, f in folders.items() if not (f / "bundle.json").exists()]
+    if settings.workers > 1 and len(missing) == 2:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from benchmarks.suite.jobs import suite_pool
+
+        with contextlib.ExitStack() as stack:
+            pool = settings.pool or stack.enter_context(suite_pool(settings.workers))
+            with ThreadPoolExecutor(2) as ex:
+                futures = [ex.submit(_fit, runs, folders[k], k, settings, pool)
+                           for k in ("generative", "control")]
+                gen, ctl = (f.result() for f in futures)
+    else:
+        gen = _fit(runs, folders["generative"], "generative", settings)
+        ctl = _fit(runs, folders["control"], "control", settings)
+    wall = time.perf_counter() - t0
+    if missing:
+        print(f"  fits ({' and '.join(missing)}): {wall:.0f} s", flush=True)
+    return gen, ctl, wall
 
 
 def finals(runs: list[RunRecord], task: Task) -> dict[tuple[str, float], list[float]]:
@@ -130,7 +169,7 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
     families, peaks = sweep_grid(task, smoke)
     sweep_jobs = [Job(task.name, "run", f, p, s, smoke, keep_record=True)
                   for f in families for p in peaks for s in SWEEP_SEEDS]
-    run_jobs(sweep_jobs, cache, w, "sweep")
+    run_jobs(sweep_jobs, cache, w, "sweep", settings.pool)
     trained = [RunRecord.model_validate(cache.done[j.key]["record"]) for j in sweep_jobs]
     t0 = time.perf_counter()
     read, tracker_info = log_and_read(trained, task.tracker, root / "tracker", task.name)
@@ -142,8 +181,7 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
     print(f"  read {len(runs)} runs back from {task.tracker} in {read_s:.1f} s", flush=True)
 
     # 2. the bundles
-    gen = _fit(runs, root / "bundle_generative", "generative", settings)
-    ctl = _fit(runs, root / "bundle_control", "control", settings)
+    gen, ctl, fits_wall = _fits(runs, root, settings)
 
     # 3. choices, from the sweep (and the refined grid's runs on the sweep's seeds)
     table = finals(runs, task)
@@ -152,9 +190,9 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
     ref_jobs = [Job(task.name, "run", a_fam, p, s, smoke) for p in refine for s in SWEEP_SEEDS]
     sf_jobs = [Job(task.name, "run", SCHEDULE_FREE, p, s, smoke) for p in peaks
                for s in SWEEP_SEEDS]
-    # one pool for both: a pool's start and its last job's idle core are paid once
+    # one batch for both: the last job's idle core is paid once
     run_jobs(ref_jobs + sf_jobs, cache, w,
-             "refined grid and schedule-free lr selection (sweep seeds)")
+             "refined grid and schedule-free lr selection (sweep seeds)", settings.pool)
     ref_table = {(a_fam, a_peak): table[(a_fam, a_peak)]}
     for p in refine:
         ref_table[(a_fam, p)] = [cache.done[Job(task.name, "run", a_fam, p, s, smoke).key]["val"]
@@ -185,7 +223,7 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
     jobs = [arm_job(arm, s) for s in seeds for arm in ("a", "a'", "q", "sf", "g", "c")]
     jobs += [Job(task.name, "run", f, p, s, smoke) for s in seeds for f, p in dense]
     t0 = time.perf_counter()
-    run_jobs(jobs, cache, w, f"arms, {block} block")
+    run_jobs(jobs, cache, w, f"arms, {block} block", settings.pool)
     arms_wall = time.perf_counter() - t0
 
     def rows(arm: str) -> list[dict[str, Any]]:
@@ -263,6 +301,7 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
             "tracker_log": tracker_info.get("log_s"), "tracker_read": read_s,
             "fit_generative": gen.manifest.report.wall_s,
             "fit_control": ctl.manifest.report.wall_s,
+            "fits_wall_this_call": fits_wall,
             "refine_compute": sum(cache.done[j.key]["wall_s"] for j in ref_jobs),
             "schedule_free_selection_compute": sum(cache.done[j.key]["wall_s"] for j in sf_jobs),
             "arms_compute": sum(cache.done[j.key]["wall_s"] for j in jobs),

@@ -508,3 +508,34 @@ def test_recovers_the_known_best_schedule() -> None:
     print(f"fit {fit_s:.0f} s; true gains {gains}; available {available:.4f}; {reasons}")
     assert available > 0.005  # room to show recovery
     assert min(gains) >= 0.5 * available
+
+
+def test_both_fits_side_by_side_on_one_shared_pool_make_the_same_bundles(
+    sweep: SyntheticSweep,
+) -> None:
+    """The suite runs the generative and the control fit at once on one pool of workers
+    (no idle core at either fit's last round). Members are seeded and single-threaded,
+    so each bundle equals the one its fit makes on a pool of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tracker_sched.util.workers import spawn_pool
+
+    gen_cfg = tiny_config(ensemble=2, seed=0, cross_fit=False)
+    ctl_cfg = ControlFitConfig(grid_points=GRID, window=WINDOW, iterations=15, batch_size=16,
+                               members=3, model=SMALL)
+    own_gen = fit_sweep(sweep.runs, gen_cfg, workers=2, progress=False).bundle
+    own_ctl = fit_control(sweep.runs, ctl_cfg, workers=2)
+    with spawn_pool(2) as pool, ThreadPoolExecutor(2) as ex:
+        g = ex.submit(fit_sweep, sweep.runs, gen_cfg, workers=7, progress=False, pool=pool)
+        c = ex.submit(fit_control, sweep.runs, ctl_cfg, workers=7, pool=pool)
+        shared_gen, shared_ctl = g.result().bundle, c.result()
+    pairs = [(own_gen, shared_gen), (own_ctl, shared_ctl)]
+    for own, shared in pairs:
+        assert shared.manifest.kind == own.manifest.kind
+        assert len(shared.models) == len(own.models) >= 2
+        for a, b in zip(own.models, shared.models, strict=True):
+            sa, sb = a.state_dict(), b.state_dict()
+            assert sa.keys() == sb.keys()
+            assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # the generative fit's report still lists every member's own iterations and seed
+    assert [m["seed"] for m in shared_gen.manifest.report.members] == [0, 1]

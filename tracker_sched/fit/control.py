@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from multiprocessing.pool import Pool
 from typing import Literal
 
 import numpy as np
@@ -47,7 +48,7 @@ from tracker_sched.model.control import (
 )
 from tracker_sched.model.latent import ModelConfig
 from tracker_sched.schema import MetricMap, RunIssue, RunRecord
-from tracker_sched.util.workers import spawn_pool
+from tracker_sched.util.workers import on_pool, spawn_pool
 
 log = logging.getLogger("tracker_sched.control")
 
@@ -128,16 +129,22 @@ def bootstrap_indices(n: int, members: int, seed: int, bootstrap: bool) -> list[
 
 
 def train_control_ensemble(
-    prep: PreparedSweep, config: ControlFitConfig, workers: int = 1
+    prep: PreparedSweep, config: ControlFitConfig, workers: int = 1, pool: Pool | None = None
 ) -> tuple[list[ControlODE], list[dict[str, float | int]]]:
+    """Train the bootstrap members: in this process, on ``workers`` processes, or on a
+    caller's open ``pool`` (then ``workers`` is not used)."""
     draws = bootstrap_indices(len(prep.runs), config.members, config.seed, config.bootstrap)
     jobs = [(prep.tensors(ix), config, config.seed + k) for k, ix in enumerate(draws)]
     workers = max(1, min(workers, len(jobs)))
-    if workers == 1:
+    if pool is not None:
+        states = on_pool(pool, _worker, jobs)
+    elif workers == 1:
         out = [train_control_member(*j) for j in jobs]
         return [m for m, _ in out], [i for _, i in out]
-    with spawn_pool(workers) as pool:  # spawn, safe from any caller (tracker_sched.util.workers)
-        states = pool.map(_worker, jobs)
+    else:
+        # spawn, safe from any caller (tracker_sched.util.workers)
+        with spawn_pool(workers) as own:
+            states = own.map(_worker, jobs)
     models = []
     for sd, _ in states:
         m = ControlODE(config.model)
@@ -160,12 +167,15 @@ def fit_control(
     budget: BudgetSpec | None = None,
     ignore_config_keys: Sequence[str] = (),
     checked: Preflight | None = None,
+    pool: Pool | None = None,
 ) -> Bundle:
     """Fit a control-mode bootstrap ensemble to a sweep and check its lr response.
 
     The bundle's manifest has ``kind="control_ode"`` and the checks under
     ``control``; :class:`~tracker_sched.planning.control.ControlPlanner` reads them.
     Every error the data can cause is raised before training (:func:`prepare`).
+    With ``pool`` (a caller's open :func:`~tracker_sched.util.workers.spawn_pool`) the
+    members train on its workers and ``workers`` is not used; the bundle is the same.
     """
     config = config or ControlFitConfig()
     t0 = time.perf_counter()
@@ -176,7 +186,7 @@ def fit_control(
                    ignore_config_keys=ignore_config_keys, source_issues=source_issues)
     if workers is None:
         workers = min(config.members, os.cpu_count() or 1)
-    models, infos = train_control_ensemble(prep, config, workers)
+    models, infos = train_control_ensemble(prep, config, workers, pool)
     fit_s = time.perf_counter() - t0
     ensemble = ControlEnsemble(models, prep.norm, config.grid_points)
     checks = run_checks(ensemble, prep, config.window, config.checks)

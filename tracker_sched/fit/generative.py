@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.pool import Pool
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from tracker_sched.fit.trust import forecast_trust
 from tracker_sched.model.forecast import Forecaster
 from tracker_sched.model.latent import LatentODE, path_length_penalty
 from tracker_sched.schema import MetricMap, RunIssue, RunRecord
-from tracker_sched.util.workers import spawn_pool
+from tracker_sched.util.workers import on_pool, spawn_pool
 
 
 @dataclass
@@ -164,6 +165,7 @@ def _member_worker(
     args: tuple[SweepTensors, SweepTensors | None, FitConfig, int],
 ) -> tuple[dict[str, torch.Tensor], MemberHistory]:
     train, holdout, config, seed = args
+    torch.set_num_threads(1)  # also on a caller's pool, whose workers _init_worker never saw
 
     def tick(it: int) -> None:
         if it % 10 == 0 and _PROGRESS is not None:
@@ -179,12 +181,19 @@ def train_ensemble(
     *,
     workers: int = 1,
     progress: bool = True,
+    pool: Pool | None = None,
 ) -> tuple[list[LatentODE], list[MemberHistory]]:
     """Train one member per ``(train, holdout)`` pair, with seeds ``seed, seed + 1, ...``.
 
-    With ``workers > 1`` members train in separate processes, one thread each.
+    With ``workers > 1`` members train in separate processes, one thread each. With
+    ``pool`` (a caller's :func:`~tracker_sched.util.workers.spawn_pool`, left open) they
+    train on its workers instead, and ``workers`` is not used.
     """
     seeds = [config.seed + i for i in range(len(data))]
+    jobs = [(tr, ho, config, s) for (tr, ho), s in zip(data, seeds, strict=True)]
+    if pool is not None:
+        states = on_pool(pool, _member_worker, jobs)
+        return _members(states, config)
     workers = max(1, min(workers, len(seeds)))
     if workers == 1:
         out = [train_member(tr, ho, config, s, progress=progress)
@@ -198,9 +207,7 @@ def train_ensemble(
     # Safe from any caller, a script without a __main__ guard included (tracker_sched.util.workers).
     pool = spawn_pool(workers, initializer=_init_worker, initargs=(queue,))
     try:
-        result = pool.map_async(
-            _member_worker, [(tr, ho, config, s) for (tr, ho), s in zip(data, seeds, strict=True)]
-        )
+        result = pool.map_async(_member_worker, jobs)
         while not result.ready():
             result.wait(0.25)
             while not queue.empty():
@@ -216,6 +223,13 @@ def train_ensemble(
         queue.close()
     bar.update(bar.total - bar.n)  # members that stopped early
     bar.close()
+    return _members(states, config)
+
+
+def _members(
+    states: Sequence[tuple[dict[str, torch.Tensor], MemberHistory]], config: FitConfig
+) -> tuple[list[LatentODE], list[MemberHistory]]:
+    """Models (in eval mode) and histories from the workers' state dicts."""
     models, hists = [], []
     for sd, hist in states:
         m = LatentODE(config.model)
@@ -244,6 +258,7 @@ def fit_sweep(
     budget: BudgetSpec | None = None,
     ignore_config_keys: Sequence[str] = (),
     checked: Preflight | None = None,
+    pool: Pool | None = None,
 ) -> FitResult:
     """Validate a sweep, fit the latent ODE ensemble, report holdout forecasts, build a bundle.
 
@@ -264,6 +279,11 @@ def fit_sweep(
         ignore_config_keys: config keys (globs) that do not tell configurations apart
             (:mod:`tracker_sched.identity`).
         checked: the pre-flight stage already run on ``records`` with these options.
+        pool: train the members on this caller-owned pool
+            (:func:`~tracker_sched.util.workers.spawn_pool`, left open), e.g. one shared by
+            two fits run side by side so that neither leaves a core idle; ``workers`` is
+            then not used. Members are seeded and train on one thread each, so the bundle
+            is the same either way.
 
     Returns:
         A :class:`FitResult`: ``bundle`` (in memory; ``bundle.save(path)`` writes it),
@@ -283,7 +303,7 @@ def fit_sweep(
     ]
     if workers is None:
         workers = min(config.ensemble, os.cpu_count() or 1)
-    models, hists = train_ensemble(data, config, workers=workers, progress=progress)
+    models, hists = train_ensemble(data, config, workers=workers, progress=progress, pool=pool)
     forecast = None
     if prep.cross_fit:
         # Every run is forecast by the one member that never trained on it.

@@ -59,3 +59,13 @@ def spawn_pool(
     ctx = mp.get_context("spawn")
     with _bare_main():
         return ctx.Pool(workers, initializer=initializer, initargs=tuple(initargs))
+
+
+def on_pool(pool: Pool, func: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+    """``func`` over ``jobs`` on a caller's ``pool`` (left open), results in ``jobs`` order.
+
+    One job per task (``chunksize=1``), so that two callers sharing a pool, each from its
+    own thread, interleave member by member and the pool's workers stay busy until the
+    last job of either ends.
+    """
+    return list(pool.map_async(func, jobs, chunksize=1).get())
