@@ -14,8 +14,9 @@ import contextlib
 import json
 import math
 import multiprocessing as mp
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from multiprocessing.pool import Pool
 from pathlib import Path
@@ -67,6 +68,7 @@ class Cache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.done: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()  # several threads of a task put rows at once
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 if line.strip():
@@ -77,10 +79,39 @@ class Cache:
                     self.done[row["key"]] = row
 
     def put(self, row: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-        self.done[row["key"]] = row
+        line = json.dumps(row) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(line)
+            self.done[row["key"]] = row
+
+
+class Background:
+    """``fn(*args)`` in a daemon thread; :meth:`result` waits for it and re-raises its error.
+
+    A daemon thread, not a ``concurrent.futures`` one: if the main thread stops (an error,
+    Ctrl-C), the suite's pool is terminated and a thread still waiting on it must not keep
+    the process alive (a terminated pool never answers its waiting callers).
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._out: Any = None
+        self._err: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._out = fn(*args)
+        except BaseException as exc:  # handed to the caller by result()
+            self._err = exc
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._err is not None:
+            raise self._err
+        return self._out
 
 
 def _init() -> None:
@@ -186,7 +217,7 @@ def run_jobs(jobs: Iterable[Job], cache: Cache, workers: int, label: str,
         cache.put(row)
         now = time.perf_counter()
         if now - last > 60 or i == len(todo):
-            print(f"    {i}/{len(todo)} in {now - t0:.0f} s", flush=True)
+            print(f"    {label}: {i}/{len(todo)} in {now - t0:.0f} s", flush=True)
             last = now
 
     if pool is not None:

@@ -18,6 +18,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.pool import Pool
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 from benchmarks.suite import stats
 from benchmarks.suite.evidence import evidence
-from benchmarks.suite.jobs import G_PLANNER, Cache, Job, run_jobs
+from benchmarks.suite.jobs import G_PLANNER, Background, Cache, Job, run_jobs
 from benchmarks.suite.loop import SCHEDULE_FREE
 from benchmarks.suite.surface import best_point
 from benchmarks.suite.tasks import Task
@@ -122,16 +123,15 @@ def _fits(runs: list[RunRecord], root: Path, settings: Settings) -> tuple[Any, A
     t0 = time.perf_counter()
     missing = [k for k, f in folders.items() if not (f / "bundle.json").exists()]
     if settings.workers > 1 and len(missing) == 2:
-        from concurrent.futures import ThreadPoolExecutor
-
         from benchmarks.suite.jobs import suite_pool
 
         with contextlib.ExitStack() as stack:
             pool = settings.pool or stack.enter_context(suite_pool(settings.workers))
-            with ThreadPoolExecutor(2) as ex:
-                futures = [ex.submit(_fit, runs, folders[k], k, settings, pool)
-                           for k in ("generative", "control")]
-                gen, ctl = (f.result() for f in futures)
+            # daemon threads (Background): a thread left waiting on a terminated pool must
+            # not hold the process open
+            threads = [Background(_fit, runs, folders[k], k, settings, pool)
+                       for k in ("generative", "control")]
+            gen, ctl = (t.result() for t in threads)
     else:
         gen = _fit(runs, folders["generative"], "generative", settings)
         ctl = _fit(runs, folders["control"], "control", settings)
@@ -157,6 +157,24 @@ def _best(table: dict[tuple[str, float], list[float]], direction: str) -> tuple[
     return max(table, key=lambda k: sign * statistics.fmean(table[k]))
 
 
+class _Done:
+    """A result already computed (what :func:`_background` returns without a pool)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+def _background(settings: Settings, fn: Callable[..., Any], *args: Any) -> Background | _Done:
+    """``fn(*args)`` in a background thread when the suite has a shared pool (the jobs it
+    queues there run beside this thread's), else here and now."""
+    if settings.pool is None:
+        return _Done(fn(*args))
+    return Background(fn, *args)
+
+
 def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> dict[str, Any]:
     """Run ``task`` through the protocol on ``seeds`` and return its report section."""
     root = settings.runs_dir / task.name
@@ -170,6 +188,17 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
     sweep_jobs = [Job(task.name, "run", f, p, s, smoke, keep_record=True)
                   for f in families for p in peaks for s in SWEEP_SEEDS]
     run_jobs(sweep_jobs, cache, w, "sweep", settings.pool)
+    # The oracle's dense grid (most of the arms' runs) needs nothing from the sweep: on a
+    # shared pool it trains in the background, beside this thread's work. The pool takes
+    # jobs first come, first served, so it is queued in two parts: the first seed's grid
+    # now, to fill the cores while this process logs to the tracker; the other seeds' once
+    # the fits' members are queued, so that the fits start early and the grid's short runs
+    # fill whatever core the fits' last members leave idle.
+    dense = [(f, p) for f in families for p in dense_peaks(peaks)]
+    dense_jobs = [Job(task.name, "run", f, p, s, smoke) for s in seeds for f, p in dense]
+    t_arms = time.perf_counter()
+    oracle = [_background(settings, run_jobs, dense_jobs[:len(dense)], cache, w,
+                          f"oracle's dense grid, seed {seeds[0]}", settings.pool)]
     trained = [RunRecord.model_validate(cache.done[j.key]["record"]) for j in sweep_jobs]
     t0 = time.perf_counter()
     read, tracker_info = log_and_read(trained, task.tracker, root / "tracker", task.name)
@@ -180,8 +209,8 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
                          f"{len(trained)} runs; issues: {read.issues}")
     print(f"  read {len(runs)} runs back from {task.tracker} in {read_s:.1f} s", flush=True)
 
-    # 2. the bundles
-    gen, ctl, fits_wall = _fits(runs, root, settings)
+    # 2. the bundles, fitted in the background: the plain runs of 3 and 4 need none
+    fits = _background(settings, _fits, runs, root, settings)
 
     # 3. choices, from the sweep (and the refined grid's runs on the sweep's seeds)
     table = finals(runs, task)
@@ -203,11 +232,18 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
                                                     smoke).key]["val"] for s in SWEEP_SEEDS]
                 for p in peaks}
     _, sf_peak = _best(sf_table, task.direction)
+    oracle.append(_background(settings, run_jobs, dense_jobs[len(dense):], cache, w,
+                              f"oracle's dense grid, other seeds, {block} block",
+                              settings.pool))
 
-    # 4. the arms on the block's seeds
+    # 4. the arms on the block's seeds: the fixed ones now, the advised ones once fitted
     fixed = {"a": (a_fam, a_peak), "a'": (r_fam, r_peak), "q": (q_point.family, q_point.peak),
              "sf": (SCHEDULE_FREE, sf_peak)}
-    dense = [(f, p) for f in families for p in dense_peaks(peaks)]
+    dense_keys = {j.key for j in dense_jobs}  # trained by the oracle's thread: not twice
+    run_jobs([j for arm in fixed for s in seeds
+              if (j := Job(task.name, "run", *fixed[arm], s, smoke)).key not in dense_keys],
+             cache, w, f"fixed arms, {block} block", settings.pool)
+    gen, ctl, fits_wall = fits.result()
     advised = {"g": ("generative", root / "bundle_generative", gen),
                "c": ("control", root / "bundle_control", ctl)}
 
@@ -221,10 +257,13 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
                    planner=G_PLANNER if kind == "generative" else None)
 
     jobs = [arm_job(arm, s) for s in seeds for arm in ("a", "a'", "q", "sf", "g", "c")]
-    jobs += [Job(task.name, "run", f, p, s, smoke) for s in seeds for f, p in dense]
-    t0 = time.perf_counter()
-    run_jobs(jobs, cache, w, f"arms, {block} block", settings.pool)
-    arms_wall = time.perf_counter() - t0
+    jobs += dense_jobs
+    run_jobs([arm_job(arm, s) for s in seeds for arm in ("g", "c")], cache, w,
+             f"advised arms, {block} block", settings.pool)
+    for part in oracle:
+        part.result()
+    run_jobs(jobs, cache, w, "arms left", settings.pool)  # nothing, unless a thread lost one
+    arms_wall = time.perf_counter() - t_arms
 
     def rows(arm: str) -> list[dict[str, Any]]:
         return [cache.done[arm_job(arm, s).key] for s in seeds]
@@ -305,7 +344,9 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
             "refine_compute": sum(cache.done[j.key]["wall_s"] for j in ref_jobs),
             "schedule_free_selection_compute": sum(cache.done[j.key]["wall_s"] for j in sf_jobs),
             "arms_compute": sum(cache.done[j.key]["wall_s"] for j in jobs),
-            "arms_wall_this_call": arms_wall, "task_wall_this_call": time.perf_counter() - t_task,
+            # from the oracle grid's first job to the last arm's: it overlaps the tracker
+            # and the fits, which run beside it
+            "arms_span_this_call": arms_wall, "task_wall_this_call": time.perf_counter() - t_task,
         },
     }
 
