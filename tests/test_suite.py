@@ -186,6 +186,12 @@ def test_smoke_runs_every_arm_on_the_block(smoke: dict[str, Any]) -> None:
     assert ev["forecast"]["available"] and "0.5" in ev["forecast"]["taus"]
     assert isinstance(ev["control"]["usable"], bool)
     assert block["pooled"]["g"]["all_tasks"]["n"] == 2
+    # the task's threads (oracle grid, fits, choices) share one pool: no run trained twice
+    keys = [json.loads(line)["key"] for line in smoke["lines"]]
+    assert len(keys) == len(set(keys))
+    # sweep 12, refined 4, schedule-free selection 6, dense grid 2 x 14, advised 2 x 2, and
+    # the fixed arms that are not already a grid point
+    assert len(keys) >= 12 + 4 + 6 + 28 + 4
     assert (smoke["root"] / "out" / "suite_smoke_friedman_design.png").stat().st_size > 0
 
 

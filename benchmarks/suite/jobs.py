@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import multiprocessing as mp
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -114,6 +115,17 @@ class Background:
         return self._out
 
 
+_SAY = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print ``line`` whole: the threads of a task print at once, and ``print`` writes the
+    text and its newline separately, so two of its lines could run together."""
+    with _SAY:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def _init() -> None:
     import torch
 
@@ -209,7 +221,7 @@ def run_jobs(jobs: Iterable[Job], cache: Cache, workers: int, label: str,
             seen.add(j.key)
     if not todo:
         return
-    print(f"  {label}: {len(todo)} runs to train", flush=True)
+    say(f"  {label}: {len(todo)} runs to train")
     t0 = last = time.perf_counter()
 
     def done(i: int, row: dict[str, Any]) -> None:
@@ -217,7 +229,7 @@ def run_jobs(jobs: Iterable[Job], cache: Cache, workers: int, label: str,
         cache.put(row)
         now = time.perf_counter()
         if now - last > 60 or i == len(todo):
-            print(f"    {label}: {i}/{len(todo)} in {now - t0:.0f} s", flush=True)
+            say(f"    {label}: {i}/{len(todo)} in {now - t0:.0f} s")
             last = now
 
     if pool is not None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from benchmarks.suite import stats
 from benchmarks.suite.evidence import evidence
-from benchmarks.suite.jobs import G_PLANNER, Background, Cache, Job, run_jobs
+from benchmarks.suite.jobs import G_PLANNER, Background, Cache, Job, run_jobs, say
 from benchmarks.suite.loop import SCHEDULE_FREE
 from benchmarks.suite.surface import best_point
 from benchmarks.suite.tasks import Task
@@ -106,7 +106,7 @@ def _fit(runs: list[RunRecord], folder: Path, kind: str, settings: Settings,
             from tracker_sched.fit.control import fit_control
 
             fit_control(runs, ctl_cfg, workers=settings.workers, pool=pool).save(folder)
-        print(f"  {kind} fit: {time.perf_counter() - t0:.0f} s -> {folder}", flush=True)
+        say(f"  {kind} fit: {time.perf_counter() - t0:.0f} s -> {folder}")
     return Bundle.load(folder)
 
 
@@ -137,7 +137,7 @@ def _fits(runs: list[RunRecord], root: Path, settings: Settings) -> tuple[Any, A
         ctl = _fit(runs, folders["control"], "control", settings)
     wall = time.perf_counter() - t0
     if missing:
-        print(f"  fits ({' and '.join(missing)}): {wall:.0f} s", flush=True)
+        say(f"  fits ({' and '.join(missing)}): {wall:.0f} s")
     return gen, ctl, wall
 
 
@@ -176,7 +176,14 @@ def _background(settings: Settings, fn: Callable[..., Any], *args: Any) -> Backg
 
 
 def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> dict[str, Any]:
-    """Run ``task`` through the protocol on ``seeds`` and return its report section."""
+    """Run ``task`` through the protocol on ``seeds`` and return its report section.
+
+    With the invocation's pool (``settings.pool``) the steps that need nothing of each
+    other run side by side on it: the oracle's grid while the sweep goes to the tracker,
+    the fits in a background thread while plain runs fill the cores their last members
+    leave idle (the table in docs/benchmarks.md, "Cost of a run"). The jobs, and so the
+    results, are the same as one step after another.
+    """
     root = settings.runs_dir / task.name
     cache = Cache(root / ("jobs_smoke.jsonl" if settings.smoke else "jobs.jsonl"))
     smoke, w = settings.smoke, settings.workers
@@ -207,7 +214,7 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
     if len(runs) != len(trained):
         raise SystemExit(f"{task.name}: the {task.tracker} source read {len(runs)} of "
                          f"{len(trained)} runs; issues: {read.issues}")
-    print(f"  read {len(runs)} runs back from {task.tracker} in {read_s:.1f} s", flush=True)
+    say(f"  read {len(runs)} runs back from {task.tracker} in {read_s:.1f} s")
 
     # 2. the bundles, fitted in the background: the plain runs of 3 and 4 need none
     fits = _background(settings, _fits, runs, root, settings)
