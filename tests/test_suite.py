@@ -319,6 +319,28 @@ def test_machine_speed_compares_the_same_plain_runs_only(tmp_path: Path) -> None
         compare(tmp_path / "old", tmp_path / "nowhere")
 
 
+def test_same_results_counts_matches_and_names_every_difference(tmp_path: Path) -> None:
+    from benchmarks.suite.machine_speed import same_results
+
+    def write(root: Path, rows: list[dict[str, Any]]) -> None:
+        (root / "friedman").mkdir(parents=True)
+        (root / "friedman" / "jobs.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(key: str, test: float, kind: str = "run", seed: int = 0) -> dict[str, Any]:
+        return {"key": key, "kind": kind, "seed": seed, "val": 0.5, "test": test,
+                "state": "finished"}
+
+    write(tmp_path / "old", [run("r1", 0.9), run("r2", 0.8), run("old-only", 0.1),
+                             run("generative|0|t1", 0.7, "generative")])
+    write(tmp_path / "new", [run("r1", 0.9), run("r2", 0.81), run("new-only", 0.1),
+                             run("generative|0|t2", 0.7, "generative")])
+    out = same_results(tmp_path / "old", tmp_path / "new")
+    # advised runs match by kind and seed: their keys hold their bundle's creation time
+    assert out == {"plain_runs": 2, "advised_runs": 1, "bundles": 0,
+                   "differ": ["friedman r2"]}
+
+
 def test_the_offline_env_restores_its_own_variables_and_leaves_wandbs_service_token(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stale service token must not come back: under 2 test processes, every wandb test

@@ -91,7 +91,7 @@ def _fit_configs(smoke: bool) -> tuple[Any, Any]:
 
 
 def _fit(runs: list[RunRecord], folder: Path, kind: str, settings: Settings,
-         pool: Any = None) -> Any:
+         pool: Pool | None = None) -> Any:
     from tracker_sched.bundle.folder import Bundle
 
     if not (folder / "bundle.json").exists():
@@ -246,10 +246,11 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
     # 4. the arms on the block's seeds: the fixed ones now, the advised ones once fitted
     fixed = {"a": (a_fam, a_peak), "a'": (r_fam, r_peak), "q": (q_point.family, q_point.peak),
              "sf": (SCHEDULE_FREE, sf_peak)}
+    fixed_jobs = [Job(task.name, "run", f, p, s, smoke) for f, p in fixed.values()
+                  for s in seeds]
     dense_keys = {j.key for j in dense_jobs}  # trained by the oracle's thread: not twice
-    run_jobs([j for arm in fixed for s in seeds
-              if (j := Job(task.name, "run", *fixed[arm], s, smoke)).key not in dense_keys],
-             cache, w, f"fixed arms, {block} block", settings.pool)
+    run_jobs([j for j in fixed_jobs if j.key not in dense_keys], cache, w,
+             f"fixed arms, {block} block", settings.pool)
     gen, ctl, fits_wall = fits.result()
     advised = {"g": ("generative", root / "bundle_generative", gen),
                "c": ("control", root / "bundle_control", ctl)}
@@ -269,7 +270,6 @@ def run_task(task: Task, block: str, seeds: list[int], settings: Settings) -> di
              f"advised arms, {block} block", settings.pool)
     for part in oracle:
         part.result()
-    run_jobs(jobs, cache, w, "arms left", settings.pool)  # nothing, unless a thread lost one
     arms_wall = time.perf_counter() - t_arms
 
     def rows(arm: str) -> list[dict[str, Any]]:
